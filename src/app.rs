@@ -1,0 +1,124 @@
+//! Wires the proxy and the admin listener together and runs them until shutdown.
+//!
+//! `App::run` takes listeners that are already bound, so `main` can refuse a bad config
+//! before any port is bound, and tests can bind `127.0.0.1:0` and drive the very same code.
+//!
+//! Shutdown sequence (SIGTERM, SIGINT or `POST /shutdown`):
+//! 1. `/ready` answers 503 at once, so the load balancer stops sending new traffic;
+//! 2. traffic is still served for `shutdown.drain_delay` (endpoints take time to notice);
+//! 3. the proxy listener closes; idle keep-alive connections are closed, in-flight requests
+//!    get up to `shutdown.timeout` to finish;
+//! 4. the admin listener closes and `run` returns.
+
+use std::sync::Arc;
+
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::admin;
+use crate::config::{self, Config, ConfigError, Overrides};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::server::accept;
+use crate::server::lifecycle::Lifecycle;
+
+/// The two bound listeners.
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of a config.
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            proxy: TcpListener::bind(config.listen).await?,
+            admin: TcpListener::bind(config.admin_listen).await?,
+        })
+    }
+}
+
+/// The running sidecar.
+pub struct App {
+    pub proxy: Arc<Proxy>,
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Lifecycle,
+    /// What the command line said; re-applied over the file on every reload.
+    overrides: Overrides,
+}
+
+impl App {
+    /// An app for a loaded config.
+    pub fn new(config: Config, overrides: Overrides) -> Arc<App> {
+        let metrics = Arc::new(Metrics::new());
+        Arc::new(App {
+            proxy: Arc::new(Proxy::new(Arc::new(config), Arc::clone(&metrics))),
+            metrics,
+            lifecycle: Lifecycle::default(),
+            overrides,
+        })
+    }
+
+    /// Re-reads the config file; a valid one applies to new requests, an invalid one is
+    /// refused and the old one stays. Listener addresses change only on restart.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        let old = self.proxy.config();
+        let result = config::load(old.source.as_deref(), &self.overrides);
+        let label = if result.is_ok() { "success" } else { "failure" };
+        self.metrics.config_reloads.with_label_values(&[label]).inc();
+        let new = result?;
+        if new.listen != old.listen || new.admin_listen != old.admin_listen {
+            warn!("listener addresses changed in the config; they take effect on restart");
+        }
+        for warning in &new.warnings {
+            warn!(warning = %warning, "config warning");
+        }
+        self.proxy.reload(Arc::new(new));
+        info!("config reloaded");
+        Ok(())
+    }
+
+    /// Serves until a shutdown has begun and completed.
+    pub async fn run(self: Arc<Self>, listeners: Listeners) {
+        let admin_graceful = GracefulShutdown::new();
+        let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let admin_app = Arc::clone(&self);
+        let admin_builder = accept::builder(&self.proxy.config().limits);
+        let admin_task = tokio::spawn(async move {
+            let handler = move |req, peer| admin::handle(Arc::clone(&admin_app), req, peer);
+            let stop = async {
+                let _ = admin_stop_rx.await;
+            };
+            accept::serve(listeners.admin, admin_builder, handler, &admin_graceful, stop).await;
+            admin_graceful
+        });
+
+        let proxy_graceful = GracefulShutdown::new();
+        let proxy = Arc::clone(&self.proxy);
+        let handler = move |req, peer| {
+            let proxy = Arc::clone(&proxy);
+            async move { proxy.handle(req, peer).await }
+        };
+        let stop = async {
+            self.lifecycle.stopping().await;
+            let drain = self.proxy.config().shutdown.drain_delay;
+            info!(drain_delay_ms = drain.as_millis() as u64, "draining: /ready answers 503");
+            tokio::time::sleep(drain).await;
+        };
+        self.lifecycle.set_ready(true);
+        let builder = accept::builder(&self.proxy.config().limits);
+        accept::serve(listeners.proxy, builder, handler, &proxy_graceful, stop).await;
+
+        let timeout = self.proxy.config().shutdown.timeout;
+        info!(timeout_ms = timeout.as_millis() as u64, "listener closed; waiting for in-flight requests");
+        if tokio::time::timeout(timeout, proxy_graceful.shutdown()).await.is_err() {
+            warn!("shutdown timeout reached with requests still in flight");
+        }
+        let _ = admin_stop_tx.send(());
+        if let Ok(graceful) = admin_task.await {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), graceful.shutdown()).await;
+        }
+        info!("stopped");
+    }
+}

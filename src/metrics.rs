@@ -1,0 +1,130 @@
+//! The one Prometheus registry and every metric outrigger exports (SPEC §5).
+//!
+//! Built once at start-up and shared by the proxy and the admin listener; it survives
+//! config reloads so counters never go back to zero while the process lives. Label values
+//! come from closed sets only: route names from the config, methods folded to the standard
+//! ones or `other`, reasons and results from enums. A client cannot grow the label space.
+
+use http::Method;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    /// route, method, code, outcome
+    pub requests: IntCounterVec,
+    /// route, outcome
+    pub request_duration: HistogramVec,
+    /// route, result
+    pub upstream_attempts: IntCounterVec,
+    /// route
+    pub upstream_attempt_duration: HistogramVec,
+    /// route, reason
+    pub retries: IntCounterVec,
+    /// route, reason
+    pub retries_skipped: IntCounterVec,
+    /// route, result
+    pub retried_requests: IntCounterVec,
+    pub in_flight: IntGauge,
+    pub shed: IntCounter,
+    /// result
+    pub config_reloads: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
+    registry.register(Box::new(c.clone())).expect("metric names are unique");
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    let h = HistogramVec::new(opts, labels).expect("metric definition is valid");
+    registry.register(Box::new(h.clone())).expect("metric names are unique");
+    h
+}
+
+impl Metrics {
+    /// Creates the registry with every metric and the process collector.
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let in_flight = IntGauge::new("outrigger_in_flight_requests", "Requests being served now.")
+            .expect("metric definition is valid");
+        r.register(Box::new(in_flight.clone())).expect("unique");
+        let shed = IntCounter::new("outrigger_shed_total", "Requests refused at once because too many were in flight.")
+            .expect("metric definition is valid");
+        r.register(Box::new(shed.clone())).expect("unique");
+        let build_info = IntGaugeVec::new(
+            Opts::new("outrigger_build_info", "Always 1; the version label says which build runs."),
+            &["version"],
+        )
+        .expect("metric definition is valid");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        r.register(Box::new(build_info)).expect("unique");
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("unique");
+
+        Metrics {
+            requests: counter(&r, "outrigger_requests_total", "Client requests answered, by how they were answered.", &["route", "method", "code", "outcome"]),
+            request_duration: histogram(&r, "outrigger_request_duration_seconds", "Time from request to response headers.", &["route", "outcome"]),
+            upstream_attempts: counter(&r, "outrigger_upstream_attempts_total", "Requests sent to the upstream, retries included, by result.", &["route", "result"]),
+            upstream_attempt_duration: histogram(&r, "outrigger_upstream_attempt_duration_seconds", "Time of one upstream attempt until response headers or failure.", &["route"]),
+            retries: counter(&r, "outrigger_retries_total", "Retries made, by the reason the previous attempt failed.", &["route", "reason"]),
+            retries_skipped: counter(&r, "outrigger_retries_skipped_total", "Retries that the policy wanted but did not make, by why not.", &["route", "reason"]),
+            retried_requests: counter(&r, "outrigger_retried_requests_total", "Requests that needed at least one retry, by final result.", &["route", "result"]),
+            config_reloads: counter(&r, "outrigger_config_reloads_total", "Config reloads on SIGHUP, by result.", &["result"]),
+            in_flight,
+            shed,
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&families, &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// A method as a bounded label value: the standard methods by name, anything else `other`.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
+/// The `result` label of an upstream attempt that got a status.
+pub fn status_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 | 200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

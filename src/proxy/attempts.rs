@@ -1,0 +1,191 @@
+//! The attempt loop: send, classify, decide whether to try again, back off, repeat.
+//!
+//! Read top to bottom it is the retry policy of SPEC §2: per-try timeout clamped to the
+//! overall deadline; the outcome classified from the response head (never after a byte went
+//! to the client, because the loop returns before the body is touched); then, in order, the
+//! checks that may veto a retry: attempts left, method or idempotency key, a body that can
+//! be sent again, Retry-After, the deadline, the budget. A vetoed retry is counted in
+//! `outrigger_retries_skipped_total` and logged at debug, never silent.
+
+use std::time::Duration;
+
+use http::Response;
+use hyper::body::Incoming;
+use tokio::time::{timeout, Instant};
+use tracing::{debug, warn};
+
+use super::body::Prepared;
+use super::failure::{Failure, Reason};
+use super::upstream::{Head, HttpClient};
+use crate::config::Route;
+use crate::metrics::{status_class, Metrics};
+use crate::resilience::budget::RetryBudget;
+use crate::resilience::{backoff, retry};
+
+/// How the attempts ended.
+pub enum Ended {
+    /// The upstream answered; this response goes to the client (it may be a final 5xx).
+    Answered(Response<Incoming>),
+    /// No usable answer.
+    Failed(Failure),
+}
+
+/// The result of the loop and how many attempts it took.
+pub struct Finished {
+    pub ended: Ended,
+    pub attempts: u32,
+    /// Why the last attempt failed, if it did (`Answered` with a retryable status included).
+    pub reason: Option<Reason>,
+}
+
+/// Everything one request's attempts need.
+pub struct Attempts<'a> {
+    pub client: &'a HttpClient,
+    pub route: &'a Route,
+    pub budget: &'a RetryBudget,
+    pub metrics: &'a Metrics,
+    pub head: Head,
+    pub body: Prepared,
+    /// Whether the method or an idempotency key allows sending the request again.
+    pub may_resend: bool,
+    pub deadline: Instant,
+}
+
+impl Attempts<'_> {
+    /// Runs attempts until one is final.
+    pub async fn run(self) -> Finished {
+        let policy = &self.route.policy.retry;
+        self.budget.record_request();
+        let mut n: u32 = 1;
+        loop {
+            let result = self.attempt(n).await;
+            let reason = match &result {
+                Ok(resp) if retry::retries_status(policy, resp.status()) => Some(Reason::Status(resp.status())),
+                Ok(_) => None,
+                Err(f) => Some(Reason::Failure(*f)),
+            };
+            let Some(reason) = reason else {
+                return self.finish(result, n, None);
+            };
+            let wanted = match &result {
+                Ok(_) => true,
+                Err(f) => retry::retries_failure(policy, *f),
+            };
+            let backoff = if wanted { self.next_backoff(n, &result) } else { Err(None) };
+            match backoff {
+                Ok(wait) => {
+                    warn!(route = %self.route.name, attempt = n, reason = %reason, backoff_ms = wait.as_millis() as u64, "upstream attempt failed; retrying");
+                    self.metrics
+                        .retries
+                        .with_label_values(&[&self.route.name, &reason.to_string()])
+                        .inc();
+                    drop(result);
+                    tokio::time::sleep(wait).await;
+                    n += 1;
+                }
+                Err(skipped) => {
+                    warn!(route = %self.route.name, attempt = n, reason = %reason, "upstream attempt failed; not retrying");
+                    if let Some(why) = skipped {
+                        debug!(route = %self.route.name, attempt = n, skipped = why, "retry skipped");
+                        self.metrics
+                            .retries_skipped
+                            .with_label_values(&[&self.route.name, why])
+                            .inc();
+                    }
+                    return self.finish(result, n, Some(reason));
+                }
+            }
+        }
+    }
+
+    /// One attempt, with its own timeout and metrics.
+    async fn attempt(&self, n: u32) -> Result<Response<Incoming>, Failure> {
+        let policy = &self.route.policy.retry;
+        let Some(body) = self.body.for_attempt() else {
+            // Guarded by `next_backoff`: an attempt is only made when the body is available.
+            return Err(Failure::Reset);
+        };
+        let started = Instant::now();
+        let per_try = policy
+            .per_try_timeout
+            .min(self.deadline.saturating_duration_since(started));
+        let result = match timeout(per_try, self.client.request(self.head.request(n, body))).await {
+            Err(_) => Err(Failure::Timeout),
+            Ok(Err(e)) => {
+                debug!(route = %self.route.name, attempt = n, error = %e, "upstream request error");
+                Err(Failure::from_client_error(&e))
+            }
+            Ok(Ok(resp)) => Ok(resp),
+        };
+        let label = match &result {
+            Ok(resp) => status_class(resp.status()),
+            Err(f) => f.reason(),
+        };
+        self.metrics
+            .upstream_attempts
+            .with_label_values(&[&self.route.name, label])
+            .inc();
+        self.metrics
+            .upstream_attempt_duration
+            .with_label_values(&[&self.route.name])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// The wait before retry `n`, or why there is no retry (`None`: nothing to count).
+    fn next_backoff(
+        &self,
+        n: u32,
+        result: &Result<Response<Incoming>, Failure>,
+    ) -> Result<Duration, Option<&'static str>> {
+        let policy = &self.route.policy.retry;
+        if n >= policy.attempts {
+            return Err(None);
+        }
+        let nothing_sent = matches!(result, Err(Failure::ConnectFailure));
+        if !self.may_resend && !nothing_sent {
+            return Err(Some("method"));
+        }
+        if self.body.for_attempt().is_none() {
+            return Err(Some("body-too-large"));
+        }
+        let mut wait = backoff::delay(&policy.backoff, n, fastrand::f64());
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        if let Ok(resp) = result {
+            if policy.respect_retry_after {
+                if let Some(asked) = retry::retry_after(resp.status(), resp.headers()) {
+                    if asked >= remaining || asked > policy.backoff.max {
+                        return Err(Some("deadline"));
+                    }
+                    wait = wait.max(asked);
+                }
+            }
+        }
+        if wait >= remaining {
+            return Err(Some("deadline"));
+        }
+        if !self.budget.try_retry() {
+            return Err(Some("budget"));
+        }
+        Ok(wait)
+    }
+
+    fn finish(&self, result: Result<Response<Incoming>, Failure>, attempts: u32, reason: Option<Reason>) -> Finished {
+        if attempts > 1 {
+            let label = if reason.is_none() { "success" } else { "failure" };
+            self.metrics
+                .retried_requests
+                .with_label_values(&[&self.route.name, label])
+                .inc();
+        }
+        let ended = match result {
+            Ok(resp) => Ended::Answered(resp),
+            Err(f) => Ended::Failed(f),
+        };
+        Finished {
+            ended,
+            attempts,
+            reason,
+        }
+    }
+}

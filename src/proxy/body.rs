@@ -1,0 +1,207 @@
+//! The bodies that cross the proxy.
+//!
+//! Requests: a body that may be replayed is held as `Bytes` and cloned into each attempt;
+//! any other body streams once. A streamed body sits in a shared slot until the first
+//! attempt actually polls it, so a connect failure (nothing sent, body untouched) can still
+//! hand it to the next attempt, while a body that has started to flow can never be sent
+//! twice.
+//!
+//! Responses: the upstream's body streams straight through; proxy-made answers are one
+//! chunk. Either way the body carries a guard that keeps the request counted as in flight
+//! until the last byte has gone (or the client went away).
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// Any error a body can produce.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body as prepared once for all attempts.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    /// No body at all.
+    Empty,
+    /// Kept whole, replayed on every attempt.
+    Buffered(Bytes),
+    /// Streams once; `None` in the slot once an attempt has started reading it.
+    Streaming {
+        slot: Arc<Mutex<Option<Streamed>>>,
+        length: Option<u64>,
+    },
+}
+
+/// A streaming body: bytes already read while deciding whether to buffer, then the rest.
+#[derive(Debug)]
+pub struct Streamed {
+    pub prefix: Vec<Bytes>,
+    pub rest: Incoming,
+}
+
+impl Prepared {
+    /// Wraps a body that will stream once.
+    pub fn streaming(prefix: Vec<Bytes>, rest: Incoming, length: Option<u64>) -> Prepared {
+        Prepared::Streaming {
+            slot: Arc::new(Mutex::new(Some(Streamed { prefix, rest }))),
+            length,
+        }
+    }
+
+    /// The body for one more attempt; `None` when it streamed already and cannot be resent.
+    pub fn for_attempt(&self) -> Option<UpstreamBody> {
+        match self {
+            Prepared::Empty => Some(UpstreamBody::Empty),
+            Prepared::Buffered(bytes) => Some(UpstreamBody::Full(Some(bytes.clone()))),
+            Prepared::Streaming { slot, length } => {
+                let untouched = slot.lock().map(|s| s.is_some()).unwrap_or(false);
+                untouched.then(|| UpstreamBody::Waiting {
+                    slot: Arc::clone(slot),
+                    length: *length,
+                })
+            }
+        }
+    }
+
+    /// Whether this body can be sent again (true for buffered and empty bodies).
+    pub fn replayable(&self) -> bool {
+        !matches!(self, Prepared::Streaming { .. })
+    }
+}
+
+/// The body of one upstream request.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    Empty,
+    Full(Option<Bytes>),
+    /// Not polled yet: the stream is still in the shared slot.
+    Waiting {
+        slot: Arc<Mutex<Option<Streamed>>>,
+        length: Option<u64>,
+    },
+    /// Taken out of the slot: this attempt owns it.
+    Flowing(Streamed),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            match this {
+                UpstreamBody::Empty => return Poll::Ready(None),
+                UpstreamBody::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+                UpstreamBody::Waiting { slot, .. } => {
+                    let taken = slot.lock().ok().and_then(|mut s| s.take());
+                    match taken {
+                        Some(streamed) => *this = UpstreamBody::Flowing(streamed),
+                        None => return Poll::Ready(Some(Err("request body was already sent".into()))),
+                    }
+                }
+                UpstreamBody::Flowing(streamed) => {
+                    if !streamed.prefix.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(streamed.prefix.remove(0)))));
+                    }
+                    return Pin::new(&mut streamed.rest)
+                        .poll_frame(cx)
+                        .map_err(|e| Box::new(e) as BoxError);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Empty => true,
+            UpstreamBody::Full(bytes) => bytes.is_none(),
+            UpstreamBody::Waiting { .. } => false,
+            UpstreamBody::Flowing(s) => s.prefix.is_empty() && s.rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Empty => SizeHint::with_exact(0),
+            UpstreamBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            UpstreamBody::Waiting { length: Some(n), .. } => SizeHint::with_exact(*n),
+            UpstreamBody::Waiting { length: None, .. } | UpstreamBody::Flowing(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// Whatever must happen when a response has fully gone (or was dropped).
+pub type Guard = Box<dyn Send + Sync>;
+
+/// The body of a response to the client.
+pub struct ResponseBody {
+    inner: Inner,
+    /// Dropped with the body: releases the in-flight slot.
+    _guard: Option<Guard>,
+}
+
+enum Inner {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    /// A body that is one chunk (or empty).
+    pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+        let bytes = bytes.into();
+        ResponseBody {
+            inner: Inner::Full((!bytes.is_empty()).then_some(bytes)),
+            _guard: None,
+        }
+    }
+
+    /// The upstream's body, streamed through.
+    pub fn upstream(body: Incoming) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Upstream(body),
+            _guard: None,
+        }
+    }
+
+    /// Attaches a guard that lives as long as the body.
+    pub fn with_guard(mut self, guard: Guard) -> ResponseBody {
+        self._guard = Some(guard);
+        self
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().inner {
+            Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Full(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(body) => body.size_hint(),
+            Inner::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}

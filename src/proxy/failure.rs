@@ -1,0 +1,100 @@
+//! Why an upstream attempt failed, or why none was made: the REASON of SPEC §3.
+//!
+//! Every failure on the request path is one of these variants, and each knows its REASON
+//! label, the status of the proxy-made answer, and whether the upstream could have seen
+//! the request (which decides if a non-idempotent request may be tried again).
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+
+use http::StatusCode;
+
+/// A failed attempt (or a request refused before any attempt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// No connection could be made: nothing reached the upstream.
+    #[error("could not connect to the upstream")]
+    ConnectFailure,
+    /// The connection closed before response headers arrived.
+    #[error("the upstream closed the connection before answering")]
+    Reset,
+    /// No response headers within the per-try timeout or the deadline.
+    #[error("the upstream did not answer in time")]
+    Timeout,
+    /// The upstream sent something that is not HTTP.
+    #[error("the upstream sent an invalid response")]
+    BadResponse,
+    /// The circuit breaker is open for this route.
+    #[error("the circuit breaker is open")]
+    CircuitOpen,
+    /// Too many requests in flight.
+    #[error("too many requests in flight")]
+    Overloaded,
+    /// Over the route's rate limit.
+    #[error("rate limit exceeded")]
+    RateLimited,
+}
+
+impl Failure {
+    /// The REASON label (SPEC §3).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Failure::ConnectFailure => "connect-failure",
+            Failure::Reset => "reset",
+            Failure::Timeout => "timeout",
+            Failure::BadResponse => "bad-response",
+            Failure::CircuitOpen => "circuit-open",
+            Failure::Overloaded => "overloaded",
+            Failure::RateLimited => "rate-limited",
+        }
+    }
+
+    /// The status of the proxy-made answer for this failure.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Failure::ConnectFailure | Failure::Reset | Failure::BadResponse => StatusCode::BAD_GATEWAY,
+            Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Failure::CircuitOpen | Failure::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// Classifies an error of the pooled upstream client.
+    pub fn from_client_error(err: &hyper_util::client::legacy::Error) -> Failure {
+        if err.is_connect() {
+            return Failure::ConnectFailure;
+        }
+        let mut source: Option<&(dyn StdError + 'static)> = err.source();
+        while let Some(e) = source {
+            if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
+                    return Failure::BadResponse;
+                }
+            }
+            if let Some(io) = e.downcast_ref::<io::Error>() {
+                if io.kind() == io::ErrorKind::InvalidData {
+                    return Failure::BadResponse;
+                }
+            }
+            source = e.source();
+        }
+        Failure::Reset
+    }
+}
+
+/// What ended a request's attempts: a failure, or an upstream status listed in `when`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Failure(Failure),
+    Status(StatusCode),
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Failure(failure) => f.write_str(failure.reason()),
+            Reason::Status(s) => write!(f, "status-{}", s.as_u16()),
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The connection to the one upstream: a pooled hyper-util client, and the request head
+//! every attempt sends.
+//!
+//! The URI is always built from `upstream.url` plus the client's path and query, whatever
+//! the client put in its request line: an absolute-form request for another host still
+//! goes to our upstream only, so the proxy can never be used as an open proxy.
+
+use std::net::SocketAddr;
+
+use http::header::{HeaderValue, HOST};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, Method, Request, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::body::UpstreamBody;
+use super::headers;
+use crate::config::{HostHeader, Upstream};
+
+/// The pooled client every attempt goes through.
+pub type HttpClient = Client<HttpConnector, UpstreamBody>;
+
+/// Header telling the upstream which attempt this is (1 for the first).
+pub static ATTEMPT: HeaderName = HeaderName::from_static("x-outrigger-attempt");
+
+/// Builds the pooled client for an upstream.
+pub fn client(upstream: &Upstream) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(upstream.connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(upstream.pool_idle_timeout)
+        .pool_max_idle_per_host(upstream.pool_max_idle)
+        .http2_only(upstream.http2)
+        .build(connector)
+}
+
+/// What every attempt of one request sends, minus the body.
+#[derive(Debug)]
+pub struct Head {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+}
+
+impl Head {
+    /// Rewrites the client's request head for the upstream.
+    pub fn from_client(
+        parts: &mut Parts,
+        upstream: &Upstream,
+        peer: SocketAddr,
+        request_id: &HeaderValue,
+    ) -> Result<Head, http::Error> {
+        let mut headers = std::mem::take(&mut parts.headers);
+        // HTTP/2 and absolute-form requests carry the host in the URI, not in `Host`.
+        let client_host = headers
+            .get(HOST)
+            .cloned()
+            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        headers::strip_hop_by_hop(&mut headers);
+        headers::set_forwarded(&mut headers, peer.ip(), client_host.as_ref());
+        headers.insert(headers::REQUEST_ID.clone(), request_id.clone());
+        let host = match upstream.host_header {
+            HostHeader::Preserve => client_host,
+            HostHeader::Upstream => None,
+        };
+        match host {
+            Some(h) => headers.insert(HOST, h),
+            // The client sets `Host` from the upstream URI when none is given.
+            None => headers.remove(HOST),
+        };
+        Ok(Head {
+            method: parts.method.clone(),
+            uri: upstream_uri(upstream, &parts.uri)?,
+            headers,
+        })
+    }
+
+    /// The request for attempt `n` (1-based).
+    pub fn request(&self, n: u32, body: UpstreamBody) -> Request<UpstreamBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        let mut headers = self.headers.clone();
+        headers.insert(ATTEMPT.clone(), HeaderValue::from(n));
+        *req.headers_mut() = headers;
+        req
+    }
+}
+
+/// `upstream.url` with the client's path and query appended.
+fn upstream_uri(upstream: &Upstream, client_uri: &Uri) -> Result<Uri, http::Error> {
+    let pq = client_uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut builder = Uri::builder();
+    if let Some(scheme) = upstream.url.scheme() {
+        builder = builder.scheme(scheme.clone());
+    }
+    if let Some(authority) = upstream.url.authority() {
+        builder = builder.authority(authority.clone());
+    }
+    if upstream.base_path.is_empty() {
+        builder.path_and_query(pq).build()
+    } else {
+        builder.path_and_query(format!("{}{pq}", upstream.base_path)).build()
+    }
+}
