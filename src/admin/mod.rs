@@ -52,7 +52,7 @@ fn metrics(app: &App) -> Response<ResponseBody> {
 }
 
 fn shutdown(app: &App, peer: SocketAddr) -> Response<ResponseBody> {
-    if !peer.ip().is_loopback() {
+    if !peer.ip().to_canonical().is_loopback() {
         return json(
             StatusCode::FORBIDDEN,
             r#"{"error":"shutdown is only accepted from a loopback address"}"#.to_owned(),
