@@ -118,3 +118,6 @@ pub fn from_text(text: &str, file: Option<&Path>, overrides: &Overrides) -> Resu
     }
     Ok(config)
 }
+
+#[cfg(test)]
+mod tests;

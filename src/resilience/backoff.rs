@@ -50,7 +50,7 @@ mod tests {
     fn equal_jitter_keeps_at_least_half() {
         let b = backoff(100, 1000, Jitter::Equal);
         assert_eq!(delay(&b, 2, 0.0), Duration::from_millis(100));
-        assert_eq!(delay(&b, 2, 0.999_999), Duration::from_micros(199_999));
+        assert_eq!(delay(&b, 2, 0.999_999), Duration::from_nanos(199_999_900));
     }
 
     #[test]

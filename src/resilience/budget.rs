@@ -153,9 +153,11 @@ mod tests {
         b.record_request();
         assert_eq!((0..10).filter(|_| b.try_retry()).count(), 4);
         tokio::time::advance(Duration::from_millis(1_000)).await;
-        // The first three requests (and the retries they paid for) have left the window.
+        // The first three requests left the window; the four retries taken at 9.5 s did not.
         assert_eq!((0..10).filter(|_| b.try_retry()).count(), 0);
-        b.record_request();
-        assert_eq!((0..10).filter(|_| b.try_retry()).count(), 1);
+        for _ in 0..4 {
+            b.record_request();
+        }
+        assert_eq!((0..10).filter(|_| b.try_retry()).count(), 1, "5 requests earn 5, 4 spent");
     }
 }
