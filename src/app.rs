@@ -66,7 +66,10 @@ impl App {
         let old = self.proxy.config();
         let result = config::load(old.source.as_deref(), &self.overrides);
         let label = if result.is_ok() { "success" } else { "failure" };
-        self.metrics.config_reloads.with_label_values(&[label]).inc();
+        self.metrics
+            .config_reloads
+            .with_label_values(&[label])
+            .inc();
         let new = result?;
         if new.listen != old.listen || new.admin_listen != old.admin_listen {
             warn!("listener addresses changed in the config; they take effect on restart");
@@ -90,7 +93,14 @@ impl App {
             let stop = async {
                 let _ = admin_stop_rx.await;
             };
-            accept::serve(listeners.admin, admin_builder, handler, &admin_graceful, stop).await;
+            accept::serve(
+                listeners.admin,
+                admin_builder,
+                handler,
+                &admin_graceful,
+                stop,
+            )
+            .await;
             admin_graceful
         });
 
@@ -103,7 +113,10 @@ impl App {
         let stop = async {
             self.lifecycle.stopping().await;
             let drain = self.proxy.config().shutdown.drain_delay;
-            info!(drain_delay_ms = drain.as_millis() as u64, "draining: /ready answers 503");
+            info!(
+                drain_delay_ms = drain.as_millis() as u64,
+                "draining: /ready answers 503"
+            );
             tokio::time::sleep(drain).await;
         };
         self.lifecycle.set_ready(true);
@@ -111,13 +124,20 @@ impl App {
         accept::serve(listeners.proxy, builder, handler, &proxy_graceful, stop).await;
 
         let timeout = self.proxy.config().shutdown.timeout;
-        info!(timeout_ms = timeout.as_millis() as u64, "listener closed; waiting for in-flight requests");
-        if tokio::time::timeout(timeout, proxy_graceful.shutdown()).await.is_err() {
+        info!(
+            timeout_ms = timeout.as_millis() as u64,
+            "listener closed; waiting for in-flight requests"
+        );
+        if tokio::time::timeout(timeout, proxy_graceful.shutdown())
+            .await
+            .is_err()
+        {
             warn!("shutdown timeout reached with requests still in flight");
         }
         let _ = admin_stop_tx.send(());
         if let Ok(graceful) = admin_task.await {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), graceful.shutdown()).await;
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(1), graceful.shutdown()).await;
         }
         info!("stopped");
     }

@@ -39,7 +39,12 @@ struct Cli {
     #[arg(long, env = "OUTRIGGER_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
     /// Log level or filter (error, warn, info, debug, trace).
-    #[arg(long, env = "OUTRIGGER_LOG_LEVEL", default_value = "info", value_name = "LEVEL")]
+    #[arg(
+        long,
+        env = "OUTRIGGER_LOG_LEVEL",
+        default_value = "info",
+        value_name = "LEVEL"
+    )]
     log_level: String,
 }
 
@@ -64,7 +69,12 @@ fn main() -> ExitCode {
                 for warning in &config.warnings {
                     eprintln!("warning: {warning}");
                 }
-                println!("{}: ok", cli.config.as_ref().map_or("config".into(), |p| p.display().to_string()));
+                println!(
+                    "{}: ok",
+                    cli.config
+                        .as_ref()
+                        .map_or("config".into(), |p| p.display().to_string())
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -105,7 +115,10 @@ async fn serve(config: config::Config, overrides: Overrides) -> ExitCode {
     let listeners = match Listeners::bind(&config).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("cannot bind {} / {}: {e}", config.listen, config.admin_listen);
+            eprintln!(
+                "cannot bind {} / {}: {e}",
+                config.listen, config.admin_listen
+            );
             return ExitCode::from(1);
         }
     };

@@ -40,14 +40,18 @@ const LATENCY_BUCKETS: [f64; 14] = [
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
-    registry.register(Box::new(c.clone())).expect("metric names are unique");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
     c
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
     let h = HistogramVec::new(opts, labels).expect("metric definition is valid");
-    registry.register(Box::new(h.clone())).expect("metric names are unique");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("metric names are unique");
     h
 }
 
@@ -58,29 +62,79 @@ impl Metrics {
         let in_flight = IntGauge::new("outrigger_in_flight_requests", "Requests being served now.")
             .expect("metric definition is valid");
         r.register(Box::new(in_flight.clone())).expect("unique");
-        let shed = IntCounter::new("outrigger_shed_total", "Requests refused at once because too many were in flight.")
-            .expect("metric definition is valid");
+        let shed = IntCounter::new(
+            "outrigger_shed_total",
+            "Requests refused at once because too many were in flight.",
+        )
+        .expect("metric definition is valid");
         r.register(Box::new(shed.clone())).expect("unique");
         let build_info = IntGaugeVec::new(
-            Opts::new("outrigger_build_info", "Always 1; the version label says which build runs."),
+            Opts::new(
+                "outrigger_build_info",
+                "Always 1; the version label says which build runs.",
+            ),
             &["version"],
         )
         .expect("metric definition is valid");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         r.register(Box::new(build_info)).expect("unique");
         #[cfg(target_os = "linux")]
-        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
-            .expect("unique");
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique");
 
         Metrics {
-            requests: counter(&r, "outrigger_requests_total", "Client requests answered, by how they were answered.", &["route", "method", "code", "outcome"]),
-            request_duration: histogram(&r, "outrigger_request_duration_seconds", "Time from request to response headers.", &["route", "outcome"]),
-            upstream_attempts: counter(&r, "outrigger_upstream_attempts_total", "Requests sent to the upstream, retries included, by result.", &["route", "result"]),
-            upstream_attempt_duration: histogram(&r, "outrigger_upstream_attempt_duration_seconds", "Time of one upstream attempt until response headers or failure.", &["route"]),
-            retries: counter(&r, "outrigger_retries_total", "Retries made, by the reason the previous attempt failed.", &["route", "reason"]),
-            retries_skipped: counter(&r, "outrigger_retries_skipped_total", "Retries that the policy wanted but did not make, by why not.", &["route", "reason"]),
-            retried_requests: counter(&r, "outrigger_retried_requests_total", "Requests that needed at least one retry, by final result.", &["route", "result"]),
-            config_reloads: counter(&r, "outrigger_config_reloads_total", "Config reloads on SIGHUP, by result.", &["result"]),
+            requests: counter(
+                &r,
+                "outrigger_requests_total",
+                "Client requests answered, by how they were answered.",
+                &["route", "method", "code", "outcome"],
+            ),
+            request_duration: histogram(
+                &r,
+                "outrigger_request_duration_seconds",
+                "Time from request to response headers.",
+                &["route", "outcome"],
+            ),
+            upstream_attempts: counter(
+                &r,
+                "outrigger_upstream_attempts_total",
+                "Requests sent to the upstream, retries included, by result.",
+                &["route", "result"],
+            ),
+            upstream_attempt_duration: histogram(
+                &r,
+                "outrigger_upstream_attempt_duration_seconds",
+                "Time of one upstream attempt until response headers or failure.",
+                &["route"],
+            ),
+            retries: counter(
+                &r,
+                "outrigger_retries_total",
+                "Retries made, by the reason the previous attempt failed.",
+                &["route", "reason"],
+            ),
+            retries_skipped: counter(
+                &r,
+                "outrigger_retries_skipped_total",
+                "Retries that the policy wanted but did not make, by why not.",
+                &["route", "reason"],
+            ),
+            retried_requests: counter(
+                &r,
+                "outrigger_retried_requests_total",
+                "Requests that needed at least one retry, by final result.",
+                &["route", "result"],
+            ),
+            config_reloads: counter(
+                &r,
+                "outrigger_config_reloads_total",
+                "Config reloads on SIGHUP, by result.",
+                &["result"],
+            ),
             in_flight,
             shed,
             registry: r,
@@ -122,7 +176,7 @@ pub fn method_label(method: &Method) -> &'static str {
 /// The `result` label of an upstream attempt that got a status.
 pub fn status_class(status: http::StatusCode) -> &'static str {
     match status.as_u16() {
-        100..=199 | 200..=299 => "2xx",
+        100..=299 => "2xx",
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",

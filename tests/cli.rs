@@ -13,13 +13,20 @@ use support::*;
 fn check_accepts_the_shipped_example() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/outrigger.yaml");
     let out = run(&["check", "--config", path], &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
 }
 
 #[test]
 fn check_reports_file_line_column_field_and_exits_1() {
-    let path = temp_file("bad.yaml", "upstream:\n  url: http://127.0.0.1:3000\nretyr:\n  attempts: 2\n");
+    let path = temp_file(
+        "bad.yaml",
+        "upstream:\n  url: http://127.0.0.1:3000\nretyr:\n  attempts: 2\n",
+    );
     let out = run(&["check", "--config", path.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -35,7 +42,10 @@ fn check_usage_error_exits_2() {
 
 #[test]
 fn config_path_comes_from_the_environment_too() {
-    let path = temp_file("bad.yaml", "upstream:\n  url: http://127.0.0.1:3000\ndefaults:\n  timeout: soon\n");
+    let path = temp_file(
+        "bad.yaml",
+        "upstream:\n  url: http://127.0.0.1:3000\ndefaults:\n  timeout: soon\n",
+    );
     let out = run(&["check"], &[("OUTRIGGER_CONFIG", path.to_str().unwrap())]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("defaults.timeout: `soon`"));
@@ -55,7 +65,10 @@ fn a_bad_config_exits_1_before_binding_any_port() {
     let out = run(&["--config", path.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("upstream.connect_timeout: must be longer than 0s"), "{err}");
+    assert!(
+        err.contains("upstream.connect_timeout: must be longer than 0s"),
+        "{err}"
+    );
     assert!(!err.contains("cannot bind"), "{err}");
 }
 
@@ -70,7 +83,9 @@ fn version_and_help() {
 
 async fn answers(addr: SocketAddr) -> bool {
     let url = format!("http://{addr}/ready");
-    let req = http::Request::get(url).body(http_body_util::Full::default()).unwrap();
+    let req = http::Request::get(url)
+        .body(http_body_util::Full::default())
+        .unwrap();
     matches!(tokio::time::timeout(LIMIT, client().request(req)).await, Ok(Ok(r)) if r.status() == 200)
 }
 
@@ -88,12 +103,25 @@ async fn flags_beat_environment_beat_file() {
     let proxy_port = free_port();
     let listen = format!("127.0.0.1:{proxy_port}");
     let mut p = Process::spawn(
-        &["--config", path.to_str().unwrap(), "--admin-listen", &flag_admin_s, "--listen", &listen],
-        &[("OUTRIGGER_ADMIN_LISTEN", &env_admin_s), ("OUTRIGGER_UPSTREAM", &backend.url())],
+        &[
+            "--config",
+            path.to_str().unwrap(),
+            "--admin-listen",
+            &flag_admin_s,
+            "--listen",
+            &listen,
+        ],
+        &[
+            ("OUTRIGGER_ADMIN_LISTEN", &env_admin_s),
+            ("OUTRIGGER_UPSTREAM", &backend.url()),
+        ],
     );
     let flag_addr: SocketAddr = flag_admin_s.parse().unwrap();
     wait_ready(flag_addr).await;
-    assert!(!answers(env_admin_s.parse().unwrap()).await, "env lost to the flag");
+    assert!(
+        !answers(env_admin_s.parse().unwrap()).await,
+        "env lost to the flag"
+    );
     assert!(!answers(format!("127.0.0.1:{file_admin}").parse().unwrap()).await);
     // The environment's upstream beat the file's (port 1 would refuse).
     let (status, _, _) = get(&format!("http://{listen}/via-env")).await;
@@ -109,7 +137,16 @@ async fn zero_config_mode_runs_with_only_an_upstream() {
     let listen = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
     let mut p = Process::spawn(
-        &["--upstream", &backend.url(), "--listen", &listen, "--admin-listen", &admin, "--log-format", "text"],
+        &[
+            "--upstream",
+            &backend.url(),
+            "--listen",
+            &listen,
+            "--admin-listen",
+            &admin,
+            "--log-format",
+            "text",
+        ],
         &[],
     );
     wait_ready(admin.parse().unwrap()).await;

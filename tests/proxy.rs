@@ -50,7 +50,10 @@ async fn large_bodies_stream_intact_both_ways() {
         .unwrap();
     let resp = within(client().request(req)).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let got = within(http_body_util::BodyExt::collect(resp.into_body())).await.unwrap().to_bytes();
+    let got = within(http_body_util::BodyExt::collect(resp.into_body()))
+        .await
+        .unwrap()
+        .to_bytes();
     assert_eq!(got.len(), payload.len());
     assert!(got == payload, "echoed body differs");
     assert_eq!(backend.received()[0].body.len(), payload.len());
@@ -84,11 +87,19 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
     let (_, headers, _) = send(req).await;
 
     let seen = &backend.received()[0];
-    for name in ["x-private", "keep-alive", "proxy-connection", "te", "upgrade"] {
+    for name in [
+        "x-private",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+    ] {
         assert_eq!(seen.header(name), None, "{name} was forwarded");
     }
     assert_eq!(seen.header("x-kept"), Some("kept"));
-    assert!(seen.header("connection").is_none_or(|v| !v.contains("x-private")));
+    assert!(seen
+        .header("connection")
+        .is_none_or(|v| !v.contains("x-private")));
     assert!(headers.get("x-backend-private").is_none());
     assert!(headers.get("keep-alive").is_none());
     assert_eq!(headers["x-public"], "yes");
@@ -108,10 +119,17 @@ async fn forwarding_headers_are_set_and_appended() {
     get(&sidecar.url("/plain")).await;
 
     let seen = backend.received();
-    assert_eq!(seen[0].header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(
+        seen[0].header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
     assert_eq!(seen[0].header("x-forwarded-proto"), Some("http"));
     assert_eq!(seen[0].header("x-forwarded-host"), Some("shop.example"));
-    assert_eq!(seen[0].header("host"), Some("shop.example"), "host_header: preserve");
+    assert_eq!(
+        seen[0].header("host"),
+        Some("shop.example"),
+        "host_header: preserve"
+    );
     assert_eq!(seen[1].header("x-forwarded-for"), Some("127.0.0.1"));
 }
 
@@ -181,7 +199,8 @@ async fn connect_is_refused_with_405() {
 #[tokio::test]
 async fn oversized_headers_get_431_and_others_are_still_served() {
     let backend = Backend::start().await;
-    let sidecar = Sidecar::in_front_of(&backend, "limits:\n  max_request_header_bytes: 16KiB\n").await;
+    let sidecar =
+        Sidecar::in_front_of(&backend, "limits:\n  max_request_header_bytes: 16KiB\n").await;
     let big = "a".repeat(20_000);
     let answer = raw(
         sidecar.addr,
@@ -189,7 +208,11 @@ async fn oversized_headers_get_431_and_others_are_still_served() {
         Duration::from_secs(2),
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 431"), "{}", &answer[..answer.len().min(200)]);
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
     let (status, _, _) = get(&sidecar.url("/")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(backend.count(), 1);
@@ -199,7 +222,12 @@ async fn oversized_headers_get_431_and_others_are_still_served() {
 async fn malformed_request_gets_400_and_others_are_still_served() {
     let backend = Backend::start().await;
     let sidecar = Sidecar::in_front_of(&backend, "").await;
-    let answer = raw(sidecar.addr, b"GARBAGE\x01\x02 / NOT-HTTP\r\n\r\n", Duration::from_secs(2)).await;
+    let answer = raw(
+        sidecar.addr,
+        b"GARBAGE\x01\x02 / NOT-HTTP\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     let (status, _, _) = get(&sidecar.url("/")).await;
     assert_eq!(status, StatusCode::OK);
@@ -212,7 +240,12 @@ async fn slow_header_senders_are_cut_off() {
     let sidecar = Sidecar::in_front_of(&backend, "limits:\n  header_read_timeout: 200ms\n").await;
     let started = std::time::Instant::now();
     // Half a request line, then silence: the connection must be closed by the proxy.
-    let answer = raw(sidecar.addr, b"GET / HTTP/1.1\r\nhost: x\r\n", Duration::from_secs(10)).await;
+    let answer = raw(
+        sidecar.addr,
+        b"GET / HTTP/1.1\r\nhost: x\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
     let waited = started.elapsed();
     assert!(waited < Duration::from_secs(5), "held for {waited:?}");
     assert!(!answer.contains("200"), "{answer}");
@@ -235,15 +268,30 @@ async fn routes_match_first_wins_segment_aware() {
     get(&sidecar.url("/conversations")).await;
     get(&sidecar.url("/conversations/7")).await;
     get(&sidecar.url("/conversationsX")).await;
-    send(Request::delete(sidecar.url("/conversations/7")).body(Full::default()).unwrap()).await;
-    send(Request::get(sidecar.url("/x")).header("x-tenant", "acme").body(Full::default()).unwrap()).await;
+    send(
+        Request::delete(sidecar.url("/conversations/7"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    send(
+        Request::get(sidecar.url("/x"))
+            .header("x-tenant", "acme")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
 
     let m = sidecar.metrics().await;
     let count = |route| metric(&m, "outrigger_requests_total", &[("route", route)]);
     assert_eq!(count("exact"), 1.0);
     assert_eq!(count("convs"), 2.0);
     assert_eq!(count("tenant"), 1.0);
-    assert_eq!(count("default"), 2.0, "/conversationsX and DELETE fall through");
+    assert_eq!(
+        count("default"),
+        2.0,
+        "/conversationsX and DELETE fall through"
+    );
     assert_eq!(backend.count(), 6);
 }
 
@@ -259,15 +307,26 @@ async fn connection_refused_gives_502_json() {
     let (status, headers, body) = get(&sidecar.url("/")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(headers["content-type"], "application/json");
-    assert_eq!(body, r#"{"error":"could not connect to the upstream","reason":"connect-failure"}"#);
+    assert_eq!(
+        body,
+        r#"{"error":"could not connect to the upstream","reason":"connect-failure"}"#
+    );
     assert!(headers.get("x-outrigger-fallback").is_none());
     let m = sidecar.metrics().await;
     assert_eq!(
-        metric(&m, "outrigger_requests_total", &[("code", "502"), ("outcome", "error")]),
+        metric(
+            &m,
+            "outrigger_requests_total",
+            &[("code", "502"), ("outcome", "error")]
+        ),
         1.0
     );
     assert_eq!(
-        metric(&m, "outrigger_upstream_attempts_total", &[("result", "connect-failure")]),
+        metric(
+            &m,
+            "outrigger_upstream_attempts_total",
+            &[("result", "connect-failure")]
+        ),
         1.0
     );
 }
@@ -275,16 +334,32 @@ async fn connection_refused_gives_502_json() {
 #[tokio::test]
 async fn upstream_errors_map_to_reasons() {
     let backend = Backend::start().await;
-    backend.script([Action::Reset, Action::Garbage, Action::Delay(Duration::from_secs(2), Box::new(Action::Status(200)))]);
+    backend.script([
+        Action::Reset,
+        Action::Garbage,
+        Action::Delay(Duration::from_secs(2), Box::new(Action::Status(200))),
+    ]);
     let yaml = "defaults:\n  retry: { attempts: 1, per_try_timeout: 300ms }\n";
     let sidecar = Sidecar::in_front_of(&backend, yaml).await;
 
     let (s1, _, b1) = get(&sidecar.url("/a")).await;
     let (s2, _, b2) = get(&sidecar.url("/b")).await;
     let (s3, _, b3) = get(&sidecar.url("/c")).await;
-    assert_eq!((s1, b1.contains(r#""reason":"reset""#)), (StatusCode::BAD_GATEWAY, true), "{b1}");
-    assert_eq!((s2, b2.contains(r#""reason":"bad-response""#)), (StatusCode::BAD_GATEWAY, true), "{b2}");
-    assert_eq!((s3, b3.contains(r#""reason":"timeout""#)), (StatusCode::GATEWAY_TIMEOUT, true), "{b3}");
+    assert_eq!(
+        (s1, b1.contains(r#""reason":"reset""#)),
+        (StatusCode::BAD_GATEWAY, true),
+        "{b1}"
+    );
+    assert_eq!(
+        (s2, b2.contains(r#""reason":"bad-response""#)),
+        (StatusCode::BAD_GATEWAY, true),
+        "{b2}"
+    );
+    assert_eq!(
+        (s3, b3.contains(r#""reason":"timeout""#)),
+        (StatusCode::GATEWAY_TIMEOUT, true),
+        "{b3}"
+    );
 }
 
 #[tokio::test]
@@ -295,13 +370,19 @@ async fn upstream_error_status_is_passed_through() {
     let (status, headers, body) = get(&sidecar.url("/")).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(body, "status 500");
-    assert_eq!(headers["x-outrigger-attempts"], "1", "500 is not in the default retry list");
+    assert_eq!(
+        headers["x-outrigger-attempts"], "1",
+        "500 is not in the default retry list"
+    );
 }
 
 #[tokio::test]
 async fn over_the_concurrency_limit_requests_are_shed() {
     let backend = Backend::start().await;
-    backend.script([Action::Delay(Duration::from_millis(800), Box::new(Action::Status(200)))]);
+    backend.script([Action::Delay(
+        Duration::from_millis(800),
+        Box::new(Action::Status(200)),
+    )]);
     let sidecar = Sidecar::in_front_of(&backend, "limits:\n  max_concurrent_requests: 1\n").await;
 
     let slow_url = sidecar.url("/slow");
@@ -324,7 +405,12 @@ async fn proxy_port_never_serves_admin_endpoints() {
     for path in ["/metrics", "/health", "/ready", "/live"] {
         get(&sidecar.url(path)).await;
     }
-    let raw_shutdown = send(Request::post(sidecar.url("/shutdown")).body(Full::default()).unwrap()).await;
+    let raw_shutdown = send(
+        Request::post(sidecar.url("/shutdown"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(raw_shutdown.0, StatusCode::OK, "answered by the backend");
     assert_eq!(backend.count(), 5);
     assert!(sidecar.app.lifecycle.is_ready());
@@ -338,9 +424,15 @@ async fn h2c_prior_knowledge_clients_are_served() {
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .http2_only(true)
             .build_http();
-    let resp = within(h2.request(Request::get(sidecar.url("/h2")).body(Full::default()).unwrap()))
-        .await
-        .unwrap();
+    let resp = within(
+        h2.request(
+            Request::get(sidecar.url("/h2"))
+                .body(Full::default())
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.version(), http::Version::HTTP_2);
     assert_eq!(resp.headers()["x-outrigger-attempts"], "1");

@@ -19,13 +19,22 @@ use crate::app::App;
 use crate::proxy::body::ResponseBody;
 
 /// Answers one admin request.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ResponseBody> {
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     match (req.uri().path(), read) {
         ("/health", true) => health(&app),
         ("/live", true) => json(StatusCode::OK, r#"{"status":"alive"}"#.to_owned()),
-        ("/ready", true) if app.lifecycle.is_ready() => json(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
-        ("/ready", true) => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#.to_owned()),
+        ("/ready", true) if app.lifecycle.is_ready() => {
+            json(StatusCode::OK, r#"{"status":"ready"}"#.to_owned())
+        }
+        ("/ready", true) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"status":"not ready"}"#.to_owned(),
+        ),
         ("/metrics", true) => metrics(&app),
         ("/shutdown", _) if req.method() == Method::POST => shutdown(&app, peer),
         ("/shutdown", _) => not_allowed("POST"),
@@ -59,12 +68,19 @@ fn shutdown(app: &App, peer: SocketAddr) -> Response<ResponseBody> {
         );
     }
     app.lifecycle.begin_shutdown();
-    json(StatusCode::ACCEPTED, r#"{"status":"shutting down"}"#.to_owned())
+    json(
+        StatusCode::ACCEPTED,
+        r#"{"status":"shutting down"}"#.to_owned(),
+    )
 }
 
 fn not_allowed(allow: &'static str) -> Response<ResponseBody> {
-    let mut resp = json(StatusCode::METHOD_NOT_ALLOWED, r#"{"error":"method not allowed"}"#.to_owned());
-    resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    let mut resp = json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        r#"{"error":"method not allowed"}"#.to_owned(),
+    );
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
     resp
 }
 

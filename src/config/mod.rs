@@ -86,15 +86,20 @@ impl std::error::Error for ConfigError {}
 /// Loads and validates a configuration from an optional file plus overrides.
 pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
     let text = match file {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new("", format!("cannot read the config file: {e}")).in_file(file))?,
+        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("", format!("cannot read the config file: {e}")).in_file(file)
+        })?,
         None => String::new(),
     };
     from_text(&text, file, overrides)
 }
 
 /// Validates configuration text as if it had been read from `file`.
-pub fn from_text(text: &str, file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+pub fn from_text(
+    text: &str,
+    file: Option<&Path>,
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
     let mut raw: raw::RawConfig = yaml::parse(text).map_err(|e| e.in_file(file))?;
     if let Some(addr) = overrides.listen {
         raw.listen = Some(raw::Addr(addr));

@@ -40,8 +40,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        "" => return Err(format!("`{text}` has no unit (write e.g. `250ms`, `2s`, `5m`)")),
-        other => return Err(format!("`{text}` has unknown unit `{other}` (use ms, s, m or h)")),
+        "" => {
+            return Err(format!(
+                "`{text}` has no unit (write e.g. `250ms`, `2s`, `5m`)"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "`{text}` has unknown unit `{other}` (use ms, s, m or h)"
+            ))
+        }
     };
     let value: f64 = number
         .parse()
@@ -56,9 +64,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Formats a duration the way the config file writes it.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 60_000 == 0 && ms > 0 {
+    if ms.is_multiple_of(60_000) && ms > 0 {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(1000) && ms > 0 {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -100,7 +108,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "KiB" | "KB" | "K" => 1 << 10,
         "MiB" | "MB" | "M" => 1 << 20,
         "GiB" | "GB" | "G" => 1 << 30,
-        other => return Err(format!("`{text}` has unknown unit `{other}` (use B, KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "`{text}` has unknown unit `{other}` (use B, KiB, MiB or GiB)"
+            ))
+        }
     };
     let value: u64 = number
         .parse()
@@ -127,10 +139,14 @@ mod tests {
     #[test]
     fn durations_without_units_or_garbage_are_refused() {
         assert!(parse_duration("5").unwrap_err().contains("has no unit"));
-        assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("5 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
         assert!(parse_duration("fast").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("ms").unwrap_err().contains("not a duration"));
-        assert!(parse_duration("9999999h").unwrap_err().contains("longer than a year"));
+        assert!(parse_duration("9999999h")
+            .unwrap_err()
+            .contains("longer than a year"));
     }
 
     #[test]

@@ -25,7 +25,10 @@ pub fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
     let listen = raw.listen.map_or(default_addr(8080), |a| a.0);
     let admin_listen = raw.admin_listen.map_or(default_addr(9901), |a| a.0);
     if listen == admin_listen && listen.port() != 0 {
-        return Err(field_err("admin_listen", format!("{admin_listen} is also `listen`")));
+        return Err(field_err(
+            "admin_listen",
+            format!("{admin_listen} is also `listen`"),
+        ));
     }
 
     let defaults = raw.defaults.unwrap_or_default();
@@ -98,8 +101,14 @@ fn upstream(raw: RawUpstream) -> Result<Upstream, ConfigError> {
         )
     })?;
     let (url, base_path) = upstream_url(&text)?;
-    if raw.tls.is_some_and(|t| t.ca_file.is_some() || t.server_name.is_some()) {
-        return Err(field_err("upstream.tls", "is only used with https:// upstreams"));
+    if raw
+        .tls
+        .is_some_and(|t| t.ca_file.is_some() || t.server_name.is_some())
+    {
+        return Err(field_err(
+            "upstream.tls",
+            "is only used with https:// upstreams",
+        ));
     }
     let health_check = raw.health_check.map(health_check).transpose()?;
     Ok(Upstream {
@@ -117,9 +126,12 @@ fn upstream(raw: RawUpstream) -> Result<Upstream, ConfigError> {
 /// Checks an upstream URL; returns it with its path prefix (no trailing slash).
 pub fn upstream_url(text: &str) -> Result<(Uri, String), ConfigError> {
     let at = "upstream.url";
-    let url: Uri = text
-        .parse()
-        .map_err(|_| field_err(at, format!("`{text}` is not a URL such as http://127.0.0.1:3000")))?;
+    let url: Uri = text.parse().map_err(|_| {
+        field_err(
+            at,
+            format!("`{text}` is not a URL such as http://127.0.0.1:3000"),
+        )
+    })?;
     match url.scheme_str() {
         Some("http") => {}
         Some("https") => {
@@ -143,13 +155,23 @@ pub fn upstream_url(text: &str) -> Result<(Uri, String), ConfigError> {
 fn health_check(raw: RawHealthCheck) -> Result<HealthCheck, ConfigError> {
     let path = raw.path.unwrap_or_else(|| "/healthz".to_owned());
     if !path.starts_with('/') {
-        return Err(field_err("upstream.health_check.path", format!("`{path}` must start with /")));
+        return Err(field_err(
+            "upstream.health_check.path",
+            format!("`{path}` must start with /"),
+        ));
     }
     let interval = positive(dur(raw.interval, 5000), "upstream.health_check.interval")?;
     let timeout = positive(dur(raw.timeout, 1000), "upstream.health_check.timeout")?;
-    let healthy_threshold = at_least_one(raw.healthy_threshold, 2, "upstream.health_check.healthy_threshold")?;
-    let unhealthy_threshold =
-        at_least_one(raw.unhealthy_threshold, 3, "upstream.health_check.unhealthy_threshold")?;
+    let healthy_threshold = at_least_one(
+        raw.healthy_threshold,
+        2,
+        "upstream.health_check.healthy_threshold",
+    )?;
+    let unhealthy_threshold = at_least_one(
+        raw.unhealthy_threshold,
+        3,
+        "upstream.health_check.unhealthy_threshold",
+    )?;
     Ok(HealthCheck {
         path,
         interval,
@@ -170,7 +192,10 @@ fn at_least_one(value: Option<u32>, default: u32, field: &str) -> Result<u32, Co
 fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
     let max_concurrent_requests = raw.max_concurrent_requests.unwrap_or(1024);
     if max_concurrent_requests == 0 {
-        return Err(field_err("limits.max_concurrent_requests", "must be at least 1"));
+        return Err(field_err(
+            "limits.max_concurrent_requests",
+            "must be at least 1",
+        ));
     }
     let header_bytes = raw.max_request_header_bytes.map_or(64 << 10, |s| s.0);
     if !(8192..=(16 << 20)).contains(&header_bytes) {
@@ -190,7 +215,10 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
         max_concurrent_requests,
         request_body_buffer: body_buffer as usize,
         max_request_header_bytes: header_bytes as usize,
-        header_read_timeout: positive(dur(raw.header_read_timeout, 10_000), "limits.header_read_timeout")?,
+        header_read_timeout: positive(
+            dur(raw.header_read_timeout, 10_000),
+            "limits.header_read_timeout",
+        )?,
     })
 }
 
@@ -198,7 +226,9 @@ fn route_name(name: Option<String>, at: &str, earlier: &[Route]) -> Result<Strin
     let name = name.ok_or_else(|| field_err(format!("{at}.name"), "is required"))?;
     let valid = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if !valid {
         return Err(field_err(
             format!("{at}.name"),
@@ -212,7 +242,10 @@ fn route_name(name: Option<String>, at: &str, earlier: &[Route]) -> Result<Strin
         ));
     }
     if earlier.iter().any(|r| r.name == name) {
-        return Err(field_err(format!("{at}.name"), format!("`{name}` is used by an earlier route")));
+        return Err(field_err(
+            format!("{at}.name"),
+            format!("`{name}` is used by an earlier route"),
+        ));
     }
     Ok(name)
 }
@@ -221,7 +254,10 @@ fn matcher(raw: Option<RawMatch>, at: &str) -> Result<Matcher, ConfigError> {
     let raw = raw.unwrap_or_default();
     let path = match (raw.path, raw.path_prefix) {
         (Some(_), Some(_)) => {
-            return Err(field_err(format!("{at}.match"), "give `path` or `path_prefix`, not both"))
+            return Err(field_err(
+                format!("{at}.match"),
+                "give `path` or `path_prefix`, not both",
+            ))
         }
         (Some(p), None) => PathMatch::Exact(route_path(p, &format!("{at}.match.path"))?),
         (None, Some(p)) => {
@@ -233,7 +269,10 @@ fn matcher(raw: Option<RawMatch>, at: &str) -> Result<Matcher, ConfigError> {
     let methods = raw
         .methods
         .map(|ms| ms.into_iter().map(|m| m.0).collect::<Vec<Method>>());
-    let headers = header_pairs(raw.headers.unwrap_or_default(), &format!("{at}.match.headers"))?;
+    let headers = header_pairs(
+        raw.headers.unwrap_or_default(),
+        &format!("{at}.match.headers"),
+    )?;
     Ok(Matcher {
         path,
         methods,
@@ -268,7 +307,10 @@ fn merge_policy(route: RawPolicy, defaults: &RawPolicy) -> RawPolicy {
     RawPolicy {
         timeout: route.timeout.or(defaults.timeout),
         retry: Some(merge_retry(route.retry, defaults.retry.as_ref())),
-        circuit_breaker: Some(merge_breaker(route.circuit_breaker, defaults.circuit_breaker.as_ref())),
+        circuit_breaker: Some(merge_breaker(
+            route.circuit_breaker,
+            defaults.circuit_breaker.as_ref(),
+        )),
         fallback: route.fallback.or_else(|| defaults.fallback.clone()),
         stale_if_error: match (route.stale_if_error, &defaults.stale_if_error) {
             (Some(Some(r)), Some(Some(d))) => Some(Some(merge_stale(r, d))),
@@ -282,7 +324,10 @@ fn merge_policy(route: RawPolicy, defaults: &RawPolicy) -> RawPolicy {
 }
 
 fn merge_retry(route: Option<RawRetry>, defaults: Option<&RawRetry>) -> RawRetry {
-    let (r, d) = (route.unwrap_or_default(), defaults.cloned().unwrap_or_default());
+    let (r, d) = (
+        route.unwrap_or_default(),
+        defaults.cloned().unwrap_or_default(),
+    );
     let (rb, db) = (r.backoff.unwrap_or_default(), d.backoff.unwrap_or_default());
     let (rg, dg) = (r.budget.unwrap_or_default(), d.budget.unwrap_or_default());
     RawRetry {
@@ -305,7 +350,10 @@ fn merge_retry(route: Option<RawRetry>, defaults: Option<&RawRetry>) -> RawRetry
 }
 
 fn merge_breaker(route: Option<RawBreaker>, defaults: Option<&RawBreaker>) -> RawBreaker {
-    let (r, d) = (route.unwrap_or_default(), defaults.cloned().unwrap_or_default());
+    let (r, d) = (
+        route.unwrap_or_default(),
+        defaults.cloned().unwrap_or_default(),
+    );
     RawBreaker {
         enabled: r.enabled.or(d.enabled),
         failure_ratio: r.failure_ratio.or(d.failure_ratio),
@@ -352,8 +400,14 @@ fn policy(raw: &RawPolicy, at: &str, dir: &Path) -> Result<Policy, ConfigError> 
     };
     Ok(Policy {
         timeout,
-        retry: retry(raw.retry.clone().unwrap_or_default(), &format!("{at}.retry"))?,
-        circuit_breaker: breaker(raw.circuit_breaker.clone().unwrap_or_default(), &format!("{at}.circuit_breaker"))?,
+        retry: retry(
+            raw.retry.clone().unwrap_or_default(),
+            &format!("{at}.retry"),
+        )?,
+        circuit_breaker: breaker(
+            raw.circuit_breaker.clone().unwrap_or_default(),
+            &format!("{at}.circuit_breaker"),
+        )?,
         fallback,
         stale_if_error,
         cache,
@@ -374,9 +428,15 @@ const DEFAULT_METHODS: [Method; 6] = [
 fn retry(raw: RawRetry, at: &str) -> Result<RetryPolicy, ConfigError> {
     let attempts = raw.attempts.unwrap_or(3);
     if !(1..=10).contains(&attempts) {
-        return Err(field_err(format!("{at}.attempts"), format!("{attempts} is outside 1..10")));
+        return Err(field_err(
+            format!("{at}.attempts"),
+            format!("{attempts} is outside 1..10"),
+        ));
     }
-    let per_try_timeout = positive(dur(raw.per_try_timeout, 3000), &format!("{at}.per_try_timeout"))?;
+    let per_try_timeout = positive(
+        dur(raw.per_try_timeout, 3000),
+        &format!("{at}.per_try_timeout"),
+    )?;
     let b = raw.backoff.unwrap_or_default();
     let backoff = Backoff {
         base: dur(b.base, 100),
@@ -404,7 +464,13 @@ fn retry(raw: RawRetry, at: &str) -> Result<RetryPolicy, ConfigError> {
         ]
     });
     if let Some(c) = when.iter().find(|c| {
-        matches!(c, Condition::BadResponse | Condition::CircuitOpen | Condition::Overloaded | Condition::RateLimited)
+        matches!(
+            c,
+            Condition::BadResponse
+                | Condition::CircuitOpen
+                | Condition::Overloaded
+                | Condition::RateLimited
+        )
     }) {
         return Err(field_err(format!("{at}.when"), format!("{c:?} is not a retry condition (use connect-failure, reset, timeout, 5xx or a status 400-599)")));
     }
@@ -412,22 +478,29 @@ fn retry(raw: RawRetry, at: &str) -> Result<RetryPolicy, ConfigError> {
         None => Some(HeaderName::from_static("idempotency-key")),
         Some(None) => None,
         Some(Some(name)) => Some(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            field_err(format!("{at}.idempotency_header"), format!("`{name}` is not a header name"))
+            field_err(
+                format!("{at}.idempotency_header"),
+                format!("`{name}` is not a header name"),
+            )
         })?),
     };
     let g = raw.budget.unwrap_or_default();
     let ratio = g.ratio.unwrap_or(0.2);
     if !(0.0..=1000.0).contains(&ratio) {
-        return Err(field_err(format!("{at}.budget.ratio"), format!("{ratio} is outside 0..1000")));
+        return Err(field_err(
+            format!("{at}.budget.ratio"),
+            format!("{ratio} is outside 0..1000"),
+        ));
     }
     Ok(RetryPolicy {
         attempts,
         per_try_timeout,
         backoff,
         when,
-        methods: raw
-            .methods
-            .map_or_else(|| DEFAULT_METHODS.to_vec(), |ms| ms.into_iter().map(|m| m.0).collect()),
+        methods: raw.methods.map_or_else(
+            || DEFAULT_METHODS.to_vec(),
+            |ms| ms.into_iter().map(|m| m.0).collect(),
+        ),
         idempotency_header,
         respect_retry_after: raw.respect_retry_after.unwrap_or(true),
         budget: BudgetPolicy {
@@ -450,7 +523,11 @@ fn breaker(raw: RawBreaker, at: &str) -> Result<Option<BreakerPolicy>, ConfigErr
         min_requests: at_least_one(raw.min_requests, 20, &format!("{at}.min_requests"))?,
         window: positive(dur(raw.window, 10_000), &format!("{at}.window"))?,
         open_duration: positive(dur(raw.open_duration, 5000), &format!("{at}.open_duration"))?,
-        half_open_requests: at_least_one(raw.half_open_requests, 1, &format!("{at}.half_open_requests"))?,
+        half_open_requests: at_least_one(
+            raw.half_open_requests,
+            1,
+            &format!("{at}.half_open_requests"),
+        )?,
     };
     Ok(raw.enabled.unwrap_or(true).then_some(policy))
 }
@@ -458,7 +535,10 @@ fn breaker(raw: RawBreaker, at: &str) -> Result<Option<BreakerPolicy>, ConfigErr
 fn status(code: u16, field: &str) -> Result<StatusCode, ConfigError> {
     match StatusCode::from_u16(code) {
         Ok(s) if (200..=599).contains(&code) => Ok(s),
-        _ => Err(field_err(field, format!("{code} is not a status from 200 to 599"))),
+        _ => Err(field_err(
+            field,
+            format!("{code} is not a status from 200 to 599"),
+        )),
     }
 }
 
@@ -469,7 +549,10 @@ fn fallback(raw: RawFallback, at: &str, dir: &Path) -> Result<Fallback, ConfigEr
         (None, Some(file)) => {
             let path = dir.join(&file);
             let data = std::fs::read(&path).map_err(|e| {
-                field_err(format!("{at}.body_file"), format!("cannot read {}: {e}", path.display()))
+                field_err(
+                    format!("{at}.body_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
             })?;
             Bytes::from(data)
         }
@@ -504,15 +587,22 @@ const MAX_STORED_RESPONSE: u64 = 1 << 20;
 fn stale(raw: RawStale, at: &str) -> Result<StalePolicy, ConfigError> {
     let max_bytes = raw.max_bytes.map_or(64 << 20, |s| s.0);
     if max_bytes < MAX_STORED_RESPONSE {
-        return Err(field_err(format!("{at}.max_bytes"), format!("{max_bytes} bytes is less than 1MiB")));
+        return Err(field_err(
+            format!("{at}.max_bytes"),
+            format!("{max_bytes} bytes is less than 1MiB"),
+        ));
     }
     let key_headers = raw
         .key_headers
         .unwrap_or_default()
         .into_iter()
         .map(|n| {
-            HeaderName::from_bytes(n.as_bytes())
-                .map_err(|_| field_err(format!("{at}.key_headers"), format!("`{n}` is not a header name")))
+            HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
+                field_err(
+                    format!("{at}.key_headers"),
+                    format!("`{n}` is not a header name"),
+                )
+            })
         })
         .collect::<Result<_, _>>()?;
     let max_entries = raw.max_entries.unwrap_or(10_000);
@@ -536,9 +626,14 @@ fn rate_limit(raw: RawRateLimit, at: &str) -> Result<RateLimitPolicy, ConfigErro
         "route" => RateKey::Route,
         "client-ip" => RateKey::ClientIp,
         other => match other.strip_prefix("header:") {
-            Some(name) => RateKey::Header(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                field_err(format!("{at}.key"), format!("`{name}` is not a header name"))
-            })?),
+            Some(name) => {
+                RateKey::Header(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    field_err(
+                        format!("{at}.key"),
+                        format!("`{name}` is not a header name"),
+                    )
+                })?)
+            }
             None => {
                 return Err(field_err(
                     format!("{at}.key"),
@@ -547,7 +642,9 @@ fn rate_limit(raw: RawRateLimit, at: &str) -> Result<RateLimitPolicy, ConfigErro
             }
         },
     };
-    let burst = raw.burst.unwrap_or_else(|| (rate * 2.0).ceil().max(1.0) as u32);
+    let burst = raw
+        .burst
+        .unwrap_or_else(|| (rate * 2.0).ceil().max(1.0) as u32);
     if burst == 0 {
         return Err(field_err(format!("{at}.burst"), "must be at least 1"));
     }
@@ -576,7 +673,10 @@ fn fault(raw: RawFault, at: &str) -> Result<FaultPolicy, ConfigError> {
         None => None,
     };
     let delay = match raw.delay {
-        Some(d) => Some((percent(d.percent, &format!("{at}.delay.percent"))?, dur(d.duration, 0))),
+        Some(d) => Some((
+            percent(d.percent, &format!("{at}.delay.percent"))?,
+            dur(d.duration, 0),
+        )),
         None => None,
     };
     Ok(FaultPolicy { abort, delay })

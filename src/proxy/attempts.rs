@@ -60,7 +60,9 @@ impl Attempts<'_> {
         loop {
             let result = self.attempt(n).await;
             let reason = match &result {
-                Ok(resp) if retry::retries_status(policy, resp.status()) => Some(Reason::Status(resp.status())),
+                Ok(resp) if retry::retries_status(policy, resp.status()) => {
+                    Some(Reason::Status(resp.status()))
+                }
                 Ok(_) => None,
                 Err(f) => Some(Reason::Failure(*f)),
             };
@@ -71,7 +73,11 @@ impl Attempts<'_> {
                 Ok(_) => true,
                 Err(f) => retry::retries_failure(policy, *f),
             };
-            let backoff = if wanted { self.next_backoff(n, &result) } else { Err(None) };
+            let backoff = if wanted {
+                self.next_backoff(n, &result)
+            } else {
+                Err(None)
+            };
             match backoff {
                 Ok(wait) => {
                     warn!(route = %self.route.name, attempt = n, reason = %reason, backoff_ms = wait.as_millis() as u64, "upstream attempt failed; retrying");
@@ -146,8 +152,13 @@ impl Attempts<'_> {
         if !self.may_resend && !nothing_sent {
             return Err(Some("method"));
         }
-        if self.body.for_attempt().is_none() {
+        if self.body.oversized() {
             return Err(Some("body-too-large"));
+        }
+        if self.body.for_attempt().is_none() {
+            // A streamed body that started flowing: only reachable for a non-resendable
+            // request, already refused above unless nothing was sent.
+            return Err(Some("method"));
         }
         let mut wait = backoff::delay(&policy.backoff, n, fastrand::f64());
         let remaining = self.deadline.saturating_duration_since(Instant::now());
@@ -170,9 +181,18 @@ impl Attempts<'_> {
         Ok(wait)
     }
 
-    fn finish(&self, result: Result<Response<Incoming>, Failure>, attempts: u32, reason: Option<Reason>) -> Finished {
+    fn finish(
+        &self,
+        result: Result<Response<Incoming>, Failure>,
+        attempts: u32,
+        reason: Option<Reason>,
+    ) -> Finished {
         if attempts > 1 {
-            let label = if reason.is_none() { "success" } else { "failure" };
+            let label = if reason.is_none() {
+                "success"
+            } else {
+                "failure"
+            };
             self.metrics
                 .retried_requests
                 .with_label_values(&[&self.route.name, label])

@@ -32,6 +32,9 @@ pub enum Prepared {
     Streaming {
         slot: Arc<Mutex<Option<Streamed>>>,
         length: Option<u64>,
+        /// Larger than `request_body_buffer`: never retried, not even after a connect
+        /// failure (SPEC §2).
+        oversized: bool,
     },
 }
 
@@ -44,10 +47,16 @@ pub struct Streamed {
 
 impl Prepared {
     /// Wraps a body that will stream once.
-    pub fn streaming(prefix: Vec<Bytes>, rest: Incoming, length: Option<u64>) -> Prepared {
+    pub fn streaming(
+        prefix: Vec<Bytes>,
+        rest: Incoming,
+        length: Option<u64>,
+        oversized: bool,
+    ) -> Prepared {
         Prepared::Streaming {
             slot: Arc::new(Mutex::new(Some(Streamed { prefix, rest }))),
             length,
+            oversized,
         }
     }
 
@@ -56,7 +65,7 @@ impl Prepared {
         match self {
             Prepared::Empty => Some(UpstreamBody::Empty),
             Prepared::Buffered(bytes) => Some(UpstreamBody::Full(Some(bytes.clone()))),
-            Prepared::Streaming { slot, length } => {
+            Prepared::Streaming { slot, length, .. } => {
                 let untouched = slot.lock().map(|s| s.is_some()).unwrap_or(false);
                 untouched.then(|| UpstreamBody::Waiting {
                     slot: Arc::clone(slot),
@@ -66,9 +75,15 @@ impl Prepared {
         }
     }
 
-    /// Whether this body can be sent again (true for buffered and empty bodies).
-    pub fn replayable(&self) -> bool {
-        !matches!(self, Prepared::Streaming { .. })
+    /// Whether the body exceeded `request_body_buffer`, which rules out any retry.
+    pub fn oversized(&self) -> bool {
+        matches!(
+            self,
+            Prepared::Streaming {
+                oversized: true,
+                ..
+            }
+        )
     }
 }
 
@@ -98,12 +113,16 @@ impl Body for UpstreamBody {
         loop {
             match this {
                 UpstreamBody::Empty => return Poll::Ready(None),
-                UpstreamBody::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+                UpstreamBody::Full(bytes) => {
+                    return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))))
+                }
                 UpstreamBody::Waiting { slot, .. } => {
                     let taken = slot.lock().ok().and_then(|mut s| s.take());
                     match taken {
                         Some(streamed) => *this = UpstreamBody::Flowing(streamed),
-                        None => return Poll::Ready(Some(Err("request body was already sent".into()))),
+                        None => {
+                            return Poll::Ready(Some(Err("request body was already sent".into())))
+                        }
                     }
                 }
                 UpstreamBody::Flowing(streamed) => {
@@ -130,9 +149,15 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            UpstreamBody::Waiting { length: Some(n), .. } => SizeHint::with_exact(*n),
-            UpstreamBody::Waiting { length: None, .. } | UpstreamBody::Flowing(_) => SizeHint::default(),
+            UpstreamBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            UpstreamBody::Waiting {
+                length: Some(n), ..
+            } => SizeHint::with_exact(*n),
+            UpstreamBody::Waiting { length: None, .. } | UpstreamBody::Flowing(_) => {
+                SizeHint::default()
+            }
         }
     }
 }
@@ -201,7 +226,9 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Upstream(body) => body.size_hint(),
-            Inner::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }

@@ -53,7 +53,9 @@ impl Failure {
     /// The status of the proxy-made answer for this failure.
     pub fn status(self) -> StatusCode {
         match self {
-            Failure::ConnectFailure | Failure::Reset | Failure::BadResponse => StatusCode::BAD_GATEWAY,
+            Failure::ConnectFailure | Failure::Reset | Failure::BadResponse => {
+                StatusCode::BAD_GATEWAY
+            }
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::CircuitOpen | Failure::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Failure::RateLimited => StatusCode::TOO_MANY_REQUESTS,

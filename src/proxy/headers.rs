@@ -93,10 +93,16 @@ mod tests {
     #[test]
     fn removes_fixed_and_connection_named_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-keep", HeaderValue::from_static("yes"));
         strip_hop_by_hop(&mut h);
@@ -109,7 +115,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some(&HeaderValue::from_static("shop.example")));
+        set_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            Some(&HeaderValue::from_static("shop.example")),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop.example");
@@ -123,6 +133,10 @@ mod tests {
         h.insert(&REQUEST_ID, HeaderValue::from_static("has space"));
         let made = request_id(&h);
         assert_eq!(made.len(), 32);
-        assert!(made.to_str().unwrap().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert!(made
+            .to_str()
+            .unwrap()
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit()));
     }
 }

@@ -71,7 +71,11 @@ impl Runtime {
     fn new(config: Arc<Config>, previous: Option<&Runtime>) -> Runtime {
         let mut old: HashMap<&str, &Arc<RouteState>> = HashMap::new();
         if let Some(prev) = previous {
-            let names = prev.config.routes.iter().chain([&prev.config.default_route]);
+            let names = prev
+                .config
+                .routes
+                .iter()
+                .chain([&prev.config.default_route]);
             old.extend(names.map(|r| r.name.as_str()).zip(prev.states.iter()));
         }
         let states = config
@@ -92,7 +96,12 @@ impl Runtime {
         }
     }
 
-    fn route(&self, method: &Method, path: &str, headers: &http::HeaderMap) -> (&Route, &RouteState) {
+    fn route(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> (&Route, &RouteState) {
         let cfg = &self.config;
         let ix = cfg
             .routes
@@ -146,7 +155,8 @@ impl Proxy {
     /// Applies a new configuration to requests that start from now on.
     pub fn reload(&self, config: Arc<Config>) {
         let current = self.runtime.load();
-        self.runtime.store(Arc::new(Runtime::new(config, Some(&current))));
+        self.runtime
+            .store(Arc::new(Runtime::new(config, Some(&current))));
     }
 
     /// The configuration in force.
@@ -175,7 +185,10 @@ impl Proxy {
                 self.metrics.shed.inc();
                 (respond::failure(Failure::Overloaded), Outcome::Error, 0)
             }
-            (Some(_), _) => self.forward(&rt, route, state, req, peer, &request_id, started).await,
+            (Some(_), _) => {
+                self.forward(&rt, route, state, req, peer, &request_id, started)
+                    .await
+            }
         };
 
         // The upstream may speak HTTP/1.0; the client gets the version it asked in.
@@ -188,7 +201,12 @@ impl Proxy {
         let elapsed = started.elapsed();
         self.metrics
             .requests
-            .with_label_values(&[&route.name, method_label(&method), status.as_str(), outcome.label()])
+            .with_label_values(&[
+                &route.name,
+                method_label(&method),
+                status.as_str(),
+                outcome.label(),
+            ])
             .inc();
         self.metrics
             .request_duration
@@ -237,19 +255,40 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let may_resend = retry::may_resend(&route.policy.retry, &parts.method, &parts.headers);
         let Ok(head) = Head::from_client(&mut parts, &rt.config.upstream, peer, request_id) else {
-            return (respond::refused(StatusCode::BAD_REQUEST, "the request target is not valid"), Outcome::Error, 0);
+            return (
+                respond::refused(StatusCode::BAD_REQUEST, "the request target is not valid"),
+                Outcome::Error,
+                0,
+            );
         };
         let deadline = started + route.policy.timeout;
         let limit = rt.config.limits.request_body_buffer;
-        let body = match tokio::time::timeout_at(deadline, prepare_body(body, &head, may_resend, limit)).await {
-            Ok(Ok(body)) => body,
-            Ok(Err(_)) => {
-                return (respond::refused(StatusCode::BAD_REQUEST, "the request body could not be read"), Outcome::Error, 0)
-            }
-            Err(_) => {
-                return (respond::refused(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time"), Outcome::Error, 0)
-            }
-        };
+        let body =
+            match tokio::time::timeout_at(deadline, prepare_body(body, &head, may_resend, limit))
+                .await
+            {
+                Ok(Ok(body)) => body,
+                Ok(Err(_)) => {
+                    return (
+                        respond::refused(
+                            StatusCode::BAD_REQUEST,
+                            "the request body could not be read",
+                        ),
+                        Outcome::Error,
+                        0,
+                    )
+                }
+                Err(_) => {
+                    return (
+                        respond::refused(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "the request body did not arrive in time",
+                        ),
+                        Outcome::Error,
+                        0,
+                    )
+                }
+            };
         let finished = Attempts {
             client: &rt.client,
             route,
@@ -263,7 +302,11 @@ impl Proxy {
         .run()
         .await;
         match finished.ended {
-            Ended::Answered(resp) => (resp.map(ResponseBody::upstream), Outcome::Upstream, finished.attempts),
+            Ended::Answered(resp) => (
+                resp.map(ResponseBody::upstream),
+                Outcome::Upstream,
+                finished.attempts,
+            ),
             Ended::Failed(f) => (respond::failure(f), Outcome::Error, finished.attempts),
         }
     }
@@ -289,18 +332,21 @@ async fn prepare_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .or_else(|| body.size_hint().exact());
-    if !may_resend || length.is_some_and(|n| n > limit as u64) {
-        return Ok(Prepared::streaming(Vec::new(), body, length));
+    let oversized = length.is_some_and(|n| n > limit as u64);
+    if !may_resend || oversized {
+        return Ok(Prepared::streaming(Vec::new(), body, length, oversized));
     }
     let mut kept: Vec<Bytes> = Vec::new();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         // Trailers of a buffered request body are dropped; data frames are all we replay.
-        let Ok(data) = frame?.into_data() else { continue };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
         total += data.len();
         kept.push(data);
         if total > limit {
-            return Ok(Prepared::streaming(kept, body, length));
+            return Ok(Prepared::streaming(kept, body, length, true));
         }
     }
     let mut all = BytesMut::with_capacity(total);

@@ -57,10 +57,12 @@ impl Head {
     ) -> Result<Head, http::Error> {
         let mut headers = std::mem::take(&mut parts.headers);
         // HTTP/2 and absolute-form requests carry the host in the URI, not in `Host`.
-        let client_host = headers
-            .get(HOST)
-            .cloned()
-            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let client_host = headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         headers::strip_hop_by_hop(&mut headers);
         headers::set_forwarded(&mut headers, peer.ip(), client_host.as_ref());
         headers.insert(headers::REQUEST_ID.clone(), request_id.clone());
@@ -105,6 +107,8 @@ fn upstream_uri(upstream: &Upstream, client_uri: &Uri) -> Result<Uri, http::Erro
     if upstream.base_path.is_empty() {
         builder.path_and_query(pq).build()
     } else {
-        builder.path_and_query(format!("{}{pq}", upstream.base_path)).build()
+        builder
+            .path_and_query(format!("{}{pq}", upstream.base_path))
+            .build()
     }
 }

@@ -101,7 +101,10 @@ mod tests {
     use super::*;
 
     fn budget(ratio: f64, min_per_second: u32) -> RetryBudget {
-        RetryBudget::new(BudgetPolicy { ratio, min_per_second })
+        RetryBudget::new(BudgetPolicy {
+            ratio,
+            min_per_second,
+        })
     }
 
     #[tokio::test(start_paused = true)]
@@ -136,7 +139,10 @@ mod tests {
         }
         assert_eq!((0..10).filter(|_| b.try_retry()).count(), 5);
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert!(!b.try_retry(), "requests of 11 s ago no longer earn retries");
+        assert!(
+            !b.try_retry(),
+            "requests of 11 s ago no longer earn retries"
+        );
         for _ in 0..4 {
             b.record_request();
         }
@@ -158,6 +164,10 @@ mod tests {
         for _ in 0..4 {
             b.record_request();
         }
-        assert_eq!((0..10).filter(|_| b.try_retry()).count(), 1, "5 requests earn 5, 4 spent");
+        assert_eq!(
+            (0..10).filter(|_| b.try_retry()).count(),
+            1,
+            "5 requests earn 5, 4 spent"
+        );
     }
 }

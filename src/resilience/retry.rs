@@ -47,12 +47,19 @@ pub fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> 
     if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
         return None;
     }
-    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
     let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 #[cfg(test)]
@@ -62,7 +69,10 @@ mod tests {
 
     fn headers(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(http::header::RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+        h.insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from_str(value).unwrap(),
+        );
         h
     }
 
@@ -80,9 +90,18 @@ mod tests {
         let later = SystemTime::now() + Duration::from_secs(30);
         let h = headers(&httpdate::fmt_http_date(later));
         let d = retry_after(StatusCode::TOO_MANY_REQUESTS, &h).unwrap();
-        assert!(d > Duration::from_secs(28) && d <= Duration::from_secs(30), "{d:?}");
+        assert!(
+            d > Duration::from_secs(28) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
         let past = headers("Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(retry_after(StatusCode::TOO_MANY_REQUESTS, &past), Some(Duration::ZERO));
-        assert_eq!(retry_after(StatusCode::TOO_MANY_REQUESTS, &headers("soon")), None);
+        assert_eq!(
+            retry_after(StatusCode::TOO_MANY_REQUESTS, &past),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            retry_after(StatusCode::TOO_MANY_REQUESTS, &headers("soon")),
+            None
+        );
     }
 }

@@ -92,14 +92,18 @@ impl Drop for Backend {
 impl Backend {
     /// Starts a backend on `127.0.0.1:0` that answers `200 ok` unless scripted otherwise.
     pub async fn start() -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let shared = Arc::new(Shared::default());
         let for_task = Arc::clone(&shared);
         let task = tokio::spawn(async move {
             let mut conns = Vec::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let shared = Arc::clone(&for_task);
                 conns.push(tokio::spawn(serve_connection(stream, shared)));
                 conns.retain(|c: &JoinHandle<()>| !c.is_finished());
@@ -137,7 +141,9 @@ impl Backend {
 async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     let mut reader = BufReader::new(stream);
     loop {
-        let Some(req) = read_request(&mut reader).await else { return };
+        let Some(req) = read_request(&mut reader).await else {
+            return;
+        };
         shared.received.lock().unwrap().push(req.clone());
         let next = shared.script.lock().unwrap().pop_front();
         let action = next
@@ -158,10 +164,18 @@ async fn act(action: &Action, req: &Received, stream: &mut TcpStream) -> bool {
     }
     match action {
         Action::Status(status) => {
-            let body = if status == 200 { b"ok".to_vec() } else { format!("status {status}").into_bytes() };
+            let body = if status == 200 {
+                b"ok".to_vec()
+            } else {
+                format!("status {status}").into_bytes()
+            };
             respond(stream, status, &[], &body).await
         }
-        Action::Respond { status, headers, body } => respond(stream, status, &headers, &body).await,
+        Action::Respond {
+            status,
+            headers,
+            body,
+        } => respond(stream, status, &headers, &body).await,
         Action::Echo => respond(stream, 200, &[], &req.body).await,
         Action::Reset => {
             let _ = stream.shutdown().await;
@@ -195,7 +209,12 @@ async fn act(action: &Action, req: &Received, stream: &mut TcpStream) -> bool {
     }
 }
 
-async fn respond(stream: &mut TcpStream, status: u16, headers: &[(String, String)], body: &[u8]) -> bool {
+async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> bool {
     let mut head = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\n", body.len());
     for (n, v) in headers {
         head.push_str(&format!("{n}: {v}\r\n"));
@@ -227,7 +246,12 @@ async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Received> {
         let (n, v) = h.split_once(':')?;
         headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
     }
-    let find = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
     let mut body = Vec::new();
     if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
         loop {
@@ -254,5 +278,10 @@ async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Received> {
         reader.read_exact(&mut b).await.ok()?;
         body = b;
     }
-    Some(Received { method, target, headers, body })
+    Some(Received {
+        method,
+        target,
+        headers,
+        body,
+    })
 }

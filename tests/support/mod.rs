@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+#[allow(unused_imports)]
 pub use backend::{Action, Backend};
 
 /// Every await in a test is bounded by this.
@@ -129,7 +130,11 @@ pub async fn send(req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, String) 
         let resp = client().request(req).await.expect("request");
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await.expect("body").to_bytes();
-        (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
     })
     .await
 }
@@ -155,9 +160,12 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
             let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            (n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
+            (n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())
+            .flatten()
         })
         .sum()
 }

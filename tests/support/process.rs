@@ -18,7 +18,9 @@ pub fn free_port() -> u16 {
 /// Runs the binary to completion (for `check`, `--help`, errors).
 pub fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_outrigger"));
-    cmd.args(args).env_remove("OUTRIGGER_CONFIG").env_remove("OUTRIGGER_UPSTREAM");
+    cmd.args(args)
+        .env_remove("OUTRIGGER_CONFIG")
+        .env_remove("OUTRIGGER_UPSTREAM");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -92,7 +94,9 @@ pub async fn wait_ready(admin: SocketAddr) {
     within(async {
         loop {
             let url = format!("http://{admin}/ready");
-            let req = http::Request::get(url).body(http_body_util::Full::default()).unwrap();
+            let req = http::Request::get(url)
+                .body(http_body_util::Full::default())
+                .unwrap();
             if let Ok(resp) = super::client().request(req).await {
                 if resp.status() == 200 {
                     return;

@@ -1,0 +1,192 @@
+//! Shutdown and reload, driven by real signals to the real binary.
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use support::process::{free_port, wait_ready, Process};
+use support::*;
+
+struct Running {
+    process: Process,
+    proxy: String,
+    admin: String,
+    config: std::path::PathBuf,
+}
+
+fn start(backend: &Backend, extra: &str) -> Running {
+    let proxy = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let yaml = format!(
+        "listen: {proxy}\nadmin_listen: {admin}\nupstream:\n  url: {}\n{extra}",
+        backend.url()
+    );
+    let config = temp_file("outrigger.yaml", &yaml);
+    let process = Process::spawn(&["--config", config.to_str().unwrap()], &[]);
+    Running {
+        process,
+        proxy,
+        admin,
+        config,
+    }
+}
+
+async fn ready_status(admin: &str) -> StatusCode {
+    get(&format!("http://{admin}/ready")).await.0
+}
+
+#[tokio::test]
+async fn sigterm_drains_then_finishes_in_flight_requests_and_exits_0() {
+    let backend = Backend::start().await;
+    let mut run = start(
+        &backend,
+        "shutdown:\n  drain_delay: 600ms\n  timeout: 10s\n",
+    );
+    wait_ready(run.admin.parse().unwrap()).await;
+
+    // A request that will still be running when the listener closes.
+    backend.script([Action::Delay(
+        Duration::from_millis(1500),
+        Box::new(Action::Status(200)),
+    )]);
+    let slow_url = format!("http://{}/slow", run.proxy);
+    let slow = tokio::spawn(async move { get(&slow_url).await });
+    eventually(|| backend.count() == 1).await;
+
+    run.process.signal(libc::SIGTERM);
+    // Readiness drops at once...
+    within(async {
+        while ready_status(&run.admin).await != StatusCode::SERVICE_UNAVAILABLE {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // ...but traffic is still served during the drain delay.
+    let (status, _, _) = get(&format!("http://{}/during-drain", run.proxy)).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // After the drain delay the listener closes: new connections are refused.
+    within(async {
+        while tokio::net::TcpStream::connect(&run.proxy).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        !run.process.exited(),
+        "still waiting for the in-flight request"
+    );
+
+    let (status, _, body) = within(slow).await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "ok"),
+        "in-flight request completed"
+    );
+    assert!(run.process.wait().await.success());
+}
+
+#[tokio::test]
+async fn shutdown_timeout_bounds_the_wait_for_in_flight_requests() {
+    let backend = Backend::start().await;
+    backend.set_default(Action::Hang);
+    let mut run = start(&backend, "shutdown:\n  timeout: 300ms\ndefaults:\n  timeout: 60s\n  retry: { attempts: 1, per_try_timeout: 60s }\n");
+    wait_ready(run.admin.parse().unwrap()).await;
+    let url = format!("http://{}/hang", run.proxy);
+    let _hanging = tokio::spawn(async move {
+        let req = http::Request::get(url)
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let _ = client().request(req).await;
+    });
+    eventually(|| backend.count() == 1).await;
+    let started = std::time::Instant::now();
+    run.process.signal(libc::SIGTERM);
+    assert!(run.process.wait().await.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_errors() {
+    let first = Backend::start().await;
+    let second = Backend::start().await;
+    let mut run = start(&first, "");
+    wait_ready(run.admin.parse().unwrap()).await;
+    let url = format!("http://{}/r", run.proxy);
+    // One client with a keep-alive connection across the reload.
+    let c = client();
+    let fetch = |c: &hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>>| {
+        let req = http::Request::get(url.clone())
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let fut = c.request(req);
+        async move { within(fut).await.expect("request").status() }
+    };
+    assert_eq!(fetch(&c).await, StatusCode::OK);
+
+    // Valid: point at the second backend.
+    let yaml = format!(
+        "listen: {}\nadmin_listen: {}\nupstream:\n  url: {}\n",
+        run.proxy,
+        run.admin,
+        second.url()
+    );
+    std::fs::write(&run.config, yaml).unwrap();
+    run.process.signal(libc::SIGHUP);
+    let metrics_url = format!("http://{}/metrics", run.admin);
+    within(async {
+        loop {
+            let text = get(&metrics_url).await.2;
+            if metric(
+                &text,
+                "outrigger_config_reloads_total",
+                &[("result", "success")],
+            ) == 1.0
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        fetch(&c).await,
+        StatusCode::OK,
+        "the kept-alive connection still works"
+    );
+    assert_eq!(second.count(), 1, "new requests use the new config");
+    assert_eq!(first.count(), 1);
+
+    // Invalid: logged, counted, old config stays.
+    std::fs::write(
+        &run.config,
+        "upstream:\n  url: http://127.0.0.1:3000\nretyr: 3\n",
+    )
+    .unwrap();
+    run.process.signal(libc::SIGHUP);
+    within(async {
+        loop {
+            let text = get(&metrics_url).await.2;
+            if metric(
+                &text,
+                "outrigger_config_reloads_total",
+                &[("result", "failure")],
+            ) == 1.0
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(fetch(&c).await, StatusCode::OK);
+    assert_eq!(second.count(), 2, "still the second backend");
+    assert_eq!(ready_status(&run.admin).await, StatusCode::OK);
+    run.process.signal(libc::SIGTERM);
+    assert!(run.process.wait().await.success());
+}
