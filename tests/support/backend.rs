@@ -39,6 +39,8 @@ pub enum Action {
     Slow { chunks: usize, interval: Duration },
     /// Read the request and never answer (holds the connection until the test ends).
     Hang,
+    /// Send headers promising `promised` bytes, send fewer, then close.
+    Truncated { promised: usize, sent: usize },
 }
 
 /// One request as the backend received it.
@@ -92,7 +94,12 @@ impl Drop for Backend {
 impl Backend {
     /// Starts a backend on `127.0.0.1:0` that answers `200 ok` unless scripted otherwise.
     pub async fn start() -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Backend::start_on(0).await
+    }
+
+    /// Starts a backend on a given loopback port (0: any).
+    pub async fn start_on(port: u16) -> Backend {
+        let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
@@ -203,6 +210,13 @@ async fn act(action: &Action, req: &Received, stream: &mut TcpStream) -> bool {
         }
         Action::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
+            false
+        }
+        Action::Truncated { promised, sent } => {
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {promised}\r\n\r\n");
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(&vec![b'x'; sent]).await;
+            let _ = stream.flush().await;
             false
         }
         Action::Delay(..) => unreachable!("delays unwrapped above"),
