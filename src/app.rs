@@ -119,6 +119,7 @@ impl App {
             );
             tokio::time::sleep(drain).await;
         };
+        let probe = tokio::spawn(crate::proxy::probe::run(Arc::clone(&self.proxy)));
         self.lifecycle.set_ready(true);
         let builder = accept::builder(&self.proxy.config().limits);
         accept::serve(listeners.proxy, builder, handler, &proxy_graceful, stop).await;
@@ -134,6 +135,7 @@ impl App {
         {
             warn!("shutdown timeout reached with requests still in flight");
         }
+        probe.abort();
         let _ = admin_stop_tx.send(());
         if let Ok(graceful) = admin_task.await {
             let _ =

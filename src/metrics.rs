@@ -28,6 +28,17 @@ pub struct Metrics {
     pub retries_skipped: IntCounterVec,
     /// route, result
     pub retried_requests: IntCounterVec,
+    /// route, reason
+    pub fallbacks: IntCounterVec,
+    /// route
+    pub stale_responses: IntCounterVec,
+    /// route: 0 closed, 1 half-open, 2 open
+    pub circuit_state: IntGaugeVec,
+    /// route, to
+    pub circuit_transitions: IntCounterVec,
+    /// Registered on the first health-check result only (absent without a health check).
+    pub upstream_up: IntGauge,
+    upstream_up_registered: std::sync::Once,
     pub in_flight: IntGauge,
     pub shed: IntCounter,
     /// result
@@ -44,6 +55,12 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
         .register(Box::new(c.clone()))
         .expect("metric names are unique");
     c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
+    registry.register(Box::new(g.clone())).expect("metric names are unique");
+    g
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -129,6 +146,13 @@ impl Metrics {
                 "Requests that needed at least one retry, by final result.",
                 &["route", "result"],
             ),
+            fallbacks: counter(&r, "outrigger_fallbacks_total", "Fallback answers served, by the reason the upstream failed.", &["route", "reason"]),
+            stale_responses: counter(&r, "outrigger_stale_responses_total", "Stale copies served because the upstream failed.", &["route"]),
+            circuit_state: gauge(&r, "outrigger_circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", &["route"]),
+            circuit_transitions: counter(&r, "outrigger_circuit_transitions_total", "Circuit breaker state changes, by new state.", &["route", "to"]),
+            upstream_up: IntGauge::new("outrigger_upstream_up", "1 while the active health check finds the upstream up, else 0.")
+                .expect("metric definition is valid"),
+            upstream_up_registered: std::sync::Once::new(),
             config_reloads: counter(
                 &r,
                 "outrigger_config_reloads_total",
@@ -139,6 +163,14 @@ impl Metrics {
             shed,
             registry: r,
         }
+    }
+
+    /// Sets `outrigger_upstream_up`, registering it on first use.
+    pub fn set_upstream_up(&self, up: bool) {
+        self.upstream_up_registered.call_once(|| {
+            let _ = self.registry.register(Box::new(self.upstream_up.clone()));
+        });
+        self.upstream_up.set(i64::from(up));
     }
 
     /// The Prometheus text exposition of every metric.

@@ -25,7 +25,7 @@ async fn health_reports_status_time_upstream_and_circuits() {
         "{ts}"
     );
     assert!(
-        body.ends_with(r#""upstream":"unknown","circuits":{}}"#),
+        body.ends_with(r#""upstream":"unknown","circuits":{"default":"closed"}}"#),
         "{body}"
     );
 }

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::proxy::body::ResponseBody;
+use crate::resilience::circuit::State;
 
 /// Answers one admin request.
 pub async fn handle(
@@ -28,7 +29,7 @@ pub async fn handle(
     match (req.uri().path(), read) {
         ("/health", true) => health(&app),
         ("/live", true) => json(StatusCode::OK, r#"{"status":"alive"}"#.to_owned()),
-        ("/ready", true) if app.lifecycle.is_ready() => {
+        ("/ready", true) if ready(&app) => {
             json(StatusCode::OK, r#"{"status":"ready"}"#.to_owned())
         }
         ("/ready", true) => json(
@@ -43,12 +44,45 @@ pub async fn handle(
     }
 }
 
-fn health(_app: &App) -> Response<ResponseBody> {
+fn health(app: &App) -> Response<ResponseBody> {
+    let timestamp = time::rfc3339(SystemTime::now());
+    let health = &app.proxy.health;
+    if health.is_down() {
+        let error = crate::proxy::respond::escape(&health.last_error());
+        let body = format!(r#"{{"status":"unhealthy","error":"{error}","timestamp":"{timestamp}"}}"#);
+        return json(StatusCode::SERVICE_UNAVAILABLE, body);
+    }
+    let rt = app.proxy.runtime();
+    let mut degraded = false;
+    let circuits: Vec<String> = rt
+        .routes_with_state()
+        .filter_map(|(route, state)| {
+            let s = state.breaker.as_ref()?.state();
+            degraded |= s == State::Open;
+            Some(format!(r#""{}":"{}""#, route.name, s.label()))
+        })
+        .collect();
+    let status = if degraded { "degraded" } else { "healthy" };
+    let upstream = if health.is_up() { "reachable" } else { "unknown" };
     let body = format!(
-        r#"{{"status":"healthy","timestamp":"{}","upstream":"unknown","circuits":{{}}}}"#,
-        time::rfc3339(SystemTime::now())
+        r#"{{"status":"{status}","timestamp":"{timestamp}","upstream":"{upstream}","circuits":{{{}}}}}"#,
+        circuits.join(",")
     );
     json(StatusCode::OK, body)
+}
+
+/// Whether `/ready` answers 200: listeners bound and not draining, and, when the health
+/// check is set to affect readiness, the upstream not known to be down.
+fn ready(app: &App) -> bool {
+    let gate = app
+        .proxy
+        .runtime()
+        .config
+        .upstream
+        .health_check
+        .as_ref()
+        .is_some_and(|h| h.affects_readiness);
+    app.lifecycle.is_ready() && !(gate && app.proxy.health.is_down())
 }
 
 fn metrics(app: &App) -> Response<ResponseBody> {

@@ -145,7 +145,7 @@ pub struct Backoff {
 }
 
 /// How much retries may add to live traffic.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BudgetPolicy {
     /// In `[0, 1000]`: retries per first attempt.
     pub ratio: f64,
@@ -153,7 +153,7 @@ pub struct BudgetPolicy {
 }
 
 /// Circuit breaker parameters.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerPolicy {
     /// In `(0, 1]`.
     pub failure_ratio: f64,
@@ -173,7 +173,7 @@ pub struct Fallback {
 }
 
 /// Serving the last good response when the upstream fails.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StalePolicy {
     pub max_age: Duration,
     pub max_entries: usize,

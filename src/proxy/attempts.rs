@@ -20,6 +20,7 @@ use super::upstream::{Head, HttpClient};
 use crate::config::Route;
 use crate::metrics::{status_class, Metrics};
 use crate::resilience::budget::RetryBudget;
+use crate::resilience::circuit::{Breaker, Permit, State};
 use crate::resilience::{backoff, retry};
 
 /// How the attempts ended.
@@ -38,11 +39,24 @@ pub struct Finished {
     pub reason: Option<Reason>,
 }
 
+impl Finished {
+    /// A request that never reached the upstream.
+    pub fn without_attempt(failure: Failure) -> Finished {
+        Finished {
+            ended: Ended::Failed(failure),
+            attempts: 0,
+            reason: Some(Reason::Failure(failure)),
+        }
+    }
+}
+
 /// Everything one request's attempts need.
 pub struct Attempts<'a> {
     pub client: &'a HttpClient,
     pub route: &'a Route,
     pub budget: &'a RetryBudget,
+    /// The route's breaker, when enabled.
+    pub breaker: Option<&'a Breaker>,
     pub metrics: &'a Metrics,
     pub head: Head,
     pub body: Prepared,
@@ -58,7 +72,19 @@ impl Attempts<'_> {
         self.budget.record_request();
         let mut n: u32 = 1;
         loop {
-            let result = self.attempt(n).await;
+            let permit = match self.breaker.map(Breaker::admit) {
+                None => None,
+                Some(Some(permit)) => Some(permit),
+                Some(None) => {
+                    // Open: the first attempt is never made; a retry found it opened meanwhile.
+                    if n > 1 {
+                        self.skipped(n - 1, "circuit-open");
+                    }
+                    let failure = Failure::CircuitOpen;
+                    return self.finish(Err(failure), n - 1, Some(Reason::Failure(failure)));
+                }
+            };
+            let result = self.attempt(n, permit).await;
             let reason = match &result {
                 Ok(resp) if retry::retries_status(policy, resp.status()) => {
                     Some(Reason::Status(resp.status()))
@@ -92,11 +118,7 @@ impl Attempts<'_> {
                 Err(skipped) => {
                     warn!(route = %self.route.name, attempt = n, reason = %reason, "upstream attempt failed; not retrying");
                     if let Some(why) = skipped {
-                        debug!(route = %self.route.name, attempt = n, skipped = why, "retry skipped");
-                        self.metrics
-                            .retries_skipped
-                            .with_label_values(&[&self.route.name, why])
-                            .inc();
+                        self.skipped(n, why);
                     }
                     return self.finish(result, n, Some(reason));
                 }
@@ -104,8 +126,16 @@ impl Attempts<'_> {
         }
     }
 
-    /// One attempt, with its own timeout and metrics.
-    async fn attempt(&self, n: u32) -> Result<Response<Incoming>, Failure> {
+    fn skipped(&self, n: u32, why: &'static str) {
+        debug!(route = %self.route.name, attempt = n, skipped = why, "retry skipped");
+        self.metrics
+            .retries_skipped
+            .with_label_values(&[&self.route.name, why])
+            .inc();
+    }
+
+    /// One attempt, with its own timeout and metrics; its result goes to the breaker.
+    async fn attempt(&self, n: u32, permit: Option<Permit<'_>>) -> Result<Response<Incoming>, Failure> {
         let policy = &self.route.policy.retry;
         let Some(body) = self.body.for_attempt() else {
             // Guarded by `next_backoff`: an attempt is only made when the body is available.
@@ -127,6 +157,9 @@ impl Attempts<'_> {
             Ok(resp) => status_class(resp.status()),
             Err(f) => f.reason(),
         };
+        if let Some(permit) = permit {
+            permit.record(result.as_ref().map_or(true, |r| r.status().is_server_error()));
+        }
         self.metrics
             .upstream_attempts
             .with_label_values(&[&self.route.name, label])
@@ -151,6 +184,9 @@ impl Attempts<'_> {
         let nothing_sent = matches!(result, Err(Failure::ConnectFailure));
         if !self.may_resend && !nothing_sent {
             return Err(Some("method"));
+        }
+        if self.breaker.is_some_and(|b| b.state() == State::Open) {
+            return Err(Some("circuit-open"));
         }
         if self.body.oversized() {
             return Err(Some("body-too-large"));

@@ -14,9 +14,12 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use crate::resilience::stale::{StaleStore, MAX_STORED_BODY};
 
 /// Any error a body can produce.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -168,8 +171,36 @@ pub type Guard = Box<dyn Send + Sync>;
 /// The body of a response to the client.
 pub struct ResponseBody {
     inner: Inner,
+    /// Copies the body for the stale store while it streams.
+    tee: Option<Tee>,
     /// Dropped with the body: releases the in-flight slot.
     _guard: Option<Guard>,
+}
+
+/// A copy of a response body in the making, stored once the body completed.
+pub struct Tee {
+    pub store: Arc<StaleStore>,
+    pub key: String,
+    /// The request headers (for `Vary`) and the response headers to store.
+    pub request: HeaderMap,
+    pub response: HeaderMap,
+    pub copy: BytesMut,
+}
+
+impl Tee {
+    /// Adds a chunk; `false` when the body grew too large to keep.
+    fn push(&mut self, data: &Bytes) -> bool {
+        if self.copy.len() + data.len() > MAX_STORED_BODY {
+            return false;
+        }
+        self.copy.extend_from_slice(data);
+        true
+    }
+
+    fn finish(self) {
+        self.store
+            .insert(self.key, &self.request, self.response, self.copy.freeze());
+    }
 }
 
 enum Inner {
@@ -183,6 +214,7 @@ impl ResponseBody {
         let bytes = bytes.into();
         ResponseBody {
             inner: Inner::Full((!bytes.is_empty()).then_some(bytes)),
+            tee: None,
             _guard: None,
         }
     }
@@ -191,6 +223,16 @@ impl ResponseBody {
     pub fn upstream(body: Incoming) -> ResponseBody {
         ResponseBody {
             inner: Inner::Upstream(body),
+            tee: None,
+            _guard: None,
+        }
+    }
+
+    /// The upstream's body, copied into the stale store as it streams.
+    pub fn upstream_tee(body: Incoming, tee: Tee) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Upstream(body),
+            tee: Some(tee),
             _guard: None,
         }
     }
@@ -210,10 +252,29 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.get_mut().inner {
-            Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
-            Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        let this = self.get_mut();
+        let body = match &mut this.inner {
+            Inner::Upstream(body) => body,
+            Inner::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        };
+        let polled = Pin::new(&mut *body).poll_frame(cx);
+        if let Some(tee) = &mut this.tee {
+            let keep = match &polled {
+                Poll::Ready(Some(Ok(frame))) => frame.data_ref().is_none_or(|d| tee.push(d)),
+                Poll::Ready(Some(Err(_))) => false,
+                Poll::Ready(None) | Poll::Pending => true,
+            };
+            // hyper may stop polling once `is_end_stream` says so: finish on either signal.
+            let complete = matches!(polled, Poll::Ready(None)) || body.is_end_stream();
+            if !keep {
+                this.tee = None;
+            } else if complete {
+                if let Some(tee) = this.tee.take() {
+                    tee.finish();
+                }
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

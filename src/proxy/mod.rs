@@ -6,22 +6,27 @@
 //! 4. prepare the body: kept for replay when the request may be retried and fits
 //!    `request_body_buffer`, streamed once otherwise (`body`);
 //! 5. run the attempts (`attempts`): per-try timeout, classify, retry or not;
-//! 6. answer: the upstream's response streamed through, or a proxy-made error (`respond`);
+//!    the circuit breaker admits each attempt, or the active health check (`probe`) has
+//!    already said the upstream is down;
+//! 6. answer: the upstream's response streamed through (copied into the stale store when
+//!    it may be kept), or on failure the stale copy, the fallback (`degrade`) or a
+//!    proxy-made error (`respond`);
 //! 7. count it and write the access log.
 //!
-//! The configuration and the upstream client live in one `Runtime` snapshot behind an
-//! `ArcSwap`: each request loads it once, and a reload swaps in a new one without touching
-//! requests already running. State that must outlive a reload (retry budgets) is carried
-//! over by route name.
+//! The configuration and what is built from it live in one `Runtime` snapshot (`runtime`)
+//! behind an `ArcSwap`: each request loads it once, and a reload swaps in a new one
+//! without touching requests already running.
 
 pub mod attempts;
 pub mod body;
+pub mod degrade;
 pub mod failure;
 pub mod headers;
+pub mod probe;
 pub mod respond;
+pub mod runtime;
 pub mod upstream;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,14 +40,17 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::info;
 
-use self::attempts::{Attempts, Ended};
-use self::body::{Prepared, ResponseBody};
-use self::failure::Failure;
-use self::upstream::{Head, HttpClient};
+use self::attempts::{Attempts, Ended, Finished};
+use self::body::{Prepared, ResponseBody, Tee};
+use self::degrade::Failed;
+use self::failure::{Failure, Reason};
+use self::probe::UpstreamHealth;
+use self::runtime::{RouteState, Runtime};
+use self::upstream::Head;
 use crate::config::{Config, Route};
 use crate::metrics::{method_label, Metrics};
-use crate::resilience::budget::RetryBudget;
 use crate::resilience::retry;
+use crate::resilience::stale::StaleStore;
 
 /// Header on every response: how many upstream attempts were made.
 pub static ATTEMPTS: HeaderName = HeaderName::from_static("x-outrigger-attempts");
@@ -52,71 +60,16 @@ pub struct Proxy {
     runtime: ArcSwap<Runtime>,
     metrics: Arc<Metrics>,
     in_flight: Arc<AtomicUsize>,
-}
-
-/// One configuration and what was built from it.
-pub struct Runtime {
-    pub config: Arc<Config>,
-    client: HttpClient,
-    /// Per-route state, index-aligned with `config.routes`, `default` last.
-    states: Vec<Arc<RouteState>>,
-}
-
-/// What a route remembers between requests.
-pub struct RouteState {
-    budget: RetryBudget,
-}
-
-impl Runtime {
-    fn new(config: Arc<Config>, previous: Option<&Runtime>) -> Runtime {
-        let mut old: HashMap<&str, &Arc<RouteState>> = HashMap::new();
-        if let Some(prev) = previous {
-            let names = prev
-                .config
-                .routes
-                .iter()
-                .chain([&prev.config.default_route]);
-            old.extend(names.map(|r| r.name.as_str()).zip(prev.states.iter()));
-        }
-        let states = config
-            .routes
-            .iter()
-            .chain([&config.default_route])
-            .map(|route| match old.get(route.name.as_str()) {
-                Some(state) => Arc::clone(state),
-                None => Arc::new(RouteState {
-                    budget: RetryBudget::new(route.policy.retry.budget),
-                }),
-            })
-            .collect();
-        Runtime {
-            client: upstream::client(&config.upstream),
-            config,
-            states,
-        }
-    }
-
-    fn route(
-        &self,
-        method: &Method,
-        path: &str,
-        headers: &http::HeaderMap,
-    ) -> (&Route, &RouteState) {
-        let cfg = &self.config;
-        let ix = cfg
-            .routes
-            .iter()
-            .position(|r| r.matcher.matches(method, path, headers))
-            .unwrap_or(cfg.routes.len());
-        let route = cfg.routes.get(ix).unwrap_or(&cfg.default_route);
-        (route, &self.states[ix])
-    }
+    /// What the active health check believes (unknown without one).
+    pub health: UpstreamHealth,
 }
 
 /// How a request was answered: the `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Upstream,
+    Fallback,
+    Stale,
     Error,
 }
 
@@ -124,6 +77,8 @@ impl Outcome {
     fn label(self) -> &'static str {
         match self {
             Outcome::Upstream => "upstream",
+            Outcome::Fallback => "fallback",
+            Outcome::Stale => "stale",
             Outcome::Error => "error",
         }
     }
@@ -146,17 +101,23 @@ impl Proxy {
     /// A proxy for this configuration.
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Proxy {
         Proxy {
-            runtime: ArcSwap::from_pointee(Runtime::new(config, None)),
+            runtime: ArcSwap::from_pointee(Runtime::new(config, None, &metrics)),
             metrics,
             in_flight: Arc::new(AtomicUsize::new(0)),
+            health: UpstreamHealth::default(),
         }
     }
 
     /// Applies a new configuration to requests that start from now on.
     pub fn reload(&self, config: Arc<Config>) {
         let current = self.runtime.load();
-        self.runtime
-            .store(Arc::new(Runtime::new(config, Some(&current))));
+        let next = Runtime::new(config, Some(&current), &self.metrics);
+        self.runtime.store(Arc::new(next));
+    }
+
+    /// The runtime in force (config, routes and their state).
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
     }
 
     /// The configuration in force.
@@ -175,20 +136,15 @@ impl Proxy {
         let path = req.uri().path().to_owned();
 
         let guard = self.admit(rt.config.limits.max_concurrent_requests);
-        let (mut resp, outcome, attempts) = match (&guard, &method) {
-            (_, &Method::CONNECT) => (
-                respond::refused(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported"),
-                Outcome::Error,
-                0,
-            ),
-            (None, _) => {
-                self.metrics.shed.inc();
-                (respond::failure(Failure::Overloaded), Outcome::Error, 0)
-            }
-            (Some(_), _) => {
-                self.forward(&rt, route, state, req, peer, &request_id, started)
-                    .await
-            }
+        let (mut resp, outcome, attempts) = if method == Method::CONNECT {
+            let refused = respond::refused(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
+            (refused, Outcome::Error, 0)
+        } else if guard.is_none() {
+            self.metrics.shed.inc();
+            let (resp, outcome) = self.shed(route, state, &req);
+            (resp, outcome, 0)
+        } else {
+            self.forward(&rt, route, state, req, peer, &request_id, started).await
         };
 
         // The upstream may speak HTTP/1.0; the client gets the version it asked in.
@@ -197,17 +153,10 @@ impl Proxy {
         headers::strip_hop_by_hop(headers);
         headers.insert(ATTEMPTS.clone(), HeaderValue::from(attempts));
         headers.insert(headers::REQUEST_ID.clone(), request_id.clone());
-        let status = resp.status();
         let elapsed = started.elapsed();
-        self.metrics
-            .requests
-            .with_label_values(&[
-                &route.name,
-                method_label(&method),
-                status.as_str(),
-                outcome.label(),
-            ])
-            .inc();
+        let status = resp.status();
+        let labels = [&route.name, method_label(&method), status.as_str(), outcome.label()];
+        self.metrics.requests.with_label_values(&labels).inc();
         self.metrics
             .request_duration
             .with_label_values(&[&route.name, outcome.label()])
@@ -241,6 +190,19 @@ impl Proxy {
         (before < limit).then_some(guard)
     }
 
+    /// The answer to a request shed for load: stale, fallback or 503 `overloaded`.
+    fn shed(&self, route: &Route, state: &RouteState, req: &Request<Incoming>) -> (Response<ResponseBody>, Outcome) {
+        let key = state.stale.as_ref().and_then(|s| s.key(req.method(), req.uri(), req.headers()));
+        let failed = Failed {
+            method: req.method(),
+            stale_key: key.as_deref(),
+            headers: req.headers(),
+            reason: Reason::Failure(Failure::Overloaded),
+        };
+        degrade::answer(route, state, &self.metrics, &failed)
+            .unwrap_or_else(|| (respond::failure(Failure::Overloaded), Outcome::Error))
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
@@ -254,62 +216,98 @@ impl Proxy {
     ) -> (Response<ResponseBody>, Outcome, u32) {
         let (mut parts, body) = req.into_parts();
         let may_resend = retry::may_resend(&route.policy.retry, &parts.method, &parts.headers);
+        let stale_key = state.stale.as_ref().and_then(|s| s.key(&parts.method, &parts.uri, &parts.headers));
         let Ok(head) = Head::from_client(&mut parts, &rt.config.upstream, peer, request_id) else {
-            return (
-                respond::refused(StatusCode::BAD_REQUEST, "the request target is not valid"),
-                Outcome::Error,
-                0,
-            );
+            let refused = respond::refused(StatusCode::BAD_REQUEST, "the request target is not valid");
+            return (refused, Outcome::Error, 0);
         };
         let deadline = started + route.policy.timeout;
         let limit = rt.config.limits.request_body_buffer;
-        let body =
-            match tokio::time::timeout_at(deadline, prepare_body(body, &head, may_resend, limit))
-                .await
-            {
-                Ok(Ok(body)) => body,
-                Ok(Err(_)) => {
-                    return (
-                        respond::refused(
-                            StatusCode::BAD_REQUEST,
-                            "the request body could not be read",
-                        ),
-                        Outcome::Error,
-                        0,
-                    )
-                }
-                Err(_) => {
-                    return (
-                        respond::refused(
-                            StatusCode::REQUEST_TIMEOUT,
-                            "the request body did not arrive in time",
-                        ),
-                        Outcome::Error,
-                        0,
-                    )
-                }
+        let body = match tokio::time::timeout_at(deadline, prepare_body(body, &head, may_resend, limit)).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(_)) => {
+                let refused = respond::refused(StatusCode::BAD_REQUEST, "the request body could not be read");
+                return (refused, Outcome::Error, 0);
+            }
+            Err(_) => {
+                let refused = respond::refused(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time");
+                return (refused, Outcome::Error, 0);
+            }
+        };
+        let request_headers = head.headers.clone();
+        let finished = if self.health.is_down() {
+            // The active health check already knows: fail fast instead of a connect timeout.
+            Finished::without_attempt(Failure::CircuitOpen)
+        } else {
+            let attempts = Attempts {
+                client: &rt.client,
+                route,
+                budget: &state.budget,
+                breaker: state.breaker.as_deref(),
+                metrics: &self.metrics,
+                head,
+                body,
+                may_resend,
+                deadline,
             };
-        let finished = Attempts {
-            client: &rt.client,
-            route,
-            budget: &state.budget,
-            metrics: &self.metrics,
-            head,
-            body,
-            may_resend,
-            deadline,
+            attempts.run().await
+        };
+        let n = finished.attempts;
+        let reason = match finished.ended {
+            Ended::Answered(resp) if !is_error(resp.status()) => {
+                let tee = self.tee(state, stale_key, &parts.method, request_headers, &resp);
+                let resp = resp.map(|b| match tee {
+                    Some(tee) => ResponseBody::upstream_tee(b, tee),
+                    None => ResponseBody::upstream(b),
+                });
+                return (resp, Outcome::Upstream, n);
+            }
+            Ended::Answered(ref resp) => Reason::Status(resp.status()),
+            Ended::Failed(f) => Reason::Failure(f),
+        };
+        let failed = Failed {
+            method: &parts.method,
+            stale_key: stale_key.as_deref(),
+            headers: &request_headers,
+            reason,
+        };
+        if let Some((resp, outcome)) = degrade::answer(route, state, &self.metrics, &failed) {
+            return (resp, outcome, n);
         }
-        .run()
-        .await;
         match finished.ended {
-            Ended::Answered(resp) => (
-                resp.map(ResponseBody::upstream),
-                Outcome::Upstream,
-                finished.attempts,
-            ),
-            Ended::Failed(f) => (respond::failure(f), Outcome::Error, finished.attempts),
+            Ended::Answered(resp) => (resp.map(ResponseBody::upstream), Outcome::Upstream, n),
+            Ended::Failed(f) => (respond::failure(f), Outcome::Error, n),
         }
     }
+
+    /// A copier into the stale store when this response may be kept.
+    fn tee(
+        &self,
+        state: &RouteState,
+        key: Option<String>,
+        method: &Method,
+        request: http::HeaderMap,
+        resp: &Response<Incoming>,
+    ) -> Option<Tee> {
+        let store = state.stale.as_ref()?;
+        let key = key?;
+        if method != Method::GET || !StaleStore::storable(resp.status(), resp.headers()) {
+            return None;
+        }
+        let mut response = resp.headers().clone();
+        headers::strip_hop_by_hop(&mut response);
+        Some(Tee {
+            store: Arc::clone(store),
+            key,
+            request,
+            response,
+            copy: BytesMut::new(),
+        })
+    }
+}
+
+fn is_error(status: StatusCode) -> bool {
+    status.is_client_error() || status.is_server_error()
 }
 
 /// Reads the body into memory when it may be replayed and fits `limit`; streams it otherwise.

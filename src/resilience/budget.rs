@@ -15,43 +15,17 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::window::Window;
 use crate::config::BudgetPolicy;
 
-const BUCKETS: usize = 10;
-const BUCKET: Duration = Duration::from_secs(1);
+const WINDOW: Duration = Duration::from_secs(10);
 
 /// A per-route retry budget.
 #[derive(Debug)]
 pub struct RetryBudget {
     policy: BudgetPolicy,
+    /// (first attempts, retries) over the last 10 s.
     window: Mutex<Window>,
-}
-
-#[derive(Debug)]
-struct Window {
-    /// Start of the bucket at `head`.
-    head_start: Instant,
-    head: usize,
-    requests: [u64; BUCKETS],
-    retries: [u64; BUCKETS],
-}
-
-impl Window {
-    /// Moves the window forward to `now`, clearing buckets that fell out of it.
-    fn advance(&mut self, now: Instant) {
-        let mut steps = 0;
-        while now.saturating_duration_since(self.head_start) >= BUCKET && steps < BUCKETS {
-            self.head = (self.head + 1) % BUCKETS;
-            self.requests[self.head] = 0;
-            self.retries[self.head] = 0;
-            self.head_start += BUCKET;
-            steps += 1;
-        }
-        if now.saturating_duration_since(self.head_start) >= BUCKET {
-            // Idle for longer than the window: everything is cleared; restart at now.
-            self.head_start = now;
-        }
-    }
 }
 
 impl RetryBudget {
@@ -59,21 +33,19 @@ impl RetryBudget {
     pub fn new(policy: BudgetPolicy) -> RetryBudget {
         RetryBudget {
             policy,
-            window: Mutex::new(Window {
-                head_start: Instant::now(),
-                head: 0,
-                requests: [0; BUCKETS],
-                retries: [0; BUCKETS],
-            }),
+            window: Mutex::new(Window::new(WINDOW, Instant::now())),
         }
+    }
+
+    /// The policy this budget enforces.
+    pub fn policy(&self) -> BudgetPolicy {
+        self.policy
     }
 
     /// Records a first attempt (a client request going upstream).
     pub fn record_request(&self) {
         if let Ok(mut w) = self.window.lock() {
-            w.advance(Instant::now());
-            let head = w.head;
-            w.requests[head] += 1;
+            w.add(Instant::now(), 1, 0);
         }
     }
 
@@ -82,16 +54,14 @@ impl RetryBudget {
         let Ok(mut w) = self.window.lock() else {
             return false;
         };
-        w.advance(Instant::now());
-        let requests: u64 = w.requests.iter().sum();
-        let retries: u64 = w.retries.iter().sum();
+        let now = Instant::now();
+        let (requests, retries) = w.sums(now);
         let allowed = self.policy.ratio * requests as f64
-            + f64::from(self.policy.min_per_second) * BUCKETS as f64;
+            + f64::from(self.policy.min_per_second) * WINDOW.as_secs_f64();
         if (retries + 1) as f64 > allowed {
             return false;
         }
-        let head = w.head;
-        w.retries[head] += 1;
+        w.add(now, 0, 1);
         true
     }
 }

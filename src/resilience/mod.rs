@@ -1,7 +1,11 @@
 //! The resilience policies, each a small piece of state or arithmetic with no knowledge of
-//! sockets: backoff delays, the retry budget and the retry rules. The request path in
-//! `proxy::attempts` calls them in the order things happen.
+//! sockets: backoff delays, the retry budget and rules, the circuit breaker, fallbacks and
+//! the stale store. The request path in `proxy` calls them in the order things happen.
 
 pub mod backoff;
 pub mod budget;
+pub mod circuit;
+pub mod fallback;
 pub mod retry;
+pub mod stale;
+pub mod window;

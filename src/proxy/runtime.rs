@@ -1,0 +1,106 @@
+//! One configuration and everything built from it: the upstream client and each route's
+//! state (retry budget, circuit breaker, stale store).
+//!
+//! A reload builds a new `Runtime`. State is carried over per route name and per part when
+//! that part's policy did not change, so a reload that touches one route does not reset
+//! the breakers, budgets and stale copies of the others; a changed policy starts fresh.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderMap, Method};
+
+use super::upstream::{self, HttpClient};
+use crate::config::{Config, Route};
+use crate::metrics::Metrics;
+use crate::resilience::budget::RetryBudget;
+use crate::resilience::circuit::{Breaker, BreakerMetrics};
+use crate::resilience::stale::StaleStore;
+
+/// A configuration in force.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub client: HttpClient,
+    /// Per-route state, index-aligned with `config.routes`, `default` last.
+    states: Vec<RouteState>,
+}
+
+/// What a route remembers between requests.
+pub struct RouteState {
+    pub budget: Arc<RetryBudget>,
+    pub breaker: Option<Arc<Breaker>>,
+    pub stale: Option<Arc<StaleStore>>,
+}
+
+impl Runtime {
+    /// Builds a runtime, reusing unchanged state from `previous`.
+    pub fn new(config: Arc<Config>, previous: Option<&Runtime>, metrics: &Metrics) -> Runtime {
+        let mut old: HashMap<&str, &RouteState> = HashMap::new();
+        if let Some(prev) = previous {
+            old.extend(prev.routes().map(|r| r.name.as_str()).zip(prev.states.iter()));
+        }
+        let states = all_routes(&config)
+            .map(|route| RouteState::new(route, old.get(route.name.as_str()).copied(), metrics))
+            .collect();
+        Runtime {
+            client: upstream::client(&config.upstream),
+            config,
+            states,
+        }
+    }
+
+    /// Every route, `default` last.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        all_routes(&self.config)
+    }
+
+    /// Every route with its state.
+    pub fn routes_with_state(&self) -> impl Iterator<Item = (&Route, &RouteState)> {
+        self.routes().zip(self.states.iter())
+    }
+
+    /// The route a request takes (first match, else `default`) and its state.
+    pub fn route(&self, method: &Method, path: &str, headers: &HeaderMap) -> (&Route, &RouteState) {
+        let cfg = &self.config;
+        let ix = cfg
+            .routes
+            .iter()
+            .position(|r| r.matcher.matches(method, path, headers))
+            .unwrap_or(cfg.routes.len());
+        (cfg.routes.get(ix).unwrap_or(&cfg.default_route), &self.states[ix])
+    }
+}
+
+fn all_routes(config: &Config) -> impl Iterator<Item = &Route> {
+    config.routes.iter().chain(std::iter::once(&config.default_route))
+}
+
+impl RouteState {
+    fn new(route: &Route, old: Option<&RouteState>, metrics: &Metrics) -> RouteState {
+        let policy = &route.policy;
+        let budget = match old {
+            Some(o) if o.budget.policy() == policy.retry.budget => Arc::clone(&o.budget),
+            _ => Arc::new(RetryBudget::new(policy.retry.budget)),
+        };
+        let breaker = policy.circuit_breaker.map(|p| match old.and_then(|o| o.breaker.as_ref()) {
+            Some(b) if b.policy() == p => Arc::clone(b),
+            _ => Arc::new(Breaker::new(&route.name, p, breaker_metrics(&route.name, metrics))),
+        });
+        if breaker.is_none() {
+            let _ = metrics.circuit_state.remove_label_values(&[&route.name]);
+        }
+        let stale = policy.stale_if_error.as_ref().map(|p| match old.and_then(|o| o.stale.as_ref()) {
+            Some(s) if s.policy() == p => Arc::clone(s),
+            _ => Arc::new(StaleStore::new(p.clone())),
+        });
+        RouteState { budget, breaker, stale }
+    }
+}
+
+fn breaker_metrics(route: &str, metrics: &Metrics) -> BreakerMetrics {
+    let to = |state| metrics.circuit_transitions.with_label_values(&[route, state]);
+    BreakerMetrics {
+        state: metrics.circuit_state.with_label_values(&[route]),
+        to: [to("closed"), to("half-open"), to("open")],
+    }
+}
