@@ -59,7 +59,9 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
-    registry.register(Box::new(g.clone())).expect("metric names are unique");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric names are unique");
     g
 }
 
@@ -146,12 +148,35 @@ impl Metrics {
                 "Requests that needed at least one retry, by final result.",
                 &["route", "result"],
             ),
-            fallbacks: counter(&r, "outrigger_fallbacks_total", "Fallback answers served, by the reason the upstream failed.", &["route", "reason"]),
-            stale_responses: counter(&r, "outrigger_stale_responses_total", "Stale copies served because the upstream failed.", &["route"]),
-            circuit_state: gauge(&r, "outrigger_circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", &["route"]),
-            circuit_transitions: counter(&r, "outrigger_circuit_transitions_total", "Circuit breaker state changes, by new state.", &["route", "to"]),
-            upstream_up: IntGauge::new("outrigger_upstream_up", "1 while the active health check finds the upstream up, else 0.")
-                .expect("metric definition is valid"),
+            fallbacks: counter(
+                &r,
+                "outrigger_fallbacks_total",
+                "Fallback answers served, by the reason the upstream failed.",
+                &["route", "reason"],
+            ),
+            stale_responses: counter(
+                &r,
+                "outrigger_stale_responses_total",
+                "Stale copies served because the upstream failed.",
+                &["route"],
+            ),
+            circuit_state: gauge(
+                &r,
+                "outrigger_circuit_state",
+                "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+                &["route"],
+            ),
+            circuit_transitions: counter(
+                &r,
+                "outrigger_circuit_transitions_total",
+                "Circuit breaker state changes, by new state.",
+                &["route", "to"],
+            ),
+            upstream_up: IntGauge::new(
+                "outrigger_upstream_up",
+                "1 while the active health check finds the upstream up, else 0.",
+            )
+            .expect("metric definition is valid"),
             upstream_up_registered: std::sync::Once::new(),
             config_reloads: counter(
                 &r,

@@ -29,9 +29,7 @@ pub async fn handle(
     match (req.uri().path(), read) {
         ("/health", true) => health(&app),
         ("/live", true) => json(StatusCode::OK, r#"{"status":"alive"}"#.to_owned()),
-        ("/ready", true) if ready(&app) => {
-            json(StatusCode::OK, r#"{"status":"ready"}"#.to_owned())
-        }
+        ("/ready", true) if ready(&app) => json(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
         ("/ready", true) => json(
             StatusCode::SERVICE_UNAVAILABLE,
             r#"{"status":"not ready"}"#.to_owned(),
@@ -49,7 +47,8 @@ fn health(app: &App) -> Response<ResponseBody> {
     let health = &app.proxy.health;
     if health.is_down() {
         let error = crate::proxy::respond::escape(&health.last_error());
-        let body = format!(r#"{{"status":"unhealthy","error":"{error}","timestamp":"{timestamp}"}}"#);
+        let body =
+            format!(r#"{{"status":"unhealthy","error":"{error}","timestamp":"{timestamp}"}}"#);
         return json(StatusCode::SERVICE_UNAVAILABLE, body);
     }
     let rt = app.proxy.runtime();
@@ -63,7 +62,11 @@ fn health(app: &App) -> Response<ResponseBody> {
         })
         .collect();
     let status = if degraded { "degraded" } else { "healthy" };
-    let upstream = if health.is_up() { "reachable" } else { "unknown" };
+    let upstream = if health.is_up() {
+        "reachable"
+    } else {
+        "unknown"
+    };
     let body = format!(
         r#"{{"status":"{status}","timestamp":"{timestamp}","upstream":"{upstream}","circuits":{{{}}}}}"#,
         circuits.join(",")

@@ -135,7 +135,11 @@ impl Attempts<'_> {
     }
 
     /// One attempt, with its own timeout and metrics; its result goes to the breaker.
-    async fn attempt(&self, n: u32, permit: Option<Permit<'_>>) -> Result<Response<Incoming>, Failure> {
+    async fn attempt(
+        &self,
+        n: u32,
+        permit: Option<Permit<'_>>,
+    ) -> Result<Response<Incoming>, Failure> {
         let policy = &self.route.policy.retry;
         let Some(body) = self.body.for_attempt() else {
             // Guarded by `next_backoff`: an attempt is only made when the body is available.
@@ -158,7 +162,11 @@ impl Attempts<'_> {
             Err(f) => f.reason(),
         };
         if let Some(permit) = permit {
-            permit.record(result.as_ref().map_or(true, |r| r.status().is_server_error()));
+            permit.record(
+                result
+                    .as_ref()
+                    .map_or(true, |r| r.status().is_server_error()),
+            );
         }
         self.metrics
             .upstream_attempts

@@ -27,20 +27,32 @@ pub struct Failed<'a> {
 }
 
 /// A stale copy or a fallback for a failed request.
-pub fn answer(route: &Route, state: &RouteState, metrics: &Metrics, failed: &Failed<'_>) -> Option<(Response<ResponseBody>, Outcome)> {
+pub fn answer(
+    route: &Route,
+    state: &RouteState,
+    metrics: &Metrics,
+    failed: &Failed<'_>,
+) -> Option<(Response<ResponseBody>, Outcome)> {
     let stale_worthy = match failed.reason {
         Reason::Failure(_) => true,
         Reason::Status(s) => s.is_server_error(),
     };
     if let (true, Some(store), Some(key)) = (stale_worthy, &state.stale, failed.stale_key) {
         if let Some((stored, age)) = store.get(key, failed.headers) {
-            let body = if failed.method == Method::HEAD { Default::default() } else { stored.body.clone() };
+            let body = if failed.method == Method::HEAD {
+                Default::default()
+            } else {
+                stored.body.clone()
+            };
             let mut resp = Response::new(ResponseBody::full(body));
             *resp.headers_mut() = stored.headers.clone();
             let secs = HeaderValue::from(age.as_secs());
             resp.headers_mut().insert(STALE.clone(), secs.clone());
             resp.headers_mut().insert(AGE, secs);
-            metrics.stale_responses.with_label_values(&[&route.name]).inc();
+            metrics
+                .stale_responses
+                .with_label_values(&[&route.name])
+                .inc();
             return Some((resp, Outcome::Stale));
         }
     }

@@ -137,14 +137,16 @@ impl Proxy {
 
         let guard = self.admit(rt.config.limits.max_concurrent_requests);
         let (mut resp, outcome, attempts) = if method == Method::CONNECT {
-            let refused = respond::refused(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
+            let refused =
+                respond::refused(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
             (refused, Outcome::Error, 0)
         } else if guard.is_none() {
             self.metrics.shed.inc();
             let (resp, outcome) = self.shed(route, state, &req);
             (resp, outcome, 0)
         } else {
-            self.forward(&rt, route, state, req, peer, &request_id, started).await
+            self.forward(&rt, route, state, req, peer, &request_id, started)
+                .await
         };
 
         // The upstream may speak HTTP/1.0; the client gets the version it asked in.
@@ -155,7 +157,12 @@ impl Proxy {
         headers.insert(headers::REQUEST_ID.clone(), request_id.clone());
         let elapsed = started.elapsed();
         let status = resp.status();
-        let labels = [&route.name, method_label(&method), status.as_str(), outcome.label()];
+        let labels = [
+            &route.name,
+            method_label(&method),
+            status.as_str(),
+            outcome.label(),
+        ];
         self.metrics.requests.with_label_values(&labels).inc();
         self.metrics
             .request_duration
@@ -191,8 +198,16 @@ impl Proxy {
     }
 
     /// The answer to a request shed for load: stale, fallback or 503 `overloaded`.
-    fn shed(&self, route: &Route, state: &RouteState, req: &Request<Incoming>) -> (Response<ResponseBody>, Outcome) {
-        let key = state.stale.as_ref().and_then(|s| s.key(req.method(), req.uri(), req.headers()));
+    fn shed(
+        &self,
+        route: &Route,
+        state: &RouteState,
+        req: &Request<Incoming>,
+    ) -> (Response<ResponseBody>, Outcome) {
+        let key = state
+            .stale
+            .as_ref()
+            .and_then(|s| s.key(req.method(), req.uri(), req.headers()));
         let failed = Failed {
             method: req.method(),
             stale_key: key.as_deref(),
@@ -216,24 +231,37 @@ impl Proxy {
     ) -> (Response<ResponseBody>, Outcome, u32) {
         let (mut parts, body) = req.into_parts();
         let may_resend = retry::may_resend(&route.policy.retry, &parts.method, &parts.headers);
-        let stale_key = state.stale.as_ref().and_then(|s| s.key(&parts.method, &parts.uri, &parts.headers));
+        let stale_key = state
+            .stale
+            .as_ref()
+            .and_then(|s| s.key(&parts.method, &parts.uri, &parts.headers));
         let Ok(head) = Head::from_client(&mut parts, &rt.config.upstream, peer, request_id) else {
-            let refused = respond::refused(StatusCode::BAD_REQUEST, "the request target is not valid");
+            let refused =
+                respond::refused(StatusCode::BAD_REQUEST, "the request target is not valid");
             return (refused, Outcome::Error, 0);
         };
         let deadline = started + route.policy.timeout;
         let limit = rt.config.limits.request_body_buffer;
-        let body = match tokio::time::timeout_at(deadline, prepare_body(body, &head, may_resend, limit)).await {
-            Ok(Ok(body)) => body,
-            Ok(Err(_)) => {
-                let refused = respond::refused(StatusCode::BAD_REQUEST, "the request body could not be read");
-                return (refused, Outcome::Error, 0);
-            }
-            Err(_) => {
-                let refused = respond::refused(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time");
-                return (refused, Outcome::Error, 0);
-            }
-        };
+        let body =
+            match tokio::time::timeout_at(deadline, prepare_body(body, &head, may_resend, limit))
+                .await
+            {
+                Ok(Ok(body)) => body,
+                Ok(Err(_)) => {
+                    let refused = respond::refused(
+                        StatusCode::BAD_REQUEST,
+                        "the request body could not be read",
+                    );
+                    return (refused, Outcome::Error, 0);
+                }
+                Err(_) => {
+                    let refused = respond::refused(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body did not arrive in time",
+                    );
+                    return (refused, Outcome::Error, 0);
+                }
+            };
         let request_headers = head.headers.clone();
         let finished = if self.health.is_down() {
             // The active health check already knows: fail fast instead of a connect timeout.

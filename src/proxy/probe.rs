@@ -40,7 +40,10 @@ impl UpstreamHealth {
 
     /// The last probe error.
     pub fn last_error(&self) -> String {
-        self.last_error.lock().map(|e| e.clone()).unwrap_or_default()
+        self.last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
     }
 
     fn set(&self, state: u8) {
@@ -58,7 +61,12 @@ pub async fn run(proxy: Arc<Proxy>) {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             continue;
         };
-        let uri = format!("{}{}{}", authority_prefix(&rt.config.upstream.url), rt.config.upstream.base_path, check.path);
+        let uri = format!(
+            "{}{}{}",
+            authority_prefix(&rt.config.upstream.url),
+            rt.config.upstream.base_path,
+            check.path
+        );
         let req = Request::builder()
             .method(Method::GET)
             .uri(uri)
@@ -66,9 +74,14 @@ pub async fn run(proxy: Arc<Proxy>) {
             .body(UpstreamBody::Empty);
         let result = match req {
             Ok(req) => match tokio::time::timeout(check.timeout, rt.client.request(req)).await {
-                Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection() => Ok(()),
+                Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection() => {
+                    Ok(())
+                }
                 Ok(Ok(resp)) => Err(format!("health check answered {}", resp.status().as_u16())),
-                Ok(Err(e)) => Err(format!("health check failed: {}", super::failure::Failure::from_client_error(&e))),
+                Ok(Err(e)) => Err(format!(
+                    "health check failed: {}",
+                    super::failure::Failure::from_client_error(&e)
+                )),
                 Err(_) => Err("health check timed out".to_owned()),
             },
             Err(e) => Err(format!("health check request is invalid: {e}")),

@@ -37,7 +37,11 @@ impl Runtime {
     pub fn new(config: Arc<Config>, previous: Option<&Runtime>, metrics: &Metrics) -> Runtime {
         let mut old: HashMap<&str, &RouteState> = HashMap::new();
         if let Some(prev) = previous {
-            old.extend(prev.routes().map(|r| r.name.as_str()).zip(prev.states.iter()));
+            old.extend(
+                prev.routes()
+                    .map(|r| r.name.as_str())
+                    .zip(prev.states.iter()),
+            );
         }
         let states = all_routes(&config)
             .map(|route| RouteState::new(route, old.get(route.name.as_str()).copied(), metrics))
@@ -67,12 +71,18 @@ impl Runtime {
             .iter()
             .position(|r| r.matcher.matches(method, path, headers))
             .unwrap_or(cfg.routes.len());
-        (cfg.routes.get(ix).unwrap_or(&cfg.default_route), &self.states[ix])
+        (
+            cfg.routes.get(ix).unwrap_or(&cfg.default_route),
+            &self.states[ix],
+        )
     }
 }
 
 fn all_routes(config: &Config) -> impl Iterator<Item = &Route> {
-    config.routes.iter().chain(std::iter::once(&config.default_route))
+    config
+        .routes
+        .iter()
+        .chain(std::iter::once(&config.default_route))
 }
 
 impl RouteState {
@@ -82,23 +92,41 @@ impl RouteState {
             Some(o) if o.budget.policy() == policy.retry.budget => Arc::clone(&o.budget),
             _ => Arc::new(RetryBudget::new(policy.retry.budget)),
         };
-        let breaker = policy.circuit_breaker.map(|p| match old.and_then(|o| o.breaker.as_ref()) {
-            Some(b) if b.policy() == p => Arc::clone(b),
-            _ => Arc::new(Breaker::new(&route.name, p, breaker_metrics(&route.name, metrics))),
-        });
+        let breaker = policy
+            .circuit_breaker
+            .map(|p| match old.and_then(|o| o.breaker.as_ref()) {
+                Some(b) if b.policy() == p => Arc::clone(b),
+                _ => Arc::new(Breaker::new(
+                    &route.name,
+                    p,
+                    breaker_metrics(&route.name, metrics),
+                )),
+            });
         if breaker.is_none() {
             let _ = metrics.circuit_state.remove_label_values(&[&route.name]);
         }
-        let stale = policy.stale_if_error.as_ref().map(|p| match old.and_then(|o| o.stale.as_ref()) {
-            Some(s) if s.policy() == p => Arc::clone(s),
-            _ => Arc::new(StaleStore::new(p.clone())),
-        });
-        RouteState { budget, breaker, stale }
+        let stale =
+            policy
+                .stale_if_error
+                .as_ref()
+                .map(|p| match old.and_then(|o| o.stale.as_ref()) {
+                    Some(s) if s.policy() == p => Arc::clone(s),
+                    _ => Arc::new(StaleStore::new(p.clone())),
+                });
+        RouteState {
+            budget,
+            breaker,
+            stale,
+        }
     }
 }
 
 fn breaker_metrics(route: &str, metrics: &Metrics) -> BreakerMetrics {
-    let to = |state| metrics.circuit_transitions.with_label_values(&[route, state]);
+    let to = |state| {
+        metrics
+            .circuit_transitions
+            .with_label_values(&[route, state])
+    };
     BreakerMetrics {
         state: metrics.circuit_state.with_label_values(&[route]),
         to: [to("closed"), to("half-open"), to("open")],

@@ -125,7 +125,9 @@ impl Breaker {
         let probe = match inner.state {
             State::Closed => false,
             State::Open => return None,
-            State::HalfOpen if inner.probes_in_flight >= self.policy.half_open_requests => return None,
+            State::HalfOpen if inner.probes_in_flight >= self.policy.half_open_requests => {
+                return None
+            }
             State::HalfOpen => {
                 inner.probes_in_flight += 1;
                 true
@@ -139,7 +141,9 @@ impl Breaker {
     }
 
     fn expire(&self, inner: &mut Inner, now: Instant) {
-        if inner.state == State::Open && now.saturating_duration_since(inner.opened_at) >= self.policy.open_duration {
+        if inner.state == State::Open
+            && now.saturating_duration_since(inner.opened_at) >= self.policy.open_duration
+        {
             self.transition(inner, State::HalfOpen, now);
         }
     }
@@ -159,7 +163,9 @@ impl Breaker {
     }
 
     fn record(&self, probe: bool, failed: bool) {
-        let Ok(mut inner) = self.inner.lock() else { return };
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
         let now = Instant::now();
         match inner.state {
             State::Closed => {
@@ -271,7 +277,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(b.state(), State::HalfOpen);
         let probe = b.admit().expect("one probe");
-        assert!(b.admit().is_none(), "only half_open_requests probes at once");
+        assert!(
+            b.admit().is_none(),
+            "only half_open_requests probes at once"
+        );
         probe.record(false);
         assert_eq!(b.state(), State::Closed);
         assert!(attempt(&b, false));

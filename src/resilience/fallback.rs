@@ -53,11 +53,20 @@ mod tests {
     #[test]
     fn statuses_and_failures_match_their_conditions() {
         let when = [Condition::Status(503), Condition::ConnectFailure];
-        assert!(listed(&when, Reason::Status(StatusCode::SERVICE_UNAVAILABLE)));
+        assert!(listed(
+            &when,
+            Reason::Status(StatusCode::SERVICE_UNAVAILABLE)
+        ));
         assert!(!listed(&when, Reason::Status(StatusCode::BAD_GATEWAY)));
         assert!(listed(&when, Reason::Failure(Failure::ConnectFailure)));
         assert!(!listed(&when, Reason::Failure(Failure::Timeout)));
-        assert!(listed(&[Condition::Any5xx], Reason::Status(StatusCode::INSUFFICIENT_STORAGE)));
-        assert!(!listed(&[Condition::Any5xx], Reason::Status(StatusCode::TOO_MANY_REQUESTS)));
+        assert!(listed(
+            &[Condition::Any5xx],
+            Reason::Status(StatusCode::INSUFFICIENT_STORAGE)
+        ));
+        assert!(!listed(
+            &[Condition::Any5xx],
+            Reason::Status(StatusCode::TOO_MANY_REQUESTS)
+        ));
     }
 }

@@ -49,7 +49,9 @@ impl Stored {
     }
 
     fn varies_with(&self, request: &HeaderMap) -> bool {
-        self.vary.iter().all(|(name, value)| request.get(name) == value.as_ref())
+        self.vary
+            .iter()
+            .all(|(name, value)| request.get(name) == value.as_ref())
     }
 }
 
@@ -112,7 +114,10 @@ impl StaleStore {
                 return None;
             }
         }
-        let mut key = uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+        let mut key = uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
         for name in &self.policy.key_headers {
             key.push('\0');
             key.push_str(name.as_str());
@@ -136,10 +141,10 @@ impl StaleStore {
                     .any(|d| d == "no-store" || d == "private" || d.starts_with("private="))
             })
         });
-        let vary_all = headers
-            .get_all(header::VARY)
-            .iter()
-            .any(|v| v.to_str().map_or(true, |v| v.split(',').any(|t| t.trim() == "*")));
+        let vary_all = headers.get_all(header::VARY).iter().any(|v| {
+            v.to_str()
+                .map_or(true, |v| v.split(',').any(|t| t.trim() == "*"))
+        });
         let too_big = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
@@ -170,7 +175,9 @@ impl StaleStore {
             vary,
         });
         let size = stored.size();
-        let Ok(mut lru) = self.inner.lock() else { return };
+        let Ok(mut lru) = self.inner.lock() else {
+            return;
+        };
         lru.remove(&key);
         lru.tick += 1;
         let tick = lru.tick;
@@ -178,7 +185,9 @@ impl StaleStore {
         lru.entries.insert(key, (stored, tick));
         lru.bytes += size;
         while lru.entries.len() > self.policy.max_entries || lru.bytes > self.policy.max_bytes {
-            let Some((_, oldest)) = lru.order.pop_first() else { break };
+            let Some((_, oldest)) = lru.order.pop_first() else {
+                break;
+            };
             if let Some((s, _)) = lru.entries.remove(&oldest) {
                 lru.bytes -= s.size();
             }
@@ -203,7 +212,9 @@ impl StaleStore {
 
     /// Entries and bytes held now.
     pub fn usage(&self) -> (usize, u64) {
-        self.inner.lock().map_or((0, 0), |l| (l.entries.len(), l.bytes))
+        self.inner
+            .lock()
+            .map_or((0, 0), |l| (l.entries.len(), l.bytes))
     }
 }
 
@@ -232,14 +243,33 @@ mod tests {
     fn private_requests_get_no_key_unless_keyed() {
         let uri: Uri = "/me?x=1".parse().unwrap();
         let plain = store(10, 1 << 20, vec![]);
-        assert_eq!(plain.key(&Method::GET, &uri, &HeaderMap::new()).as_deref(), Some("/me?x=1"));
-        assert!(plain.key(&Method::GET, &uri, &headers(&[("authorization", "Bearer a")])).is_none());
-        assert!(plain.key(&Method::GET, &uri, &headers(&[("cookie", "s=1")])).is_none());
+        assert_eq!(
+            plain.key(&Method::GET, &uri, &HeaderMap::new()).as_deref(),
+            Some("/me?x=1")
+        );
+        assert!(plain
+            .key(
+                &Method::GET,
+                &uri,
+                &headers(&[("authorization", "Bearer a")])
+            )
+            .is_none());
+        assert!(plain
+            .key(&Method::GET, &uri, &headers(&[("cookie", "s=1")]))
+            .is_none());
         assert!(plain.key(&Method::POST, &uri, &HeaderMap::new()).is_none());
 
         let keyed = store(10, 1 << 20, vec![header::AUTHORIZATION]);
-        let a = keyed.key(&Method::GET, &uri, &headers(&[("authorization", "Bearer a")]));
-        let b = keyed.key(&Method::GET, &uri, &headers(&[("authorization", "Bearer b")]));
+        let a = keyed.key(
+            &Method::GET,
+            &uri,
+            &headers(&[("authorization", "Bearer a")]),
+        );
+        let b = keyed.key(
+            &Method::GET,
+            &uri,
+            &headers(&[("authorization", "Bearer b")]),
+        );
         let none = keyed.key(&Method::GET, &uri, &HeaderMap::new());
         assert!(a.is_some() && b.is_some() && none.is_some());
         assert_ne!(a, b);
@@ -249,7 +279,10 @@ mod tests {
     #[test]
     fn unstorable_responses() {
         assert!(StaleStore::storable(StatusCode::OK, &HeaderMap::new()));
-        assert!(!StaleStore::storable(StatusCode::CREATED, &HeaderMap::new()));
+        assert!(!StaleStore::storable(
+            StatusCode::CREATED,
+            &HeaderMap::new()
+        ));
         for h in [
             ("cache-control", "no-store"),
             ("cache-control", "max-age=5, Private"),
@@ -257,7 +290,10 @@ mod tests {
             ("vary", "*"),
             ("content-length", "2000000"),
         ] {
-            assert!(!StaleStore::storable(StatusCode::OK, &headers(&[h])), "{h:?}");
+            assert!(
+                !StaleStore::storable(StatusCode::OK, &headers(&[h])),
+                "{h:?}"
+            );
         }
     }
 
@@ -265,10 +301,25 @@ mod tests {
     fn evicts_least_recently_used_within_bounds() {
         let s = store(2, 1 << 20, vec![]);
         let none = HeaderMap::new();
-        s.insert("a".into(), &none, HeaderMap::new(), Bytes::from_static(b"1"));
-        s.insert("b".into(), &none, HeaderMap::new(), Bytes::from_static(b"2"));
+        s.insert(
+            "a".into(),
+            &none,
+            HeaderMap::new(),
+            Bytes::from_static(b"1"),
+        );
+        s.insert(
+            "b".into(),
+            &none,
+            HeaderMap::new(),
+            Bytes::from_static(b"2"),
+        );
         assert!(s.get("a", &none).is_some(), "touch a: b is now the oldest");
-        s.insert("c".into(), &none, HeaderMap::new(), Bytes::from_static(b"3"));
+        s.insert(
+            "c".into(),
+            &none,
+            HeaderMap::new(),
+            Bytes::from_static(b"3"),
+        );
         assert!(s.get("b", &none).is_none());
         assert!(s.get("a", &none).is_some() && s.get("c", &none).is_some());
         assert_eq!(s.usage().0, 2);
@@ -279,7 +330,12 @@ mod tests {
         let s = store(1000, 1 << 20, vec![]);
         let none = HeaderMap::new();
         for i in 0..20 {
-            s.insert(format!("k{i}"), &none, HeaderMap::new(), Bytes::from(vec![0u8; 200_000]));
+            s.insert(
+                format!("k{i}"),
+                &none,
+                HeaderMap::new(),
+                Bytes::from(vec![0u8; 200_000]),
+            );
             assert!(s.usage().1 <= 1 << 20, "after {i}: {:?}", s.usage());
         }
         assert!(s.usage().0 <= 5);
@@ -289,7 +345,12 @@ mod tests {
     fn vary_headers_must_match() {
         let s = store(10, 1 << 20, vec![]);
         let gzip = headers(&[("accept-encoding", "gzip")]);
-        s.insert("k".into(), &gzip, headers(&[("vary", "accept-encoding")]), Bytes::from_static(b"z"));
+        s.insert(
+            "k".into(),
+            &gzip,
+            headers(&[("vary", "accept-encoding")]),
+            Bytes::from_static(b"z"),
+        );
         assert!(s.get("k", &gzip).is_some());
         assert!(s.get("k", &HeaderMap::new()).is_none());
     }
@@ -298,7 +359,12 @@ mod tests {
     async fn entries_expire_after_max_age() {
         let s = store(10, 1 << 20, vec![]);
         let none = HeaderMap::new();
-        s.insert("k".into(), &none, HeaderMap::new(), Bytes::from_static(b"v"));
+        s.insert(
+            "k".into(),
+            &none,
+            HeaderMap::new(),
+            Bytes::from_static(b"v"),
+        );
         tokio::time::advance(Duration::from_secs(59)).await;
         assert_eq!(s.get("k", &none).unwrap().1, Duration::from_secs(59));
         tokio::time::advance(Duration::from_secs(2)).await;

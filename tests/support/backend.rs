@@ -73,6 +73,8 @@ impl Received {
 
 #[derive(Default)]
 struct Shared {
+    /// Fixed actions by exact path; they bypass the script.
+    paths: Mutex<Vec<(String, Action)>>,
     script: Mutex<VecDeque<Action>>,
     default: Mutex<Option<Action>>,
     received: Mutex<Vec<Received>>,
@@ -134,6 +136,14 @@ impl Backend {
         *self.shared.default.lock().unwrap() = Some(action);
     }
 
+    /// Answers requests for exactly this path with `action`, leaving the script alone.
+    /// Such requests are not recorded (health checks would blur the counts).
+    pub fn on_path(&self, path: &str, action: Action) {
+        let mut paths = self.shared.paths.lock().unwrap();
+        paths.retain(|(p, _)| p != path);
+        paths.push((path.to_owned(), action));
+    }
+
     /// Every request received so far.
     pub fn received(&self) -> Vec<Received> {
         self.shared.received.lock().unwrap().clone()
@@ -151,6 +161,19 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
         let Some(req) = read_request(&mut reader).await else {
             return;
         };
+        let fixed = shared
+            .paths
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(p, _)| *p == req.target)
+            .map(|(_, a)| a.clone());
+        if let Some(action) = fixed {
+            if !act(&action, &req, reader.get_mut()).await {
+                return;
+            }
+            continue;
+        }
         shared.received.lock().unwrap().push(req.clone());
         let next = shared.script.lock().unwrap().pop_front();
         let action = next
