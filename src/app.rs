@@ -74,6 +74,13 @@ impl App {
         if new.listen != old.listen || new.admin_listen != old.admin_listen {
             warn!("listener addresses changed in the config; they take effect on restart");
         }
+        let (a, b) = (&new.limits, &old.limits);
+        if new.worker_threads != old.worker_threads
+            || a.header_read_timeout != b.header_read_timeout
+            || a.max_request_header_bytes != b.max_request_header_bytes
+        {
+            warn!("worker_threads, limits.header_read_timeout and limits.max_request_header_bytes take effect on restart");
+        }
         for warning in &new.warnings {
             warn!(warning = %warning, "config warning");
         }
@@ -84,6 +91,7 @@ impl App {
 
     /// Serves until a shutdown has begun and completed.
     pub async fn run(self: Arc<Self>, listeners: Listeners) {
+        let first_bytes = self.proxy.config().limits.header_read_timeout;
         let admin_graceful = GracefulShutdown::new();
         let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
         let admin_app = Arc::clone(&self);
@@ -96,6 +104,7 @@ impl App {
             accept::serve(
                 listeners.admin,
                 admin_builder,
+                first_bytes,
                 handler,
                 &admin_graceful,
                 stop,
@@ -122,7 +131,15 @@ impl App {
         let probe = tokio::spawn(crate::proxy::probe::run(Arc::clone(&self.proxy)));
         self.lifecycle.set_ready(true);
         let builder = accept::builder(&self.proxy.config().limits);
-        accept::serve(listeners.proxy, builder, handler, &proxy_graceful, stop).await;
+        accept::serve(
+            listeners.proxy,
+            builder,
+            first_bytes,
+            handler,
+            &proxy_graceful,
+            stop,
+        )
+        .await;
 
         let timeout = self.proxy.config().shutdown.timeout;
         info!(

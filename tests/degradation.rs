@@ -522,3 +522,66 @@ async fn shed_requests_get_the_fallback() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn stale_copies_are_never_shared_across_hosts() {
+    let backend = Backend::start().await;
+    backend.script([Action::Respond {
+        status: 200,
+        headers: vec![],
+        body: b"tenant A account".to_vec(),
+    }]);
+    let sidecar = Sidecar::in_front_of(&backend, STALE).await;
+    let as_host = |host: &'static str| get_with(&sidecar.url("/account"), &[("host", host)]);
+    assert_eq!(send(as_host("a.example")).await.2, "tenant A account");
+    backend.set_default(Action::Status(503));
+    assert_eq!(
+        send(as_host("b.example")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(send(as_host("a.example")).await.2, "tenant A account");
+}
+
+#[tokio::test]
+async fn a_down_probe_does_not_block_routes_without_stale_or_fallback() {
+    let backend = Backend::start().await;
+    backend.on_path("/healthz", Action::Status(500));
+    let yaml = "  health_check: { path: /healthz, interval: 20ms, unhealthy_threshold: 1 }\n";
+    let sidecar = Sidecar::in_front_of(&backend, yaml).await;
+    let health_url = format!("http://{}/health", sidecar.admin);
+    within(async {
+        while get(&health_url).await.0 != StatusCode::SERVICE_UNAVAILABLE {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(get(&sidecar.url("/still-works")).await.2, "ok");
+    assert_eq!(backend.count(), 1);
+}
+
+#[tokio::test]
+async fn aborted_client_uploads_do_not_open_the_breaker() {
+    let backend = Backend::start().await;
+    let sidecar = Sidecar::in_front_of(&backend, BREAKER).await;
+    for _ in 0..8 {
+        // Promise 1000 bytes, send 10, hang up.
+        raw(
+            sidecar.addr,
+            b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n0123456789",
+            Duration::from_millis(1),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _, _) = get(&sidecar.url("/after")).await;
+    assert_eq!(status, StatusCode::OK);
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        metric(&m, "outrigger_circuit_state", &[("route", "default")]),
+        0.0
+    );
+    assert_eq!(
+        metric(&m, "outrigger_circuit_transitions_total", &[("to", "open")]),
+        0.0
+    );
+}

@@ -440,3 +440,19 @@ async fn h2c_prior_knowledge_clients_are_served() {
     assert_eq!(seen.target, "/h2");
     assert_eq!(seen.header("host"), Some(sidecar.addr.to_string().as_str()));
 }
+
+#[tokio::test]
+async fn clients_that_stall_before_the_protocol_is_known_are_cut_off() {
+    let backend = Backend::start().await;
+    let sidecar = Sidecar::in_front_of(&backend, "limits:\n  header_read_timeout: 200ms\n").await;
+    let started = std::time::Instant::now();
+    // The first bytes of the HTTP/2 preface, then silence.
+    let answer = raw(sidecar.addr, b"PRI * HT", Duration::from_secs(10)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "held for {:?}",
+        started.elapsed()
+    );
+    assert!(answer.is_empty(), "{answer}");
+    assert_eq!(get(&sidecar.url("/")).await.0, StatusCode::OK);
+}

@@ -20,7 +20,7 @@ use super::upstream::{Head, HttpClient};
 use crate::config::Route;
 use crate::metrics::{status_class, Metrics};
 use crate::resilience::budget::RetryBudget;
-use crate::resilience::circuit::{Breaker, Permit, State};
+use crate::resilience::circuit::{Breaker, Permit};
 use crate::resilience::{backoff, retry};
 
 /// How the attempts ended.
@@ -69,21 +69,13 @@ impl Attempts<'_> {
     /// Runs attempts until one is final.
     pub async fn run(self) -> Finished {
         let policy = &self.route.policy.retry;
+        let Ok(mut permit) = self.admit() else {
+            // Open: the upstream is not asked at all.
+            return Finished::without_attempt(Failure::CircuitOpen);
+        };
         self.budget.record_request();
         let mut n: u32 = 1;
         loop {
-            let permit = match self.breaker.map(Breaker::admit) {
-                None => None,
-                Some(Some(permit)) => Some(permit),
-                Some(None) => {
-                    // Open: the first attempt is never made; a retry found it opened meanwhile.
-                    if n > 1 {
-                        self.skipped(n - 1, "circuit-open");
-                    }
-                    let failure = Failure::CircuitOpen;
-                    return self.finish(Err(failure), n - 1, Some(Reason::Failure(failure)));
-                }
-            };
             let result = self.attempt(n, permit).await;
             let reason = match &result {
                 Ok(resp) if retry::retries_status(policy, resp.status()) => {
@@ -99,20 +91,23 @@ impl Attempts<'_> {
                 Ok(_) => true,
                 Err(f) => retry::retries_failure(policy, *f),
             };
-            let backoff = if wanted {
+            let next = if wanted {
                 self.next_backoff(n, &result)
             } else {
                 Err(None)
             };
-            match backoff {
-                Ok(wait) => {
-                    warn!(route = %self.route.name, attempt = n, reason = %reason, backoff_ms = wait.as_millis() as u64, "upstream attempt failed; retrying");
+            match next {
+                Ok((wait, next_permit)) => {
+                    let backoff_ms = wait.as_millis() as u64;
+                    warn!(route = %self.route.name, attempt = n, reason = %reason, backoff_ms, "upstream attempt failed; retrying");
+                    let reason = reason.to_string();
                     self.metrics
                         .retries
-                        .with_label_values(&[&self.route.name, &reason.to_string()])
+                        .with_label_values(&[&self.route.name, &reason])
                         .inc();
                     drop(result);
                     tokio::time::sleep(wait).await;
+                    permit = next_permit;
                     n += 1;
                 }
                 Err(skipped) => {
@@ -123,6 +118,14 @@ impl Attempts<'_> {
                     return self.finish(result, n, Some(reason));
                 }
             }
+        }
+    }
+
+    /// Leave from the breaker for one attempt: `Ok(None)` without a breaker, `Err` while open.
+    fn admit(&self) -> Result<Option<Permit<'_>>, ()> {
+        match self.breaker {
+            None => Ok(None),
+            Some(breaker) => breaker.admit().map(Some).ok_or(()),
         }
     }
 
@@ -157,6 +160,10 @@ impl Attempts<'_> {
             }
             Ok(Ok(resp)) => Ok(resp),
         };
+        if result.as_ref().err() == Some(&Failure::ClientBody) {
+            // The client's body broke, not the upstream: nothing to count against it.
+            return result;
+        }
         let label = match &result {
             Ok(resp) => status_class(resp.status()),
             Err(f) => f.reason(),
@@ -179,12 +186,14 @@ impl Attempts<'_> {
         result
     }
 
-    /// The wait before retry `n`, or why there is no retry (`None`: nothing to count).
+    /// The wait before retry `n` and the breaker's leave for it (taken now, so a breaker
+    /// that opens during the backoff cannot swallow the answer in hand), or why there is no
+    /// retry (`None`: nothing to count).
     fn next_backoff(
         &self,
         n: u32,
         result: &Result<Response<Incoming>, Failure>,
-    ) -> Result<Duration, Option<&'static str>> {
+    ) -> Result<(Duration, Option<Permit<'_>>), Option<&'static str>> {
         let policy = &self.route.policy.retry;
         if n >= policy.attempts {
             return Err(None);
@@ -192,9 +201,6 @@ impl Attempts<'_> {
         let nothing_sent = matches!(result, Err(Failure::ConnectFailure));
         if !self.may_resend && !nothing_sent {
             return Err(Some("method"));
-        }
-        if self.breaker.is_some_and(|b| b.state() == State::Open) {
-            return Err(Some("circuit-open"));
         }
         if self.body.oversized() {
             return Err(Some("body-too-large"));
@@ -219,10 +225,11 @@ impl Attempts<'_> {
         if wait >= remaining {
             return Err(Some("deadline"));
         }
+        let permit = self.admit().map_err(|()| Some("circuit-open"))?;
         if !self.budget.try_retry() {
             return Err(Some("budget"));
         }
-        Ok(wait)
+        Ok((wait, permit))
     }
 
     fn finish(

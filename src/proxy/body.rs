@@ -10,6 +10,7 @@
 //! chunk. Either way the body carries a guard that keeps the request counted as in flight
 //! until the last byte has gone (or the client went away).
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -19,7 +20,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::resilience::stale::{StaleStore, MAX_STORED_BODY};
+use crate::resilience::stale::{Key, StaleStore, MAX_STORED_BODY};
 
 /// Any error a body can produce.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -44,14 +45,14 @@ pub enum Prepared {
 /// A streaming body: bytes already read while deciding whether to buffer, then the rest.
 #[derive(Debug)]
 pub struct Streamed {
-    pub prefix: Vec<Bytes>,
+    pub prefix: VecDeque<Bytes>,
     pub rest: Incoming,
 }
 
 impl Prepared {
     /// Wraps a body that will stream once.
     pub fn streaming(
-        prefix: Vec<Bytes>,
+        prefix: VecDeque<Bytes>,
         rest: Incoming,
         length: Option<u64>,
         oversized: bool,
@@ -129,8 +130,8 @@ impl Body for UpstreamBody {
                     }
                 }
                 UpstreamBody::Flowing(streamed) => {
-                    if !streamed.prefix.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(streamed.prefix.remove(0)))));
+                    if let Some(chunk) = streamed.prefix.pop_front() {
+                        return Poll::Ready(Some(Ok(Frame::data(chunk))));
                     }
                     return Pin::new(&mut streamed.rest)
                         .poll_frame(cx)
@@ -179,27 +180,53 @@ pub struct ResponseBody {
 
 /// A copy of a response body in the making, stored once the body completed.
 pub struct Tee {
-    pub store: Arc<StaleStore>,
-    pub key: String,
+    store: Arc<StaleStore>,
+    key: Key,
     /// The request headers (for `Vary`) and the response headers to store.
-    pub request: HeaderMap,
-    pub response: HeaderMap,
-    pub copy: BytesMut,
+    request: HeaderMap,
+    response: HeaderMap,
+    copy: BytesMut,
+    /// Bytes reserved in the store for `copy`; returned on drop.
+    reserved: u64,
 }
 
 impl Tee {
-    /// Adds a chunk; `false` when the body grew too large to keep.
+    /// Starts a copy of a response that may be stored under `key`.
+    pub fn new(store: Arc<StaleStore>, key: Key, request: HeaderMap, response: HeaderMap) -> Tee {
+        Tee {
+            store,
+            key,
+            request,
+            response,
+            copy: BytesMut::new(),
+            reserved: 0,
+        }
+    }
+
+    /// Adds a chunk; `false` when the body grew too large to keep or the store has no room.
     fn push(&mut self, data: &Bytes) -> bool {
-        if self.copy.len() + data.len() > MAX_STORED_BODY {
+        if self.copy.len() + data.len() > MAX_STORED_BODY || !self.store.reserve(data.len() as u64)
+        {
             return false;
         }
+        self.reserved += data.len() as u64;
         self.copy.extend_from_slice(data);
         true
     }
 
-    fn finish(self) {
-        self.store
-            .insert(self.key, &self.request, self.response, self.copy.freeze());
+    fn finish(mut self) {
+        let key = std::mem::take(&mut self.key);
+        let request = std::mem::take(&mut self.request);
+        let response = std::mem::take(&mut self.response);
+        let body = std::mem::take(&mut self.copy).freeze();
+        // The reservation is returned (on drop) after the entry is in: never both uncounted.
+        self.store.insert(key, &request, response, body);
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        self.store.release(self.reserved);
     }
 }
 

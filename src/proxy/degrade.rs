@@ -21,7 +21,7 @@ pub static STALE: HeaderName = HeaderName::from_static("x-outrigger-stale");
 pub struct Failed<'a> {
     pub method: &'a Method,
     /// The stale-store key, when the route keeps stale copies and privacy allows.
-    pub stale_key: Option<&'a str>,
+    pub stale_key: Option<&'a [u8]>,
     pub headers: &'a http::HeaderMap,
     pub reason: Reason,
 }

@@ -34,6 +34,10 @@ pub enum Failure {
     /// Over the route's rate limit.
     #[error("rate limit exceeded")]
     RateLimited,
+    /// The client's request body failed while it was being sent: the client's problem,
+    /// never counted against the upstream, never retried, answered 400.
+    #[error("the request body could not be read")]
+    ClientBody,
 }
 
 impl Failure {
@@ -47,6 +51,7 @@ impl Failure {
             Failure::CircuitOpen => "circuit-open",
             Failure::Overloaded => "overloaded",
             Failure::RateLimited => "rate-limited",
+            Failure::ClientBody => "client-body",
         }
     }
 
@@ -59,6 +64,7 @@ impl Failure {
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::CircuitOpen | Failure::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Failure::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Failure::ClientBody => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -70,6 +76,9 @@ impl Failure {
         let mut source: Option<&(dyn StdError + 'static)> = err.source();
         while let Some(e) = source {
             if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                if h.is_user() {
+                    return Failure::ClientBody;
+                }
                 if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
                     return Failure::BadResponse;
                 }

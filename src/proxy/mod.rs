@@ -27,6 +27,7 @@ pub mod respond;
 pub mod runtime;
 pub mod upstream;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -40,7 +41,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::info;
 
-use self::attempts::{Attempts, Ended, Finished};
+use self::attempts::{Attempts, Ended};
 use self::body::{Prepared, ResponseBody, Tee};
 use self::degrade::Failed;
 use self::failure::{Failure, Reason};
@@ -50,7 +51,7 @@ use self::upstream::Head;
 use crate::config::{Config, Route};
 use crate::metrics::{method_label, Metrics};
 use crate::resilience::retry;
-use crate::resilience::stale::StaleStore;
+use crate::resilience::stale::{Key, StaleStore};
 
 /// Header on every response: how many upstream attempts were made.
 pub static ATTEMPTS: HeaderName = HeaderName::from_static("x-outrigger-attempts");
@@ -263,23 +264,32 @@ impl Proxy {
                 }
             };
         let request_headers = head.headers.clone();
-        let finished = if self.health.is_down() {
-            // The active health check already knows: fail fast instead of a connect timeout.
-            Finished::without_attempt(Failure::CircuitOpen)
-        } else {
-            let attempts = Attempts {
-                client: &rt.client,
-                route,
-                budget: &state.budget,
-                breaker: state.breaker.as_deref(),
-                metrics: &self.metrics,
-                head,
-                body,
-                may_resend,
-                deadline,
+        if self.health.is_down() {
+            // The active health check already knows: answer from stale or fallback at once
+            // instead of waiting for a connect timeout. Without either, still try: a wrong
+            // probe must not take down a route that works.
+            let failed = Failed {
+                method: &parts.method,
+                stale_key: stale_key.as_deref(),
+                headers: &request_headers,
+                reason: Reason::Failure(Failure::CircuitOpen),
             };
-            attempts.run().await
+            if let Some((resp, outcome)) = degrade::answer(route, state, &self.metrics, &failed) {
+                return (resp, outcome, 0);
+            }
+        }
+        let attempts = Attempts {
+            client: &rt.client,
+            route,
+            budget: &state.budget,
+            breaker: state.breaker.as_deref(),
+            metrics: &self.metrics,
+            head,
+            body,
+            may_resend,
+            deadline,
         };
+        let finished = attempts.run().await;
         let n = finished.attempts;
         let reason = match finished.ended {
             Ended::Answered(resp) if !is_error(resp.status()) => {
@@ -291,6 +301,9 @@ impl Proxy {
                 return (resp, Outcome::Upstream, n);
             }
             Ended::Answered(ref resp) => Reason::Status(resp.status()),
+            Ended::Failed(Failure::ClientBody) => {
+                return (respond::failure(Failure::ClientBody), Outcome::Error, n);
+            }
             Ended::Failed(f) => Reason::Failure(f),
         };
         let failed = Failed {
@@ -312,7 +325,7 @@ impl Proxy {
     fn tee(
         &self,
         state: &RouteState,
-        key: Option<String>,
+        key: Option<Key>,
         method: &Method,
         request: http::HeaderMap,
         resp: &Response<Incoming>,
@@ -324,13 +337,7 @@ impl Proxy {
         }
         let mut response = resp.headers().clone();
         headers::strip_hop_by_hop(&mut response);
-        Some(Tee {
-            store: Arc::clone(store),
-            key,
-            request,
-            response,
-            copy: BytesMut::new(),
-        })
+        Some(Tee::new(Arc::clone(store), key, request, response))
     }
 }
 
@@ -360,9 +367,14 @@ async fn prepare_body(
         .or_else(|| body.size_hint().exact());
     let oversized = length.is_some_and(|n| n > limit as u64);
     if !may_resend || oversized {
-        return Ok(Prepared::streaming(Vec::new(), body, length, oversized));
+        return Ok(Prepared::streaming(
+            VecDeque::new(),
+            body,
+            length,
+            oversized,
+        ));
     }
-    let mut kept: Vec<Bytes> = Vec::new();
+    let mut kept: VecDeque<Bytes> = VecDeque::new();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         // Trailers of a buffered request body are dropped; data frames are all we replay.
@@ -370,7 +382,7 @@ async fn prepare_body(
             continue;
         };
         total += data.len();
-        kept.push(data);
+        kept.push_back(data);
         if total > limit {
             return Ok(Prepared::streaming(kept, body, length, true));
         }

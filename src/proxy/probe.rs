@@ -1,10 +1,11 @@
 //! The optional active health check: probe `upstream.health_check.path` every `interval`
 //! and decide up or down with consecutive-result thresholds.
 //!
-//! While the probe finds the upstream down, requests do not wait for a connect timeout
-//! each: they fail at once with REASON `circuit-open` (the probe acts as a breaker for the
-//! whole upstream) and get the stale copy, the fallback or a 503. The first time the
-//! probe sees `healthy_threshold` good answers in a row, traffic flows again.
+//! While the probe finds the upstream down, a request whose route can answer from a stale
+//! copy or a fallback gets that at once (REASON `circuit-open`: the probe acts as a breaker
+//! for the whole upstream) instead of waiting for a connect timeout. Other requests still
+//! try the upstream, so a wrong probe path cannot take down routes that work. The first
+//! time the probe sees `healthy_threshold` good answers in a row, traffic flows again.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};

@@ -66,9 +66,13 @@ impl Head {
         headers::strip_hop_by_hop(&mut headers);
         headers::set_forwarded(&mut headers, peer.ip(), client_host.as_ref());
         headers.insert(headers::REQUEST_ID.clone(), request_id.clone());
+        // HTTP/2 carries the host as `:authority`, which is the upstream's (never the
+        // client's: that would let a client choose where we connect). A differing `Host`
+        // is forbidden there (RFC 9113 §8.3.1), so `preserve` applies to HTTP/1 only;
+        // `X-Forwarded-Host` still tells the upstream what the client asked for.
         let host = match upstream.host_header {
-            HostHeader::Preserve => client_host,
-            HostHeader::Upstream => None,
+            HostHeader::Preserve if !upstream.http2 => client_host,
+            _ => None,
         };
         match host {
             Some(h) => headers.insert(HOST, h),

@@ -75,6 +75,8 @@ struct Inner {
     window: Window,
     probes_in_flight: u32,
     probe_successes: u32,
+    /// Bumped on every transition: a result from an earlier state carries no news.
+    generation: u64,
 }
 
 /// Leave to make one upstream attempt.
@@ -82,6 +84,7 @@ struct Inner {
 pub struct Permit<'a> {
     breaker: &'a Breaker,
     probe: bool,
+    generation: u64,
     recorded: bool,
 }
 
@@ -100,6 +103,7 @@ impl Breaker {
                 window: Window::new(policy.window, now),
                 probes_in_flight: 0,
                 probe_successes: 0,
+                generation: 0,
             }),
         }
     }
@@ -136,6 +140,7 @@ impl Breaker {
         Some(Permit {
             breaker: self,
             probe,
+            generation: inner.generation,
             recorded: false,
         })
     }
@@ -150,6 +155,7 @@ impl Breaker {
 
     fn transition(&self, inner: &mut Inner, to: State, now: Instant) {
         inner.state = to;
+        inner.generation += 1;
         inner.probes_in_flight = 0;
         inner.probe_successes = 0;
         match to {
@@ -162,10 +168,13 @@ impl Breaker {
         warn!(route = %self.route, to = to.label(), "circuit breaker changed state");
     }
 
-    fn record(&self, probe: bool, failed: bool) {
+    fn record(&self, probe: bool, generation: u64, failed: bool) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
+        if generation != inner.generation {
+            return;
+        }
         let now = Instant::now();
         match inner.state {
             State::Closed => {
@@ -198,7 +207,7 @@ impl Permit<'_> {
     /// Reports the attempt's result.
     pub fn record(mut self, failed: bool) {
         self.recorded = true;
-        self.breaker.record(self.probe, failed);
+        self.breaker.record(self.probe, self.generation, failed);
     }
 }
 
@@ -206,7 +215,9 @@ impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if self.probe && !self.recorded {
             if let Ok(mut inner) = self.breaker.inner.lock() {
-                inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
+                if inner.generation == self.generation {
+                    inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
+                }
             }
         }
     }

@@ -8,13 +8,16 @@
 //! - a response marked `Cache-Control: no-store` or `private`, one that sets a cookie, or one
 //!   with `Vary: *` is never stored;
 //! - headers a response `Vary`s on are remembered with their request values and must match
-//!   on lookup.
+//!   on lookup;
+//! - the key holds the client's `Host` (a backend may serve several tenants by host) and
+//!   the exact bytes of each key header, so two different values never share a key.
 //!
 //! Bounds: `max_entries` and `max_bytes` (least recently used goes first); a response over
 //! 1 MiB is never kept. The copy is taken while the body streams to the client (see
 //! `proxy::body`), and only a body that completed is stored.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +27,14 @@ use http::{Method, StatusCode, Uri};
 use tokio::time::Instant;
 
 use crate::config::StalePolicy;
+
+/// A store key: length-prefixed fields, so no two different requests can collide.
+pub type Key = Vec<u8>;
+
+fn push_field(key: &mut Key, field: &[u8]) {
+    key.extend_from_slice(&(field.len() as u32).to_le_bytes());
+    key.extend_from_slice(field);
+}
 
 /// The largest response body ever stored.
 pub const MAX_STORED_BODY: usize = 1 << 20;
@@ -60,29 +71,32 @@ impl Stored {
 pub struct StaleStore {
     policy: StalePolicy,
     inner: Mutex<Lru>,
+    /// Bytes held by copies still streaming; bounded by `max_bytes` too, so a burst of
+    /// concurrent large responses cannot hold more memory than the store may.
+    pending: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct Lru {
-    entries: HashMap<String, (Arc<Stored>, u64)>,
+    entries: HashMap<Key, (Arc<Stored>, u64)>,
     /// Recency tick to key; the smallest tick is the least recently used.
-    order: BTreeMap<u64, String>,
+    order: BTreeMap<u64, Key>,
     tick: u64,
     bytes: u64,
 }
 
 impl Lru {
-    fn touch(&mut self, key: &str) {
+    fn touch(&mut self, key: &[u8]) {
         self.tick += 1;
         let tick = self.tick;
         if let Some((_, old)) = self.entries.get_mut(key) {
             self.order.remove(old);
             *old = tick;
-            self.order.insert(tick, key.to_owned());
+            self.order.insert(tick, key.to_vec());
         }
     }
 
-    fn remove(&mut self, key: &str) {
+    fn remove(&mut self, key: &[u8]) {
         if let Some((stored, tick)) = self.entries.remove(key) {
             self.order.remove(&tick);
             self.bytes -= stored.size();
@@ -96,6 +110,7 @@ impl StaleStore {
         StaleStore {
             policy,
             inner: Mutex::new(Lru::default()),
+            pending: AtomicU64::new(0),
         }
     }
 
@@ -105,7 +120,7 @@ impl StaleStore {
     }
 
     /// The key for a request, or `None` when privacy rules forbid storing or serving it.
-    pub fn key(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    pub fn key(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<Key> {
         if method != Method::GET && method != Method::HEAD {
             return None;
         }
@@ -114,17 +129,25 @@ impl StaleStore {
                 return None;
             }
         }
-        let mut key = uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned();
+        let host = headers
+            .get(header::HOST)
+            .map(HeaderValue::as_bytes)
+            .or_else(|| uri.authority().map(|a| a.as_str().as_bytes()))
+            .unwrap_or_default();
+        let mut key = Vec::with_capacity(128);
+        push_field(&mut key, host);
+        push_field(
+            &mut key,
+            uri.path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .as_bytes(),
+        );
         for name in &self.policy.key_headers {
-            key.push('\0');
-            key.push_str(name.as_str());
+            push_field(&mut key, name.as_str().as_bytes());
             for value in headers.get_all(name) {
-                key.push('\0');
-                key.push_str(&String::from_utf8_lossy(value.as_bytes()));
+                push_field(&mut key, value.as_bytes());
             }
+            key.push(b'|');
         }
         Some(key)
     }
@@ -153,7 +176,7 @@ impl StaleStore {
     }
 
     /// Stores a complete response for `key`.
-    pub fn insert(&self, key: String, request: &HeaderMap, headers: HeaderMap, body: Bytes) {
+    pub fn insert(&self, key: Key, request: &HeaderMap, headers: HeaderMap, body: Bytes) {
         if body.len() > MAX_STORED_BODY {
             return;
         }
@@ -195,7 +218,7 @@ impl StaleStore {
     }
 
     /// A stored response for `key` no older than `max_age`, with its age.
-    pub fn get(&self, key: &str, request: &HeaderMap) -> Option<(Arc<Stored>, Duration)> {
+    pub fn get(&self, key: &[u8], request: &HeaderMap) -> Option<(Arc<Stored>, Duration)> {
         let mut lru = self.inner.lock().ok()?;
         let stored = Arc::clone(&lru.entries.get(key)?.0);
         let age = stored.stored_at.elapsed();
@@ -208,6 +231,21 @@ impl StaleStore {
         }
         lru.touch(key);
         Some((stored, age))
+    }
+
+    /// Reserves room for `n` more bytes of a copy in progress; `false` means give it up.
+    pub fn reserve(&self, n: u64) -> bool {
+        let before = self.pending.fetch_add(n, Ordering::Relaxed);
+        if before + n > self.policy.max_bytes {
+            self.pending.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Returns bytes reserved by a copy that finished or was abandoned.
+    pub fn release(&self, n: u64) {
+        self.pending.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Entries and bytes held now.
@@ -243,10 +281,10 @@ mod tests {
     fn private_requests_get_no_key_unless_keyed() {
         let uri: Uri = "/me?x=1".parse().unwrap();
         let plain = store(10, 1 << 20, vec![]);
-        assert_eq!(
-            plain.key(&Method::GET, &uri, &HeaderMap::new()).as_deref(),
-            Some("/me?x=1")
-        );
+        assert!(plain.key(&Method::GET, &uri, &HeaderMap::new()).is_some());
+        let a_host = plain.key(&Method::GET, &uri, &headers(&[("host", "a.example")]));
+        let b_host = plain.key(&Method::GET, &uri, &headers(&[("host", "b.example")]));
+        assert_ne!(a_host, b_host, "tenants by host never share a copy");
         assert!(plain
             .key(
                 &Method::GET,
@@ -313,15 +351,15 @@ mod tests {
             HeaderMap::new(),
             Bytes::from_static(b"2"),
         );
-        assert!(s.get("a", &none).is_some(), "touch a: b is now the oldest");
+        assert!(s.get(b"a", &none).is_some(), "touch a: b is now the oldest");
         s.insert(
             "c".into(),
             &none,
             HeaderMap::new(),
             Bytes::from_static(b"3"),
         );
-        assert!(s.get("b", &none).is_none());
-        assert!(s.get("a", &none).is_some() && s.get("c", &none).is_some());
+        assert!(s.get(b"b", &none).is_none());
+        assert!(s.get(b"a", &none).is_some() && s.get(b"c", &none).is_some());
         assert_eq!(s.usage().0, 2);
     }
 
@@ -331,7 +369,7 @@ mod tests {
         let none = HeaderMap::new();
         for i in 0..20 {
             s.insert(
-                format!("k{i}"),
+                format!("k{i}").into_bytes(),
                 &none,
                 HeaderMap::new(),
                 Bytes::from(vec![0u8; 200_000]),
@@ -351,8 +389,8 @@ mod tests {
             headers(&[("vary", "accept-encoding")]),
             Bytes::from_static(b"z"),
         );
-        assert!(s.get("k", &gzip).is_some());
-        assert!(s.get("k", &HeaderMap::new()).is_none());
+        assert!(s.get(b"k", &gzip).is_some());
+        assert!(s.get(b"k", &HeaderMap::new()).is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -366,9 +404,9 @@ mod tests {
             Bytes::from_static(b"v"),
         );
         tokio::time::advance(Duration::from_secs(59)).await;
-        assert_eq!(s.get("k", &none).unwrap().1, Duration::from_secs(59));
+        assert_eq!(s.get(b"k", &none).unwrap().1, Duration::from_secs(59));
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(s.get("k", &none).is_none());
+        assert!(s.get(b"k", &none).is_none());
         assert_eq!(s.usage(), (0, 0));
     }
 }

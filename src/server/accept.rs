@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -16,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use crate::config::Limits;
@@ -35,7 +36,10 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_request_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        // A silent HTTP/2 peer is noticed and dropped instead of held forever.
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20));
     builder
 }
 
@@ -46,6 +50,7 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 pub async fn serve<H, F>(
     listener: TcpListener,
     builder: auto::Builder<TokioExecutor>,
+    first_bytes: Duration,
     handler: H,
     graceful: &GracefulShutdown,
     stop: impl Future<Output = ()>,
@@ -53,6 +58,7 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
+    let builder = Arc::new(builder);
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -69,18 +75,44 @@ pub async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let response = handler(req, peer);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = Arc::clone(&builder);
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if !protocol_known_within(&stream, first_bytes).await {
+                debug!(peer = %peer, "connection closed: no request bytes in time");
+                return;
+            }
+            let service = service_fn(move |req| {
+                let response = handler(req, peer);
+                async move { Ok::<_, Infallible>(response.await) }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 debug!(peer = %peer, error = %e, "connection ended with an error");
             }
         });
     }
+}
+
+/// Waits until the client has sent enough bytes to tell HTTP/1 from the HTTP/2 preface.
+///
+/// hyper-util's protocol sniffing has no timeout of its own and `header_read_timeout`
+/// starts only once HTTP/1 is chosen, so without this a client that sends a few bytes and
+/// stops would hold its connection forever.
+async fn protocol_known_within(stream: &TcpStream, limit: Duration) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    let wait = async {
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n >= PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
+                // A partial preface: its rest is on the way.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait).await.unwrap_or(false)
 }
