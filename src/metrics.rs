@@ -30,6 +30,10 @@ pub struct Metrics {
     pub retried_requests: IntCounterVec,
     /// route, reason
     pub fallbacks: IntCounterVec,
+    /// route, result
+    pub cache_requests: IntCounterVec,
+    /// route
+    pub rate_limited: IntCounterVec,
     /// route
     pub stale_responses: IntCounterVec,
     /// route: 0 closed, 1 half-open, 2 open
@@ -153,6 +157,18 @@ impl Metrics {
                 "outrigger_fallbacks_total",
                 "Fallback answers served, by the reason the upstream failed.",
                 &["route", "reason"],
+            ),
+            cache_requests: counter(
+                &r,
+                "outrigger_cache_requests_total",
+                "Cache lookups, by result (hit, miss, coalesced).",
+                &["route", "result"],
+            ),
+            rate_limited: counter(
+                &r,
+                "outrigger_rate_limited_total",
+                "Requests refused by the rate limit.",
+                &["route"],
             ),
             stale_responses: counter(
                 &r,

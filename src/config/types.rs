@@ -189,7 +189,7 @@ pub struct CachePolicy {
 }
 
 /// A token bucket in front of the upstream.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitPolicy {
     /// Tokens per second.
     pub rate: f64,
@@ -199,7 +199,7 @@ pub struct RateLimitPolicy {
 }
 
 /// What a rate limit counts separately.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RateKey {
     Route,
     ClientIp,

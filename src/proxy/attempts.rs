@@ -21,6 +21,7 @@ use crate::config::Route;
 use crate::metrics::{status_class, Metrics};
 use crate::resilience::budget::RetryBudget;
 use crate::resilience::circuit::{Breaker, Permit};
+use crate::resilience::rate_limit::RateLimiter;
 use crate::resilience::{backoff, retry};
 
 /// How the attempts ended.
@@ -57,6 +58,8 @@ pub struct Attempts<'a> {
     pub budget: &'a RetryBudget,
     /// The route's breaker, when enabled.
     pub breaker: Option<&'a Breaker>,
+    /// The route's rate limiter and this request's bucket: retries take tokens too.
+    pub limiter: Option<(&'a RateLimiter, &'a [u8])>,
     pub metrics: &'a Metrics,
     pub head: Head,
     pub body: Prepared,
@@ -228,6 +231,12 @@ impl Attempts<'_> {
         let permit = self.admit().map_err(|()| Some("circuit-open"))?;
         if !self.budget.try_retry() {
             return Err(Some("budget"));
+        }
+        if let Some((limiter, key)) = self.limiter {
+            if limiter.take(key).is_err() {
+                // The rate limit is a budget the backend set: skipped, counted as `budget`.
+                return Err(Some("budget"));
+            }
         }
         Ok((wait, permit))
     }

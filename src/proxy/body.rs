@@ -18,9 +18,11 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::resilience::stale::{Key, StaleStore, MAX_STORED_BODY};
+use crate::resilience::coalesce::Flight;
+use crate::resilience::store::{Key, ResponseStore, MAX_STORED_BODY};
 
 /// Any error a body can produce.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -180,7 +182,7 @@ pub struct ResponseBody {
 
 /// A copy of a response body in the making, stored once the body completed.
 pub struct Tee {
-    store: Arc<StaleStore>,
+    store: Arc<ResponseStore>,
     key: Key,
     /// The request headers (for `Vary`) and the response headers to store.
     request: HeaderMap,
@@ -188,11 +190,19 @@ pub struct Tee {
     copy: BytesMut,
     /// Bytes reserved in the store for `copy`; returned on drop.
     reserved: u64,
+    /// The coalescing flight this response ends (after it is stored) when it is dropped.
+    flight: Option<Flight>,
 }
 
 impl Tee {
     /// Starts a copy of a response that may be stored under `key`.
-    pub fn new(store: Arc<StaleStore>, key: Key, request: HeaderMap, response: HeaderMap) -> Tee {
+    pub fn new(
+        store: Arc<ResponseStore>,
+        key: Key,
+        request: HeaderMap,
+        response: HeaderMap,
+        flight: Option<Flight>,
+    ) -> Tee {
         Tee {
             store,
             key,
@@ -200,6 +210,7 @@ impl Tee {
             response,
             copy: BytesMut::new(),
             reserved: 0,
+            flight,
         }
     }
 
@@ -221,6 +232,8 @@ impl Tee {
         let body = std::mem::take(&mut self.copy).freeze();
         // The reservation is returned (on drop) after the entry is in: never both uncounted.
         self.store.insert(key, &request, response, body);
+        // Followers wake only now, with the entry in place.
+        drop(self.flight.take());
     }
 }
 
@@ -319,4 +332,51 @@ impl Body for ResponseBody {
             }
         }
     }
+}
+
+/// Reads the body into memory when it may be replayed and fits `limit`; streams it otherwise.
+///
+/// A body that may not be resent is never buffered. A chunked body that grows past the
+/// limit while arriving keeps what was read as a prefix and streams the rest.
+pub async fn prepare(
+    mut body: Incoming,
+    headers: &HeaderMap,
+    may_resend: bool,
+    limit: usize,
+) -> Result<Prepared, hyper::Error> {
+    if body.is_end_stream() {
+        return Ok(Prepared::Empty);
+    }
+    let length = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .or_else(|| body.size_hint().exact());
+    let oversized = length.is_some_and(|n| n > limit as u64);
+    if !may_resend || oversized {
+        return Ok(Prepared::streaming(
+            VecDeque::new(),
+            body,
+            length,
+            oversized,
+        ));
+    }
+    let mut kept: VecDeque<Bytes> = VecDeque::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        // Trailers of a buffered request body are dropped; data frames are all we replay.
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        total += data.len();
+        kept.push_back(data);
+        if total > limit {
+            return Ok(Prepared::streaming(kept, body, length, true));
+        }
+    }
+    let mut all = BytesMut::with_capacity(total);
+    for chunk in kept {
+        all.extend_from_slice(&chunk);
+    }
+    Ok(Prepared::Buffered(all.freeze()))
 }

@@ -37,8 +37,8 @@ pub fn answer(
         Reason::Failure(_) => true,
         Reason::Status(s) => s.is_server_error(),
     };
-    if let (true, Some(store), Some(key)) = (stale_worthy, &state.stale, failed.stale_key) {
-        if let Some((stored, age)) = store.get(key, failed.headers) {
+    if let (true, Some(store), Some(key)) = (stale_worthy, &state.store, failed.stale_key) {
+        if let Some((stored, age)) = store.stale(key, failed.headers) {
             let body = if failed.method == Method::HEAD {
                 Default::default()
             } else {

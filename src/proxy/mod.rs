@@ -2,16 +2,13 @@
 //!
 //! 1. pick the route (first match wins; `default` otherwise) and the request id;
 //! 2. refuse what is never forwarded (`CONNECT`) and shed when too many are in flight;
-//! 3. rewrite the head for the upstream (`upstream`, `headers`);
-//! 4. prepare the body: kept for replay when the request may be retried and fits
-//!    `request_body_buffer`, streamed once otherwise (`body`);
-//! 5. run the attempts (`attempts`): per-try timeout, classify, retry or not;
-//!    the circuit breaker admits each attempt, or the active health check (`probe`) has
-//!    already said the upstream is down;
-//! 6. answer: the upstream's response streamed through (copied into the stale store when
-//!    it may be kept), or on failure the stale copy, the fallback (`degrade`) or a
-//!    proxy-made error (`respond`);
-//! 7. count it and write the access log.
+//! 3. forward it (`forward`): fresh cache and coalescing, the head rewritten for the
+//!    upstream (`upstream`, `headers`), the body kept for replay or streamed once (`body`),
+//!    the health-check gate (`probe`), the rate limit, the attempts (`attempts`: breaker,
+//!    per-try timeout, classify, retry or not), and the answer: the upstream's response
+//!    streamed through (copied into the store when it may be kept), or on failure the stale
+//!    copy, the fallback (`degrade`) or a proxy-made error (`respond`);
+//! 4. count it and write the access log.
 //!
 //! The configuration and what is built from it live in one `Runtime` snapshot (`runtime`)
 //! behind an `ArcSwap`: each request loads it once, and a reload swaps in a new one
@@ -21,37 +18,32 @@ pub mod attempts;
 pub mod body;
 pub mod degrade;
 pub mod failure;
+pub mod forward;
 pub mod headers;
 pub mod probe;
 pub mod respond;
 pub mod runtime;
 pub mod upstream;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
-use http::header::{HeaderValue, CONTENT_LENGTH};
+use http::header::HeaderValue;
 use http::{HeaderName, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::info;
 
-use self::attempts::{Attempts, Ended};
-use self::body::{Prepared, ResponseBody, Tee};
+use self::body::ResponseBody;
 use self::degrade::Failed;
 use self::failure::{Failure, Reason};
+use self::forward::Ctx;
 use self::probe::UpstreamHealth;
 use self::runtime::{RouteState, Runtime};
-use self::upstream::Head;
 use crate::config::{Config, Route};
 use crate::metrics::{method_label, Metrics};
-use crate::resilience::retry;
-use crate::resilience::stale::{Key, StaleStore};
 
 /// Header on every response: how many upstream attempts were made.
 pub static ATTEMPTS: HeaderName = HeaderName::from_static("x-outrigger-attempts");
@@ -69,6 +61,7 @@ pub struct Proxy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Upstream,
+    Cache,
     Fallback,
     Stale,
     Error,
@@ -78,6 +71,7 @@ impl Outcome {
     fn label(self) -> &'static str {
         match self {
             Outcome::Upstream => "upstream",
+            Outcome::Cache => "cache",
             Outcome::Fallback => "fallback",
             Outcome::Stale => "stale",
             Outcome::Error => "error",
@@ -146,8 +140,16 @@ impl Proxy {
             let (resp, outcome) = self.shed(route, state, &req);
             (resp, outcome, 0)
         } else {
-            self.forward(&rt, route, state, req, peer, &request_id, started)
-                .await
+            let ctx = Ctx {
+                rt: &rt,
+                route,
+                state,
+                peer,
+                request_id: &request_id,
+                deadline: started + route.policy.timeout,
+            };
+            let answer = self.forward(&ctx, req).await;
+            (answer.resp, answer.outcome, answer.attempts)
         };
 
         // The upstream may speak HTTP/1.0; the client gets the version it asked in.
@@ -206,7 +208,7 @@ impl Proxy {
         req: &Request<Incoming>,
     ) -> (Response<ResponseBody>, Outcome) {
         let key = state
-            .stale
+            .store
             .as_ref()
             .and_then(|s| s.key(req.method(), req.uri(), req.headers()));
         let failed = Failed {
@@ -218,178 +220,4 @@ impl Proxy {
         degrade::answer(route, state, &self.metrics, &failed)
             .unwrap_or_else(|| (respond::failure(Failure::Overloaded), Outcome::Error))
     }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn forward(
-        &self,
-        rt: &Runtime,
-        route: &Route,
-        state: &RouteState,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        request_id: &HeaderValue,
-        started: Instant,
-    ) -> (Response<ResponseBody>, Outcome, u32) {
-        let (mut parts, body) = req.into_parts();
-        let may_resend = retry::may_resend(&route.policy.retry, &parts.method, &parts.headers);
-        let stale_key = state
-            .stale
-            .as_ref()
-            .and_then(|s| s.key(&parts.method, &parts.uri, &parts.headers));
-        let Ok(head) = Head::from_client(&mut parts, &rt.config.upstream, peer, request_id) else {
-            let refused =
-                respond::refused(StatusCode::BAD_REQUEST, "the request target is not valid");
-            return (refused, Outcome::Error, 0);
-        };
-        let deadline = started + route.policy.timeout;
-        let limit = rt.config.limits.request_body_buffer;
-        let body =
-            match tokio::time::timeout_at(deadline, prepare_body(body, &head, may_resend, limit))
-                .await
-            {
-                Ok(Ok(body)) => body,
-                Ok(Err(_)) => {
-                    let refused = respond::refused(
-                        StatusCode::BAD_REQUEST,
-                        "the request body could not be read",
-                    );
-                    return (refused, Outcome::Error, 0);
-                }
-                Err(_) => {
-                    let refused = respond::refused(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "the request body did not arrive in time",
-                    );
-                    return (refused, Outcome::Error, 0);
-                }
-            };
-        let request_headers = head.headers.clone();
-        if self.health.is_down() {
-            // The active health check already knows: answer from stale or fallback at once
-            // instead of waiting for a connect timeout. Without either, still try: a wrong
-            // probe must not take down a route that works.
-            let failed = Failed {
-                method: &parts.method,
-                stale_key: stale_key.as_deref(),
-                headers: &request_headers,
-                reason: Reason::Failure(Failure::CircuitOpen),
-            };
-            if let Some((resp, outcome)) = degrade::answer(route, state, &self.metrics, &failed) {
-                return (resp, outcome, 0);
-            }
-        }
-        let attempts = Attempts {
-            client: &rt.client,
-            route,
-            budget: &state.budget,
-            breaker: state.breaker.as_deref(),
-            metrics: &self.metrics,
-            head,
-            body,
-            may_resend,
-            deadline,
-        };
-        let finished = attempts.run().await;
-        let n = finished.attempts;
-        let reason = match finished.ended {
-            Ended::Answered(resp) if !is_error(resp.status()) => {
-                let tee = self.tee(state, stale_key, &parts.method, request_headers, &resp);
-                let resp = resp.map(|b| match tee {
-                    Some(tee) => ResponseBody::upstream_tee(b, tee),
-                    None => ResponseBody::upstream(b),
-                });
-                return (resp, Outcome::Upstream, n);
-            }
-            Ended::Answered(ref resp) => Reason::Status(resp.status()),
-            Ended::Failed(Failure::ClientBody) => {
-                return (respond::failure(Failure::ClientBody), Outcome::Error, n);
-            }
-            Ended::Failed(f) => Reason::Failure(f),
-        };
-        let failed = Failed {
-            method: &parts.method,
-            stale_key: stale_key.as_deref(),
-            headers: &request_headers,
-            reason,
-        };
-        if let Some((resp, outcome)) = degrade::answer(route, state, &self.metrics, &failed) {
-            return (resp, outcome, n);
-        }
-        match finished.ended {
-            Ended::Answered(resp) => (resp.map(ResponseBody::upstream), Outcome::Upstream, n),
-            Ended::Failed(f) => (respond::failure(f), Outcome::Error, n),
-        }
-    }
-
-    /// A copier into the stale store when this response may be kept.
-    fn tee(
-        &self,
-        state: &RouteState,
-        key: Option<Key>,
-        method: &Method,
-        request: http::HeaderMap,
-        resp: &Response<Incoming>,
-    ) -> Option<Tee> {
-        let store = state.stale.as_ref()?;
-        let key = key?;
-        if method != Method::GET || !StaleStore::storable(resp.status(), resp.headers()) {
-            return None;
-        }
-        let mut response = resp.headers().clone();
-        headers::strip_hop_by_hop(&mut response);
-        Some(Tee::new(Arc::clone(store), key, request, response))
-    }
-}
-
-fn is_error(status: StatusCode) -> bool {
-    status.is_client_error() || status.is_server_error()
-}
-
-/// Reads the body into memory when it may be replayed and fits `limit`; streams it otherwise.
-///
-/// A body that may not be resent is never buffered. A chunked body that grows past the
-/// limit while arriving keeps what was read as a prefix and streams the rest.
-async fn prepare_body(
-    mut body: Incoming,
-    head: &Head,
-    may_resend: bool,
-    limit: usize,
-) -> Result<Prepared, hyper::Error> {
-    use http_body::Body as _;
-    if body.is_end_stream() {
-        return Ok(Prepared::Empty);
-    }
-    let length = head
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .or_else(|| body.size_hint().exact());
-    let oversized = length.is_some_and(|n| n > limit as u64);
-    if !may_resend || oversized {
-        return Ok(Prepared::streaming(
-            VecDeque::new(),
-            body,
-            length,
-            oversized,
-        ));
-    }
-    let mut kept: VecDeque<Bytes> = VecDeque::new();
-    let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
-        // Trailers of a buffered request body are dropped; data frames are all we replay.
-        let Ok(data) = frame?.into_data() else {
-            continue;
-        };
-        total += data.len();
-        kept.push_back(data);
-        if total > limit {
-            return Ok(Prepared::streaming(kept, body, length, true));
-        }
-    }
-    let mut all = BytesMut::with_capacity(total);
-    for chunk in kept {
-        all.extend_from_slice(&chunk);
-    }
-    Ok(Prepared::Buffered(all.freeze()))
 }

@@ -1,5 +1,5 @@
 //! One configuration and everything built from it: the upstream client and each route's
-//! state (retry budget, circuit breaker, stale store).
+//! state (retry budget, circuit breaker, response store).
 //!
 //! A reload builds a new `Runtime`. State is carried over per route name and per part when
 //! that part's policy did not change, so a reload that touches one route does not reset
@@ -15,7 +15,9 @@ use crate::config::{Config, Route};
 use crate::metrics::Metrics;
 use crate::resilience::budget::RetryBudget;
 use crate::resilience::circuit::{Breaker, BreakerMetrics};
-use crate::resilience::stale::StaleStore;
+use crate::resilience::coalesce::Coalescer;
+use crate::resilience::rate_limit::RateLimiter;
+use crate::resilience::store::{ResponseStore, StorePolicy};
 
 /// A configuration in force.
 pub struct Runtime {
@@ -29,7 +31,11 @@ pub struct Runtime {
 pub struct RouteState {
     pub budget: Arc<RetryBudget>,
     pub breaker: Option<Arc<Breaker>>,
-    pub stale: Option<Arc<StaleStore>>,
+    /// Fresh cache and stale copies, when the route has either.
+    pub store: Option<Arc<ResponseStore>>,
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// Cache misses in flight, for `cache.coalesce`.
+    pub coalescer: Arc<Coalescer>,
 }
 
 impl Runtime {
@@ -105,18 +111,25 @@ impl RouteState {
         if breaker.is_none() {
             let _ = metrics.circuit_state.remove_label_values(&[&route.name]);
         }
-        let stale =
+        let limiter =
             policy
-                .stale_if_error
+                .rate_limit
                 .as_ref()
-                .map(|p| match old.and_then(|o| o.stale.as_ref()) {
-                    Some(s) if s.policy() == p => Arc::clone(s),
-                    _ => Arc::new(StaleStore::new(p.clone())),
+                .map(|p| match old.and_then(|o| o.limiter.as_ref()) {
+                    Some(l) if l.policy() == p => Arc::clone(l),
+                    _ => Arc::new(RateLimiter::new(p.clone())),
                 });
+        let store =
+            StorePolicy::for_route(policy).map(|p| match old.and_then(|o| o.store.as_ref()) {
+                Some(s) if *s.policy() == p => Arc::clone(s),
+                _ => Arc::new(ResponseStore::new(p)),
+            });
         RouteState {
             budget,
             breaker,
-            stale,
+            store,
+            limiter,
+            coalescer: old.map_or_else(Default::default, |o| Arc::clone(&o.coalescer)),
         }
     }
 }

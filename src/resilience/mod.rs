@@ -5,7 +5,10 @@
 pub mod backoff;
 pub mod budget;
 pub mod circuit;
+pub mod coalesce;
 pub mod fallback;
+pub mod lru;
+pub mod rate_limit;
 pub mod retry;
-pub mod stale;
+pub mod store;
 pub mod window;

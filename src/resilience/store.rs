@@ -1,22 +1,25 @@
-//! The stale-if-error store: the last good `200` to a `GET`, kept per route, path, query and
-//! key headers, served when the upstream fails.
+//! The response store behind both the fresh micro-cache (`cache`) and stale-if-error: one
+//! store, two uses. A good `200` to a `GET` is kept per route, client `Host`, path, query and
+//! key headers; it is served fresh while younger than the cache `ttl` (or the upstream's
+//! shorter `max-age`/`s-maxage`), and served stale on failure while younger than
+//! `stale_if_error.max_age`.
 //!
 //! Privacy comes first, because serving one user's data to another is the worst failure
 //! this product can have:
 //! - a request carrying `Authorization` or `Cookie` is neither stored nor served unless that
 //!   header is one of `key_headers` (and then its value is part of the key);
 //! - a response marked `Cache-Control: no-store` or `private`, one that sets a cookie, or one
-//!   with `Vary: *` is never stored;
+//!   with `Vary: *` is never stored (`no-cache` ones are kept for stale use only);
 //! - headers a response `Vary`s on are remembered with their request values and must match
 //!   on lookup;
 //! - the key holds the client's `Host` (a backend may serve several tenants by host) and
 //!   the exact bytes of each key header, so two different values never share a key.
 //!
 //! Bounds: `max_entries` and `max_bytes` (least recently used goes first); a response over
-//! 1 MiB is never kept. The copy is taken while the body streams to the client (see
-//! `proxy::body`), and only a body that completed is stored.
+//! 1 MiB is never kept, and copies still streaming count against `max_bytes` too. The copy
+//! is taken while the body streams to the client (see `proxy::body`), and only a body that
+//! completed is stored.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +29,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use tokio::time::Instant;
 
-use crate::config::StalePolicy;
+use super::lru::Lru;
+use crate::config::Policy;
 
 /// A store key: length-prefixed fields, so no two different requests can collide.
 pub type Key = Vec<u8>;
@@ -45,6 +49,8 @@ pub struct Stored {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub stored_at: Instant,
+    /// How long it may be served without asking the upstream (zero: never).
+    fresh_for: Duration,
     /// Request headers the response varies on, with the values they had.
     vary: Vec<(HeaderName, Option<HeaderValue>)>,
 }
@@ -66,56 +72,78 @@ impl Stored {
     }
 }
 
+/// What a route's store keeps and for how long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorePolicy {
+    /// The cache `ttl`, when the route has a fresh cache.
+    pub ttl: Option<Duration>,
+    /// `stale_if_error.max_age`, when the route serves stale copies.
+    pub stale_max_age: Option<Duration>,
+    pub max_entries: usize,
+    pub max_bytes: u64,
+    pub key_headers: Vec<HeaderName>,
+}
+
+impl StorePolicy {
+    /// The store a route needs, if it has `cache` or `stale_if_error`. Bounds and key
+    /// headers come from `stale_if_error` (its defaults when only `cache` is set).
+    pub fn for_route(policy: &Policy) -> Option<StorePolicy> {
+        let ttl = policy.cache.as_ref().map(|c| c.ttl);
+        let stale = policy.stale_if_error.as_ref();
+        if ttl.is_none() && stale.is_none() {
+            return None;
+        }
+        Some(StorePolicy {
+            ttl,
+            stale_max_age: stale.map(|s| s.max_age),
+            max_entries: stale.map_or(10_000, |s| s.max_entries),
+            max_bytes: stale.map_or(64 << 20, |s| s.max_bytes),
+            key_headers: stale.map(|s| s.key_headers.clone()).unwrap_or_default(),
+        })
+    }
+
+    /// How long an entry is worth keeping at all.
+    fn keep_for(&self, stored: &Stored) -> Duration {
+        stored.fresh_for.max(self.stale_max_age.unwrap_or_default())
+    }
+}
+
 /// One route's store.
 #[derive(Debug)]
-pub struct StaleStore {
-    policy: StalePolicy,
-    inner: Mutex<Lru>,
+pub struct ResponseStore {
+    policy: StorePolicy,
+    inner: Mutex<Entries>,
     /// Bytes held by copies still streaming; bounded by `max_bytes` too, so a burst of
     /// concurrent large responses cannot hold more memory than the store may.
     pending: AtomicU64,
 }
 
 #[derive(Debug, Default)]
-struct Lru {
-    entries: HashMap<Key, (Arc<Stored>, u64)>,
-    /// Recency tick to key; the smallest tick is the least recently used.
-    order: BTreeMap<u64, Key>,
-    tick: u64,
+struct Entries {
+    lru: Lru<Key, Arc<Stored>>,
     bytes: u64,
 }
 
-impl Lru {
-    fn touch(&mut self, key: &[u8]) {
-        self.tick += 1;
-        let tick = self.tick;
-        if let Some((_, old)) = self.entries.get_mut(key) {
-            self.order.remove(old);
-            *old = tick;
-            self.order.insert(tick, key.to_vec());
-        }
-    }
-
+impl Entries {
     fn remove(&mut self, key: &[u8]) {
-        if let Some((stored, tick)) = self.entries.remove(key) {
-            self.order.remove(&tick);
+        if let Some(stored) = self.lru.remove(key) {
             self.bytes -= stored.size();
         }
     }
 }
 
-impl StaleStore {
+impl ResponseStore {
     /// An empty store.
-    pub fn new(policy: StalePolicy) -> StaleStore {
-        StaleStore {
+    pub fn new(policy: StorePolicy) -> ResponseStore {
+        ResponseStore {
             policy,
-            inner: Mutex::new(Lru::default()),
+            inner: Mutex::new(Entries::default()),
             pending: AtomicU64::new(0),
         }
     }
 
     /// The policy this store follows.
-    pub fn policy(&self) -> &StalePolicy {
+    pub fn policy(&self) -> &StorePolicy {
         &self.policy
     }
 
@@ -154,6 +182,8 @@ impl StaleStore {
 
     /// Whether a response may be stored at all; checked before its body is copied.
     pub fn storable(status: StatusCode, headers: &HeaderMap) -> bool {
+        // `no-cache` responses are still kept: they are never served fresh (see `fresh_for`)
+        // but may be served stale, which is what stale-if-error is for.
         if status != StatusCode::OK || headers.contains_key(header::SET_COOKIE) {
             return false;
         }
@@ -191,46 +221,56 @@ impl StaleStore {
                 (name, value)
             })
             .collect();
+        let fresh_for = self
+            .policy
+            .ttl
+            .map_or(Duration::ZERO, |ttl| fresh_for(ttl, &headers));
         let stored = Arc::new(Stored {
             headers,
             body,
             stored_at: Instant::now(),
+            fresh_for,
             vary,
         });
+        if self.policy.keep_for(&stored).is_zero() {
+            return;
+        }
         let size = stored.size();
-        let Ok(mut lru) = self.inner.lock() else {
+        let Ok(mut entries) = self.inner.lock() else {
             return;
         };
-        lru.remove(&key);
-        lru.tick += 1;
-        let tick = lru.tick;
-        lru.order.insert(tick, key.clone());
-        lru.entries.insert(key, (stored, tick));
-        lru.bytes += size;
-        while lru.entries.len() > self.policy.max_entries || lru.bytes > self.policy.max_bytes {
-            let Some((_, oldest)) = lru.order.pop_first() else {
+        entries.remove(&key);
+        entries.lru.insert(key, stored);
+        entries.bytes += size;
+        while entries.lru.len() > self.policy.max_entries || entries.bytes > self.policy.max_bytes {
+            let Some((_, oldest)) = entries.lru.pop_oldest() else {
                 break;
             };
-            if let Some((s, _)) = lru.entries.remove(&oldest) {
-                lru.bytes -= s.size();
-            }
+            entries.bytes -= oldest.size();
         }
     }
 
-    /// A stored response for `key` no older than `max_age`, with its age.
-    pub fn get(&self, key: &[u8], request: &HeaderMap) -> Option<(Arc<Stored>, Duration)> {
-        let mut lru = self.inner.lock().ok()?;
-        let stored = Arc::clone(&lru.entries.get(key)?.0);
+    /// A copy that may be served without asking the upstream, with its age.
+    pub fn fresh(&self, key: &[u8], request: &HeaderMap) -> Option<(Arc<Stored>, Duration)> {
+        self.lookup(key, request)
+            .filter(|(s, age)| *age < s.fresh_for)
+    }
+
+    /// A copy that may be served because the upstream failed, with its age.
+    pub fn stale(&self, key: &[u8], request: &HeaderMap) -> Option<(Arc<Stored>, Duration)> {
+        let max_age = self.policy.stale_max_age?;
+        self.lookup(key, request).filter(|(_, age)| *age <= max_age)
+    }
+
+    fn lookup(&self, key: &[u8], request: &HeaderMap) -> Option<(Arc<Stored>, Duration)> {
+        let mut entries = self.inner.lock().ok()?;
+        let stored = Arc::clone(entries.lru.get_mut(key)?);
         let age = stored.stored_at.elapsed();
-        if age > self.policy.max_age {
-            lru.remove(key);
+        if age > self.policy.keep_for(&stored) {
+            entries.remove(key);
             return None;
         }
-        if !stored.varies_with(request) {
-            return None;
-        }
-        lru.touch(key);
-        Some((stored, age))
+        stored.varies_with(request).then_some((stored, age))
     }
 
     /// Reserves room for `n` more bytes of a copy in progress; `false` means give it up.
@@ -250,9 +290,35 @@ impl StaleStore {
 
     /// Entries and bytes held now.
     pub fn usage(&self) -> (usize, u64) {
-        self.inner
-            .lock()
-            .map_or((0, 0), |l| (l.entries.len(), l.bytes))
+        self.inner.lock().map_or((0, 0), |e| (e.lru.len(), e.bytes))
+    }
+}
+
+/// How long a response may be served fresh: the `ttl`, or the upstream's shorter
+/// `s-maxage`/`max-age` (`s-maxage` wins, as for any shared cache); zero for `no-cache`.
+fn fresh_for(ttl: Duration, headers: &HeaderMap) -> Duration {
+    let mut max_age = None;
+    let mut s_maxage = None;
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        let Ok(value) = value.to_str() else {
+            return Duration::ZERO;
+        };
+        for directive in value.split(',').map(|d| d.trim().to_ascii_lowercase()) {
+            let seconds = |name: &str| {
+                directive
+                    .strip_prefix(name)
+                    .and_then(|v| v.trim_matches('"').parse::<u64>().ok())
+            };
+            if directive == "no-cache" || directive.starts_with("no-cache=") {
+                return Duration::ZERO;
+            }
+            max_age = max_age.or(seconds("max-age="));
+            s_maxage = s_maxage.or(seconds("s-maxage="));
+        }
+    }
+    match s_maxage.or(max_age) {
+        Some(secs) => ttl.min(Duration::from_secs(secs)),
+        None => ttl,
     }
 }
 
@@ -260,9 +326,10 @@ impl StaleStore {
 mod tests {
     use super::*;
 
-    fn store(max_entries: usize, max_bytes: u64, key_headers: Vec<HeaderName>) -> StaleStore {
-        StaleStore::new(StalePolicy {
-            max_age: Duration::from_secs(60),
+    fn store(max_entries: usize, max_bytes: u64, key_headers: Vec<HeaderName>) -> ResponseStore {
+        ResponseStore::new(StorePolicy {
+            ttl: None,
+            stale_max_age: Some(Duration::from_secs(60)),
             max_entries,
             max_bytes,
             key_headers,
@@ -316,8 +383,8 @@ mod tests {
 
     #[test]
     fn unstorable_responses() {
-        assert!(StaleStore::storable(StatusCode::OK, &HeaderMap::new()));
-        assert!(!StaleStore::storable(
+        assert!(ResponseStore::storable(StatusCode::OK, &HeaderMap::new()));
+        assert!(!ResponseStore::storable(
             StatusCode::CREATED,
             &HeaderMap::new()
         ));
@@ -329,7 +396,7 @@ mod tests {
             ("content-length", "2000000"),
         ] {
             assert!(
-                !StaleStore::storable(StatusCode::OK, &headers(&[h])),
+                !ResponseStore::storable(StatusCode::OK, &headers(&[h])),
                 "{h:?}"
             );
         }
@@ -351,15 +418,18 @@ mod tests {
             HeaderMap::new(),
             Bytes::from_static(b"2"),
         );
-        assert!(s.get(b"a", &none).is_some(), "touch a: b is now the oldest");
+        assert!(
+            s.stale(b"a", &none).is_some(),
+            "touch a: b is now the oldest"
+        );
         s.insert(
             "c".into(),
             &none,
             HeaderMap::new(),
             Bytes::from_static(b"3"),
         );
-        assert!(s.get(b"b", &none).is_none());
-        assert!(s.get(b"a", &none).is_some() && s.get(b"c", &none).is_some());
+        assert!(s.stale(b"b", &none).is_none());
+        assert!(s.stale(b"a", &none).is_some() && s.stale(b"c", &none).is_some());
         assert_eq!(s.usage().0, 2);
     }
 
@@ -389,8 +459,8 @@ mod tests {
             headers(&[("vary", "accept-encoding")]),
             Bytes::from_static(b"z"),
         );
-        assert!(s.get(b"k", &gzip).is_some());
-        assert!(s.get(b"k", &HeaderMap::new()).is_none());
+        assert!(s.stale(b"k", &gzip).is_some());
+        assert!(s.stale(b"k", &HeaderMap::new()).is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -404,9 +474,64 @@ mod tests {
             Bytes::from_static(b"v"),
         );
         tokio::time::advance(Duration::from_secs(59)).await;
-        assert_eq!(s.get(b"k", &none).unwrap().1, Duration::from_secs(59));
+        assert_eq!(s.stale(b"k", &none).unwrap().1, Duration::from_secs(59));
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(s.get(b"k", &none).is_none());
+        assert!(s.stale(b"k", &none).is_none());
         assert_eq!(s.usage(), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fresh_for_ttl_or_the_upstreams_shorter_max_age() {
+        let s = ResponseStore::new(StorePolicy {
+            ttl: Some(Duration::from_secs(10)),
+            stale_max_age: None,
+            max_entries: 10,
+            max_bytes: 1 << 20,
+            key_headers: vec![],
+        });
+        let none = HeaderMap::new();
+        s.insert(
+            b"ttl".to_vec(),
+            &none,
+            HeaderMap::new(),
+            Bytes::from_static(b"a"),
+        );
+        s.insert(
+            b"short".to_vec(),
+            &none,
+            headers(&[("cache-control", "public, max-age=2")]),
+            Bytes::from_static(b"b"),
+        );
+        s.insert(
+            b"shared".to_vec(),
+            &none,
+            headers(&[("cache-control", "max-age=1, s-maxage=5")]),
+            Bytes::from_static(b"c"),
+        );
+        s.insert(
+            b"nocache".to_vec(),
+            &none,
+            headers(&[("cache-control", "no-cache")]),
+            Bytes::from_static(b"d"),
+        );
+        assert!(s.fresh(b"nocache", &none).is_none());
+        assert_eq!(
+            s.usage().0,
+            3,
+            "no-cache with no stale use is not kept at all"
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(s.fresh(b"ttl", &none).is_some());
+        assert!(s.fresh(b"short", &none).is_none(), "max-age 2 < ttl 10");
+        assert!(
+            s.fresh(b"shared", &none).is_some(),
+            "s-maxage 5 wins over max-age 1"
+        );
+        assert!(
+            s.stale(b"ttl", &none).is_none(),
+            "no stale_if_error on this route"
+        );
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert!(s.fresh(b"ttl", &none).is_none());
     }
 }

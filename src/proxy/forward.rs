@@ -1,0 +1,322 @@
+//! Forwarding one admitted request, in the order things happen:
+//!
+//! 1. a fresh cached copy answers at once (`cache`);
+//! 2. concurrent misses for the same key wait for one leader (`cache.coalesce`);
+//! 3. the head is rewritten and the body prepared (kept for replay or streamed once);
+//! 4. the active health check may already know the upstream is down: stale or fallback
+//!    answer at once;
+//! 5. the rate limit takes a token for the first attempt (429 without one);
+//! 6. the attempts run (breaker, per-try timeout, retries, budget);
+//! 7. a good answer streams back, copied into the store when it may be kept; a failure gets
+//!    the stale copy, the fallback, the upstream's own final response or a proxy error.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue, AGE, RETRY_AFTER};
+use http::request::Parts;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::attempts::{Attempts, Ended};
+use super::body::{self, ResponseBody, Tee};
+use super::degrade::{self, Failed};
+use super::failure::{Failure, Reason};
+use super::runtime::{RouteState, Runtime};
+use super::upstream::Head;
+use super::{headers, respond, Outcome, Proxy};
+use crate::config::Route;
+use crate::resilience::coalesce::{self, Flight, Join};
+use crate::resilience::retry;
+use crate::resilience::store::{Key, ResponseStore};
+
+/// Header marking an answer from the fresh cache.
+pub static CACHE: HeaderName = HeaderName::from_static("x-outrigger-cache");
+
+/// What one request works with.
+pub struct Ctx<'a> {
+    pub rt: &'a Runtime,
+    pub route: &'a Route,
+    pub state: &'a RouteState,
+    pub peer: SocketAddr,
+    pub request_id: &'a HeaderValue,
+    pub deadline: Instant,
+}
+
+/// A response with how it came about.
+pub struct Answer {
+    pub resp: Response<ResponseBody>,
+    pub outcome: Outcome,
+    pub attempts: u32,
+}
+
+impl Answer {
+    fn new(resp: Response<ResponseBody>, outcome: Outcome, attempts: u32) -> Answer {
+        Answer {
+            resp,
+            outcome,
+            attempts,
+        }
+    }
+
+    fn refused(status: StatusCode, message: &str) -> Answer {
+        Answer::new(respond::refused(status, message), Outcome::Error, 0)
+    }
+}
+
+/// How a cache miss joined the coalescing flights.
+enum Joined {
+    /// Served from what the leader fetched (or from stale/fallback after it failed).
+    Served(Answer),
+    /// This request fetches for the others.
+    Leader(Flight),
+    /// No coalescing: on its own.
+    Alone,
+}
+
+impl Proxy {
+    /// Forwards an admitted request; every outcome is a response.
+    pub(super) async fn forward(&self, ctx: &Ctx<'_>, req: Request<Incoming>) -> Answer {
+        let (mut parts, body) = req.into_parts();
+        let store = ctx.state.store.as_ref();
+        let key = store.and_then(|s| s.key(&parts.method, &parts.uri, &parts.headers));
+        if let Some(answer) = self.from_cache(ctx, &parts, key.as_deref(), "hit") {
+            return answer;
+        }
+        let flight = match self.coalesce(ctx, &parts, key.as_ref()).await {
+            Joined::Served(answer) => return answer,
+            Joined::Leader(flight) => Some(flight),
+            Joined::Alone => None,
+        };
+
+        let may_resend = retry::may_resend(&ctx.route.policy.retry, &parts.method, &parts.headers);
+        let Ok(head) = Head::from_client(
+            &mut parts,
+            &ctx.rt.config.upstream,
+            ctx.peer,
+            ctx.request_id,
+        ) else {
+            return Answer::refused(StatusCode::BAD_REQUEST, "the request target is not valid");
+        };
+        let limit = ctx.rt.config.limits.request_body_buffer;
+        let prepared = body::prepare(body, &head.headers, may_resend, limit);
+        let body = match tokio::time::timeout_at(ctx.deadline, prepared).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(_)) => {
+                return Answer::refused(
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read",
+                )
+            }
+            Err(_) => {
+                return Answer::refused(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time",
+                )
+            }
+        };
+        let request_headers = head.headers.clone();
+        let failed = |reason| Failed {
+            method: &parts.method,
+            stale_key: key.as_deref(),
+            headers: &request_headers,
+            reason,
+        };
+
+        if self.health.is_down() {
+            // The probe already knows: answer from stale or fallback instead of waiting for
+            // a connect timeout. Without either, still try: a wrong probe must not take
+            // down a route that works.
+            let reason = Reason::Failure(Failure::CircuitOpen);
+            if let Some((resp, outcome)) =
+                degrade::answer(ctx.route, ctx.state, &self.metrics, &failed(reason))
+            {
+                tell(&flight, reason);
+                return Answer::new(resp, outcome, 0);
+            }
+        }
+        let limiter = ctx.state.limiter.as_deref();
+        let limiter_key = limiter.map(|l| l.key(ctx.peer.ip(), &request_headers));
+        if let (Some(limiter), Some(lk)) = (limiter, &limiter_key) {
+            if let Err(wait) = limiter.take(lk) {
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&[&ctx.route.name])
+                    .inc();
+                let reason = Reason::Failure(Failure::RateLimited);
+                tell(&flight, reason);
+                return match degrade::answer(ctx.route, ctx.state, &self.metrics, &failed(reason)) {
+                    Some((resp, outcome)) => Answer::new(resp, outcome, 0),
+                    None => Answer::new(rate_limited(wait), Outcome::Error, 0),
+                };
+            }
+        }
+
+        let attempts = Attempts {
+            client: &ctx.rt.client,
+            route: ctx.route,
+            budget: &ctx.state.budget,
+            breaker: ctx.state.breaker.as_deref(),
+            limiter: limiter.zip(limiter_key.as_deref()),
+            metrics: &self.metrics,
+            head,
+            body,
+            may_resend,
+            deadline: ctx.deadline,
+        };
+        let finished = attempts.run().await;
+        let n = finished.attempts;
+        let reason = match finished.ended {
+            Ended::Answered(resp) if !is_error(resp.status()) => {
+                let tee = tee(
+                    store,
+                    key,
+                    &parts.method,
+                    request_headers.clone(),
+                    &resp,
+                    flight,
+                );
+                let resp = resp.map(|b| match tee {
+                    Some(tee) => ResponseBody::upstream_tee(b, tee),
+                    None => ResponseBody::upstream(b),
+                });
+                return Answer::new(resp, Outcome::Upstream, n);
+            }
+            Ended::Answered(ref resp) => Reason::Status(resp.status()),
+            Ended::Failed(Failure::ClientBody) => {
+                return Answer::new(respond::failure(Failure::ClientBody), Outcome::Error, n);
+            }
+            Ended::Failed(f) => Reason::Failure(f),
+        };
+        tell(&flight, reason);
+        if let Some((resp, outcome)) =
+            degrade::answer(ctx.route, ctx.state, &self.metrics, &failed(reason))
+        {
+            return Answer::new(resp, outcome, n);
+        }
+        match finished.ended {
+            Ended::Answered(resp) => {
+                Answer::new(resp.map(ResponseBody::upstream), Outcome::Upstream, n)
+            }
+            Ended::Failed(f) => Answer::new(respond::failure(f), Outcome::Error, n),
+        }
+    }
+
+    /// A fresh copy from the route's cache, counted with `result`.
+    fn from_cache(
+        &self,
+        ctx: &Ctx<'_>,
+        parts: &Parts,
+        key: Option<&[u8]>,
+        result: &str,
+    ) -> Option<Answer> {
+        ctx.route.policy.cache.as_ref()?;
+        let (stored, age) = ctx.state.store.as_ref()?.fresh(key?, &parts.headers)?;
+        let body = if parts.method == Method::HEAD {
+            Default::default()
+        } else {
+            stored.body.clone()
+        };
+        let mut resp = Response::new(ResponseBody::full(body));
+        *resp.headers_mut() = stored.headers.clone();
+        resp.headers_mut()
+            .insert(CACHE.clone(), HeaderValue::from_static("hit"));
+        resp.headers_mut()
+            .insert(AGE, HeaderValue::from(age.as_secs()));
+        self.metrics
+            .cache_requests
+            .with_label_values(&[&ctx.route.name, result])
+            .inc();
+        Some(Answer::new(resp, Outcome::Cache, 0))
+    }
+
+    /// Joins the coalescing flight for a cache miss, waiting for the leader if there is one.
+    async fn coalesce(&self, ctx: &Ctx<'_>, parts: &Parts, key: Option<&Key>) -> Joined {
+        let Some(cache) = ctx.route.policy.cache.as_ref() else {
+            return Joined::Alone;
+        };
+        let Some(key) = key else { return Joined::Alone };
+        let miss = || {
+            self.metrics
+                .cache_requests
+                .with_label_values(&[&ctx.route.name, "miss"])
+                .inc()
+        };
+        if !cache.coalesce || parts.method != Method::GET {
+            miss();
+            return Joined::Alone;
+        }
+        let rx = match ctx.state.coalescer.join(key) {
+            Join::Leader(flight) => {
+                miss();
+                return Joined::Leader(flight);
+            }
+            Join::Follower(rx) => rx,
+        };
+        let Ok(leader_failed) = tokio::time::timeout_at(ctx.deadline, coalesce::wait(rx)).await
+        else {
+            miss();
+            return Joined::Alone;
+        };
+        if let Some(answer) = self.from_cache(ctx, parts, Some(key), "coalesced") {
+            return Joined::Served(answer);
+        }
+        if let Some(reason) = leader_failed {
+            let failed = Failed {
+                method: &parts.method,
+                stale_key: Some(key),
+                headers: &parts.headers,
+                reason,
+            };
+            if let Some((resp, outcome)) =
+                degrade::answer(ctx.route, ctx.state, &self.metrics, &failed)
+            {
+                return Joined::Served(Answer::new(resp, outcome, 0));
+            }
+        }
+        // The leader's answer could not be shared: fetch our own.
+        miss();
+        Joined::Alone
+    }
+}
+
+/// A copier into the store when this response may be kept.
+fn tee(
+    store: Option<&Arc<ResponseStore>>,
+    key: Option<Key>,
+    method: &Method,
+    request: HeaderMap,
+    resp: &Response<Incoming>,
+    flight: Option<Flight>,
+) -> Option<Tee> {
+    let store = store?;
+    let key = key?;
+    if method != Method::GET || !ResponseStore::storable(resp.status(), resp.headers()) {
+        return None;
+    }
+    let mut response = resp.headers().clone();
+    headers::strip_hop_by_hop(&mut response);
+    Some(Tee::new(Arc::clone(store), key, request, response, flight))
+}
+
+/// Tells the followers of a coalescing flight, if any, why the leader failed.
+fn tell(flight: &Option<Flight>, reason: Reason) {
+    if let Some(flight) = flight {
+        flight.failed(reason);
+    }
+}
+
+fn is_error(status: StatusCode) -> bool {
+    status.is_client_error() || status.is_server_error()
+}
+
+/// The 429 for a request over its rate limit, with the wait for the next token.
+fn rate_limited(wait: Duration) -> Response<ResponseBody> {
+    let mut resp = respond::failure(Failure::RateLimited);
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    resp.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(secs));
+    resp
+}

@@ -1,0 +1,169 @@
+//! Token buckets in front of the upstream: the backend never sees more than `rate` (with
+//! `burst` to spare) per route, per client address or per header value.
+//!
+//! Every upstream attempt takes a token, retries included, so retries can never push the
+//! backend over its limit. A request without a token is answered at once with 429 and a
+//! `Retry-After` saying when the next token is due (REASON `rate-limited`; a fallback can
+//! answer instead). The key table is bounded by `max_keys`: when it is full, the key seen
+//! least recently is forgotten (and starts again with a full bucket if it returns), so a
+//! flood of distinct keys costs bounded memory.
+
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http::HeaderMap;
+use tokio::time::Instant;
+
+use super::lru::Lru;
+use crate::config::{RateKey, RateLimitPolicy};
+
+/// One route's limiter.
+#[derive(Debug)]
+pub struct RateLimiter {
+    policy: RateLimitPolicy,
+    buckets: Mutex<Lru<Vec<u8>, Bucket>>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl RateLimiter {
+    /// A limiter with no keys yet.
+    pub fn new(policy: RateLimitPolicy) -> RateLimiter {
+        RateLimiter {
+            policy,
+            buckets: Mutex::new(Lru::default()),
+        }
+    }
+
+    /// The policy this limiter enforces.
+    pub fn policy(&self) -> &RateLimitPolicy {
+        &self.policy
+    }
+
+    /// Which bucket a request draws from.
+    pub fn key(&self, client: IpAddr, headers: &HeaderMap) -> Vec<u8> {
+        match &self.policy.key {
+            RateKey::Route => Vec::new(),
+            RateKey::ClientIp => client.to_canonical().to_string().into_bytes(),
+            RateKey::Header(name) => headers
+                .get(name)
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Takes one token for `key`, or says how long until one is there.
+    pub fn take(&self, key: &[u8]) -> Result<(), Duration> {
+        let now = Instant::now();
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        let burst = f64::from(self.policy.burst);
+        let bucket = match buckets.get_mut(key) {
+            Some(bucket) => bucket,
+            None => {
+                while buckets.len() >= self.policy.max_keys {
+                    buckets.pop_oldest();
+                }
+                buckets.insert(
+                    key.to_vec(),
+                    Bucket {
+                        tokens: burst,
+                        updated: now,
+                    },
+                );
+                buckets.get_mut(key).expect("just inserted")
+            }
+        };
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.policy.rate).min(burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        Err(Duration::from_secs_f64(
+            (1.0 - bucket.tokens) / self.policy.rate,
+        ))
+    }
+
+    /// How many keys are tracked.
+    pub fn keys(&self) -> usize {
+        self.buckets.lock().map_or(0, |b| b.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn limiter(rate: f64, burst: u32, key: RateKey, max_keys: usize) -> RateLimiter {
+        RateLimiter::new(RateLimitPolicy {
+            rate,
+            burst,
+            key,
+            max_keys,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_then_rate() {
+        let l = limiter(10.0, 5, RateKey::Route, 10);
+        assert_eq!((0..20).filter(|_| l.take(b"").is_ok()).count(), 5, "burst");
+        let wait = l.take(b"").unwrap_err();
+        assert_eq!(wait, Duration::from_millis(100), "one token every 100 ms");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(l.take(b"").is_ok());
+        assert!(l.take(b"").is_err());
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(
+            (0..20).filter(|_| l.take(b"").is_ok()).count(),
+            5,
+            "refill stops at burst"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_are_isolated() {
+        let l = limiter(1.0, 2, RateKey::ClientIp, 10);
+        let a = l.key("10.0.0.1".parse().unwrap(), &HeaderMap::new());
+        let b = l.key("10.0.0.2".parse().unwrap(), &HeaderMap::new());
+        assert!(l.take(&a).is_ok() && l.take(&a).is_ok());
+        assert!(l.take(&a).is_err());
+        assert!(l.take(&b).is_ok(), "another client has its own bucket");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn header_keys_and_missing_header() {
+        let name = http::HeaderName::from_static("x-api-key");
+        let l = limiter(1.0, 1, RateKey::Header(name.clone()), 10);
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_static("k1"));
+        assert_eq!(l.key("127.0.0.1".parse().unwrap(), &h), b"k1");
+        assert_eq!(l.key("127.0.0.1".parse().unwrap(), &HeaderMap::new()), b"");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn key_table_is_bounded_least_recent_first() {
+        let l = limiter(1.0, 1, RateKey::ClientIp, 100);
+        for i in 0..1000u32 {
+            let _ = l.take(&i.to_be_bytes());
+            assert!(l.keys() <= 100);
+        }
+        assert_eq!(l.keys(), 100);
+        assert!(
+            l.take(&999u32.to_be_bytes()).is_err(),
+            "recent key kept its empty bucket"
+        );
+        assert!(
+            l.take(&0u32.to_be_bytes()).is_ok(),
+            "oldest key was forgotten"
+        );
+    }
+}
