@@ -69,7 +69,7 @@ impl Answer {
 /// How a cache miss joined the coalescing flights.
 enum Joined {
     /// Served from what the leader fetched (or from stale/fallback after it failed).
-    Served(Answer),
+    Served(Box<Answer>),
     /// This request fetches for the others.
     Leader(Flight),
     /// No coalescing: on its own.
@@ -82,11 +82,11 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let store = ctx.state.store.as_ref();
         let key = store.and_then(|s| s.key(&parts.method, &parts.uri, &parts.headers));
-        if let Some(answer) = self.from_cache(ctx, &parts, key.as_deref(), "hit") {
+        if let Some(answer) = self.cached(ctx, &parts, key.as_deref(), "hit") {
             return answer;
         }
         let flight = match self.coalesce(ctx, &parts, key.as_ref()).await {
-            Joined::Served(answer) => return answer,
+            Joined::Served(answer) => return *answer,
             Joined::Leader(flight) => Some(flight),
             Joined::Alone => None,
         };
@@ -205,7 +205,7 @@ impl Proxy {
     }
 
     /// A fresh copy from the route's cache, counted with `result`.
-    fn from_cache(
+    fn cached(
         &self,
         ctx: &Ctx<'_>,
         parts: &Parts,
@@ -260,8 +260,8 @@ impl Proxy {
             miss();
             return Joined::Alone;
         };
-        if let Some(answer) = self.from_cache(ctx, parts, Some(key), "coalesced") {
-            return Joined::Served(answer);
+        if let Some(answer) = self.cached(ctx, parts, Some(key), "coalesced") {
+            return Joined::Served(Box::new(answer));
         }
         if let Some(reason) = leader_failed {
             let failed = Failed {
@@ -273,7 +273,7 @@ impl Proxy {
             if let Some((resp, outcome)) =
                 degrade::answer(ctx.route, ctx.state, &self.metrics, &failed)
             {
-                return Joined::Served(Answer::new(resp, outcome, 0));
+                return Joined::Served(Box::new(Answer::new(resp, outcome, 0)));
             }
         }
         // The leader's answer could not be shared: fetch our own.
