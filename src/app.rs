@@ -146,12 +146,15 @@ impl App {
             timeout_ms = timeout.as_millis() as u64,
             "listener closed; waiting for in-flight requests"
         );
-        if tokio::time::timeout(timeout, proxy_graceful.shutdown())
-            .await
-            .is_err()
-        {
-            warn!("shutdown timeout reached with requests still in flight");
+        let tunnels = Arc::clone(&self.proxy.tunnels);
+        let drained = async { tokio::join!(proxy_graceful.shutdown(), tunnels.idle()) };
+        if tokio::time::timeout(timeout, drained).await.is_err() {
+            warn!(
+                tunnels = tunnels.open(),
+                "shutdown timeout reached with requests or tunnels still open"
+            );
         }
+        tunnels.close_all();
         probe.abort();
         let _ = admin_stop_tx.send(());
         if let Ok(graceful) = admin_task.await {

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub cache_requests: IntCounterVec,
     /// route
     pub rate_limited: IntCounterVec,
+    /// route, kind
+    pub faults_injected: IntCounterVec,
     /// route
     pub stale_responses: IntCounterVec,
     /// route: 0 closed, 1 half-open, 2 open
@@ -169,6 +171,12 @@ impl Metrics {
                 "outrigger_rate_limited_total",
                 "Requests refused by the rate limit.",
                 &["route"],
+            ),
+            faults_injected: counter(
+                &r,
+                "outrigger_faults_injected_total",
+                "Faults injected on purpose, by kind (abort, delay).",
+                &["route", "kind"],
             ),
             stale_responses: counter(
                 &r,

@@ -186,9 +186,20 @@ fn upstream_url_is_checked() {
     );
     let e = error("upstream:\n  url: not a url\n");
     assert!(e.contains("upstream.url: `not a url` is not a URL"), "{e}");
-    let e = error("upstream:\n  url: https://secure:8443\n");
+    assert!(load_text("upstream:\n  url: https://secure:8443\n").is_ok());
+    let e = error("upstream:\n  url: http://plain\n  tls: { server_name: x }\n");
     assert!(
-        e.contains("https:// upstreams are not supported by this build yet"),
+        e.contains("upstream.tls: is only used with https:// upstreams"),
+        "{e}"
+    );
+    let e = error("upstream:\n  url: https://s\n  tls: { ca_file: /nonexistent/ca.pem }\n");
+    assert!(
+        e.contains("upstream.tls.ca_file: cannot read /nonexistent/ca.pem"),
+        "{e}"
+    );
+    let e = error("upstream:\n  url: https://s\n  tls: { server_name: \"not a name!\" }\n");
+    assert!(
+        e.contains("upstream.tls.server_name: `not a name!` is not a DNS name"),
         "{e}"
     );
 }

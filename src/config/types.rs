@@ -46,7 +46,18 @@ pub struct Upstream {
     pub host_header: HostHeader,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
+    /// Set for `https://` upstreams.
+    pub tls: Option<Tls>,
     pub health_check: Option<HealthCheck>,
+}
+
+/// How to verify an `https://` upstream.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// A private CA to trust instead of the built-in webpki roots.
+    pub ca_certs: Option<Vec<rustls_pki_types::CertificateDer<'static>>>,
+    /// The name to send (SNI) and verify instead of the URL's host.
+    pub server_name: Option<rustls_pki_types::ServerName<'static>>,
 }
 
 /// The optional active probe of the upstream.

@@ -19,7 +19,7 @@ use super::ConfigError;
 
 /// Validates a parsed file. `dir` is where `body_file` paths are resolved.
 pub fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
-    let upstream = upstream(raw.upstream.unwrap_or_default())?;
+    let upstream = upstream(raw.upstream.unwrap_or_default(), dir)?;
     let limits = limits(raw.limits.unwrap_or_default())?;
     let shutdown = raw.shutdown.unwrap_or_default();
     let listen = raw.listen.map_or(default_addr(8080), |a| a.0);
@@ -93,7 +93,7 @@ fn positive(value: Duration, field: &str) -> Result<Duration, ConfigError> {
     Ok(value)
 }
 
-fn upstream(raw: RawUpstream) -> Result<Upstream, ConfigError> {
+fn upstream(raw: RawUpstream, dir: &Path) -> Result<Upstream, ConfigError> {
     let text = raw.url.ok_or_else(|| {
         field_err(
             "upstream.url",
@@ -101,15 +101,17 @@ fn upstream(raw: RawUpstream) -> Result<Upstream, ConfigError> {
         )
     })?;
     let (url, base_path) = upstream_url(&text)?;
-    if raw
-        .tls
-        .is_some_and(|t| t.ca_file.is_some() || t.server_name.is_some())
-    {
+    let raw_tls = raw.tls.unwrap_or_default();
+    let tls = if url.scheme_str() == Some("https") {
+        Some(tls(raw_tls, dir)?)
+    } else if raw_tls.ca_file.is_some() || raw_tls.server_name.is_some() {
         return Err(field_err(
             "upstream.tls",
             "is only used with https:// upstreams",
         ));
-    }
+    } else {
+        None
+    };
     let health_check = raw.health_check.map(health_check).transpose()?;
     Ok(Upstream {
         url,
@@ -119,7 +121,45 @@ fn upstream(raw: RawUpstream) -> Result<Upstream, ConfigError> {
         host_header: raw.host_header.unwrap_or(HostHeader::Preserve),
         pool_idle_timeout: dur(raw.pool_idle_timeout, 90_000),
         pool_max_idle: raw.pool_max_idle.unwrap_or(64),
+        tls,
         health_check,
+    })
+}
+
+fn tls(raw: RawTls, dir: &Path) -> Result<Tls, ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+    let ca_certs = match raw.ca_file {
+        None => None,
+        Some(file) => {
+            let path = dir.join(&file);
+            let at = "upstream.tls.ca_file";
+            let pem = std::fs::read(&path)
+                .map_err(|e| field_err(at, format!("cannot read {}: {e}", path.display())))?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| field_err(at, format!("{} is not PEM: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(field_err(
+                    at,
+                    format!("{} holds no certificate", path.display()),
+                ));
+            }
+            Some(certs)
+        }
+    };
+    let server_name = match raw.server_name {
+        None => None,
+        Some(name) => Some(ServerName::try_from(name.clone()).map_err(|_| {
+            field_err(
+                "upstream.tls.server_name",
+                format!("`{name}` is not a DNS name or IP address"),
+            )
+        })?),
+    };
+    Ok(Tls {
+        ca_certs,
+        server_name,
     })
 }
 
@@ -133,14 +173,13 @@ pub fn upstream_url(text: &str) -> Result<(Uri, String), ConfigError> {
         )
     })?;
     match url.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
+        Some("http" | "https") => {}
+        _ => {
             return Err(field_err(
                 at,
-                format!("`{text}`: https:// upstreams are not supported by this build yet"),
+                format!("`{text}` must start with http:// or https://"),
             ))
         }
-        _ => return Err(field_err(at, format!("`{text}` must start with http://"))),
     }
     if url.authority().is_none_or(|a| a.host().is_empty()) {
         return Err(field_err(at, format!("`{text}` has no host")));

@@ -158,8 +158,15 @@ impl Attempts<'_> {
         let result = match timeout(per_try, self.client.request(self.head.request(n, body))).await {
             Err(_) => Err(Failure::Timeout),
             Ok(Err(e)) => {
-                debug!(route = %self.route.name, attempt = n, error = %e, "upstream request error");
-                Err(Failure::from_client_error(&e))
+                let failure = Failure::from_client_error(&e);
+                let error = super::failure::chain(&e);
+                if failure == Failure::BadResponse {
+                    // Certificate and protocol errors need an operator: say what it was.
+                    warn!(route = %self.route.name, attempt = n, error, "upstream answered badly");
+                } else {
+                    debug!(route = %self.route.name, attempt = n, error, "upstream request error");
+                }
+                Err(failure)
             }
             Ok(Ok(resp)) => Ok(resp),
         };

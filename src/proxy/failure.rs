@@ -69,12 +69,23 @@ impl Failure {
     }
 
     /// Classifies an error of the pooled upstream client.
+    ///
+    /// A TLS failure (untrusted certificate, wrong name) is `bad-response`, even though it
+    /// happens while connecting: it will not heal by itself, so it is never retried as a
+    /// transient connect failure. An HTTP/2 stream the upstream refused (`REFUSED_STREAM`,
+    /// or cut off by a GOAWAY before it was processed) counts as `connect-failure`: the
+    /// upstream provably did not process it, so any method may be sent again.
     pub fn from_client_error(err: &hyper_util::client::legacy::Error) -> Failure {
-        if err.is_connect() {
-            return Failure::ConnectFailure;
-        }
         let mut source: Option<&(dyn StdError + 'static)> = err.source();
         while let Some(e) = source {
+            if is_tls_error(e) {
+                return Failure::BadResponse;
+            }
+            if let Some(h2) = e.downcast_ref::<h2::Error>() {
+                if h2.reason() == Some(h2::Reason::REFUSED_STREAM) || h2.is_go_away() {
+                    return Failure::ConnectFailure;
+                }
+            }
             if let Some(h) = e.downcast_ref::<hyper::Error>() {
                 if h.is_user() {
                     return Failure::ClientBody;
@@ -83,15 +94,33 @@ impl Failure {
                     return Failure::BadResponse;
                 }
             }
-            if let Some(io) = e.downcast_ref::<io::Error>() {
-                if io.kind() == io::ErrorKind::InvalidData {
-                    return Failure::BadResponse;
-                }
-            }
             source = e.source();
+        }
+        if err.is_connect() {
+            return Failure::ConnectFailure;
         }
         Failure::Reset
     }
+}
+
+/// Whether an error (or the error inside an `io::Error`) comes from TLS.
+fn is_tls_error(e: &(dyn StdError + 'static)) -> bool {
+    e.downcast_ref::<rustls::Error>().is_some()
+        || e.downcast_ref::<io::Error>()
+            .and_then(io::Error::get_ref)
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
+/// An error and all its causes on one line, for logs.
+pub fn chain(err: &dyn StdError) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 /// What ended a request's attempts: a failure, or an upstream status listed in `when`.

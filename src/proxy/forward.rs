@@ -3,6 +3,7 @@
 //! 1. a fresh cached copy answers at once (`cache`);
 //! 2. concurrent misses for the same key wait for one leader (`cache.coalesce`);
 //! 3. the head is rewritten and the body prepared (kept for replay or streamed once);
+//!    an injected fault (`fault`, for drills) may abort or delay the request here;
 //! 4. the active health check may already know the upstream is down: stale or fallback
 //!    answer at once;
 //! 5. the rate limit takes a token for the first attempt (429 without one);
@@ -29,6 +30,7 @@ use super::upstream::Head;
 use super::{headers, respond, Outcome, Proxy};
 use crate::config::Route;
 use crate::resilience::coalesce::{self, Flight, Join};
+use crate::resilience::fault::{self, Faults};
 use crate::resilience::retry;
 use crate::resilience::store::{Key, ResponseStore};
 
@@ -52,8 +54,19 @@ pub struct Answer {
     pub attempts: u32,
 }
 
+/// Header on a response shaped by an injected fault: `abort` or `delay`.
+pub static FAULT: HeaderName = HeaderName::from_static("x-outrigger-fault");
+
 impl Answer {
-    fn new(resp: Response<ResponseBody>, outcome: Outcome, attempts: u32) -> Answer {
+    fn with_fault(mut self, kind: Option<&'static str>) -> Answer {
+        if let Some(kind) = kind {
+            let value = HeaderValue::from_static(kind);
+            self.resp.headers_mut().insert(FAULT.clone(), value);
+        }
+        self
+    }
+
+    pub(super) fn new(resp: Response<ResponseBody>, outcome: Outcome, attempts: u32) -> Answer {
         Answer {
             resp,
             outcome,
@@ -79,6 +92,25 @@ enum Joined {
 impl Proxy {
     /// Forwards an admitted request; every outcome is a response.
     pub(super) async fn forward(&self, ctx: &Ctx<'_>, req: Request<Incoming>) -> Answer {
+        let faults = match &ctx.route.policy.fault {
+            Some(policy) => fault::roll(policy, fastrand::f64),
+            None => Faults::default(),
+        };
+        let kind = if faults.abort.is_some() {
+            Some("abort")
+        } else {
+            faults.delay.map(|_| "delay")
+        };
+        if let Some(kind) = kind {
+            self.metrics
+                .faults_injected
+                .with_label_values(&[&ctx.route.name, kind])
+                .inc();
+        }
+        self.forward_with(ctx, req, faults).await.with_fault(kind)
+    }
+
+    async fn forward_with(&self, ctx: &Ctx<'_>, req: Request<Incoming>, faults: Faults) -> Answer {
         let (mut parts, body) = req.into_parts();
         let store = ctx.state.store.as_ref();
         let key = store.and_then(|s| s.key(&parts.method, &parts.uri, &parts.headers));
@@ -125,6 +157,23 @@ impl Proxy {
             reason,
         };
 
+        if let Some(status) = faults.abort {
+            // An injected outage: treated as if the upstream had answered this status, so
+            // stale copies and fallbacks are rehearsed too.
+            let reason = Reason::Status(status);
+            tell(&flight, reason);
+            return match degrade::answer(ctx.route, ctx.state, &self.metrics, &failed(reason)) {
+                Some((resp, outcome)) => Answer::new(resp, outcome, 0),
+                None => Answer::new(
+                    respond::refused(status, "injected fault"),
+                    Outcome::Error,
+                    0,
+                ),
+            };
+        }
+        if let Some(delay) = faults.delay {
+            tokio::time::sleep_until((Instant::now() + delay).min(ctx.deadline)).await;
+        }
         if self.health.is_down() {
             // The probe already knows: answer from stale or fallback instead of waiting for
             // a connect timeout. Without either, still try: a wrong probe must not take

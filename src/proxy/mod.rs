@@ -23,6 +23,7 @@ pub mod headers;
 pub mod probe;
 pub mod respond;
 pub mod runtime;
+pub mod upgrade;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -42,6 +43,7 @@ use self::failure::{Failure, Reason};
 use self::forward::Ctx;
 use self::probe::UpstreamHealth;
 use self::runtime::{RouteState, Runtime};
+use self::upgrade::Tunnels;
 use crate::config::{Config, Route};
 use crate::metrics::{method_label, Metrics};
 
@@ -55,6 +57,8 @@ pub struct Proxy {
     in_flight: Arc<AtomicUsize>,
     /// What the active health check believes (unknown without one).
     pub health: UpstreamHealth,
+    /// Upgraded connections (WebSocket) still open.
+    pub tunnels: Arc<Tunnels>,
 }
 
 /// How a request was answered: the `outcome` label.
@@ -100,6 +104,7 @@ impl Proxy {
             metrics,
             in_flight: Arc::new(AtomicUsize::new(0)),
             health: UpstreamHealth::default(),
+            tunnels: Arc::default(),
         }
     }
 
@@ -148,14 +153,22 @@ impl Proxy {
                 request_id: &request_id,
                 deadline: started + route.policy.timeout,
             };
-            let answer = self.forward(&ctx, req).await;
+            let answer = if upgrade::is_upgrade(&req) {
+                self.upgrade(&ctx, req).await
+            } else {
+                self.forward(&ctx, req).await
+            };
             (answer.resp, answer.outcome, answer.attempts)
         };
 
         // The upstream may speak HTTP/1.0; the client gets the version it asked in.
         *resp.version_mut() = version;
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         let headers = resp.headers_mut();
-        headers::strip_hop_by_hop(headers);
+        if !switching {
+            // A 101 keeps `Connection: upgrade` and `Upgrade`: they are the answer.
+            headers::strip_hop_by_hop(headers);
+        }
         headers.insert(ATTEMPTS.clone(), HeaderValue::from(attempts));
         headers.insert(headers::REQUEST_ID.clone(), request_id.clone());
         let elapsed = started.elapsed();

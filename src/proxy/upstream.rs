@@ -6,30 +6,48 @@
 //! goes to our upstream only, so the proxy can never be used as an open proxy.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::header::{HeaderValue, HOST};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, Method, Request, Uri};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::{ClientConfig, RootCertStore};
 
 use super::body::UpstreamBody;
 use super::headers;
-use crate::config::{HostHeader, Upstream};
+use crate::config::{HostHeader, Tls, Upstream};
 
-/// The pooled client every attempt goes through.
-pub type HttpClient = Client<HttpConnector, UpstreamBody>;
+/// The pooled client every attempt goes through (plain or TLS, by the URL's scheme).
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 /// Header telling the upstream which attempt this is (1 for the first).
 pub static ATTEMPT: HeaderName = HeaderName::from_static("x-outrigger-attempt");
 
 /// Builds the pooled client for an upstream.
 pub fn client(upstream: &Upstream) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(upstream.connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(upstream.connect_timeout));
+    http.set_nodelay(true);
+    // The TLS layer decides by scheme; plain http:// passes through it untouched.
+    http.enforce_http(false);
+    let tls = tls_config(upstream.tls.as_ref());
+    let builder = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let builder = match upstream.tls.as_ref().and_then(|t| t.server_name.clone()) {
+        Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
+        None => builder,
+    };
+    // ALPN offers exactly the protocol we will speak.
+    let connector = if upstream.http2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
+    };
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
@@ -37,6 +55,24 @@ pub fn client(upstream: &Upstream) -> HttpClient {
         .pool_max_idle_per_host(upstream.pool_max_idle)
         .http2_only(upstream.http2)
         .build(connector)
+}
+
+/// Roots: the configured private CA, else the webpki roots bundled in the binary (a
+/// `scratch` container has no system store to read).
+fn tls_config(tls: Option<&Tls>) -> ClientConfig {
+    let mut roots = RootCertStore::empty();
+    match tls.and_then(|t| t.ca_certs.as_ref()) {
+        Some(certs) => {
+            // Validated at load: every certificate parsed; one rustls refuses is skipped.
+            let _ = roots.add_parsable_certificates(certs.iter().cloned());
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 /// What every attempt of one request sends, minus the body.

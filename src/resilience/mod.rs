@@ -7,6 +7,7 @@ pub mod budget;
 pub mod circuit;
 pub mod coalesce;
 pub mod fallback;
+pub mod fault;
 pub mod lru;
 pub mod rate_limit;
 pub mod retry;

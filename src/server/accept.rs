@@ -87,7 +87,7 @@ pub async fn serve<H, F>(
                 async move { Ok::<_, Infallible>(response.await) }
             });
             let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
             if let Err(e) = watcher.watch(conn).await {
                 debug!(peer = %peer, error = %e, "connection ended with an error");
