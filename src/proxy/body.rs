@@ -334,14 +334,15 @@ impl Body for ResponseBody {
     }
 }
 
-/// Reads the body into memory when it may be replayed and fits `limit`; streams it otherwise.
+/// Reads the body into memory when `keep` (it may be replayed) and it fits `limit`;
+/// streams it otherwise.
 ///
-/// A body that may not be resent is never buffered. A chunked body that grows past the
+/// A body that can never be resent is not buffered. A chunked body that grows past the
 /// limit while arriving keeps what was read as a prefix and streams the rest.
 pub async fn prepare(
     mut body: Incoming,
     headers: &HeaderMap,
-    may_resend: bool,
+    keep: bool,
     limit: usize,
 ) -> Result<Prepared, hyper::Error> {
     if body.is_end_stream() {
@@ -353,7 +354,7 @@ pub async fn prepare(
         .and_then(|v| v.parse::<u64>().ok())
         .or_else(|| body.size_hint().exact());
     let oversized = length.is_some_and(|n| n > limit as u64);
-    if !may_resend || oversized {
+    if !keep || oversized {
         return Ok(Prepared::streaming(
             VecDeque::new(),
             body,

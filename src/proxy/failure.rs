@@ -103,12 +103,21 @@ impl Failure {
     }
 }
 
-/// Whether an error (or the error inside an `io::Error`) comes from TLS.
+/// Whether an error comes from TLS, looking through `io::Error` wrappers (the TLS
+/// connector wraps the handshake's `io::Error` in another one).
 fn is_tls_error(e: &(dyn StdError + 'static)) -> bool {
-    e.downcast_ref::<rustls::Error>().is_some()
-        || e.downcast_ref::<io::Error>()
+    let mut current: Option<&(dyn StdError + 'static)> = Some(e);
+    for _ in 0..4 {
+        let Some(err) = current else { return false };
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        current = err
+            .downcast_ref::<io::Error>()
             .and_then(io::Error::get_ref)
-            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            .map(|inner| inner as &(dyn StdError + 'static));
+    }
+    false
 }
 
 /// An error and all its causes on one line, for logs.

@@ -133,7 +133,10 @@ impl Proxy {
             return Answer::refused(StatusCode::BAD_REQUEST, "the request target is not valid");
         };
         let limit = ctx.rt.config.limits.request_body_buffer;
-        let prepared = body::prepare(body, &head.headers, may_resend, limit);
+        // Over HTTP/2 a refused stream may be resent whatever the method, so small bodies
+        // are kept for that case too.
+        let keep = may_resend || ctx.rt.config.upstream.http2;
+        let prepared = body::prepare(body, &head.headers, keep, limit);
         let body = match tokio::time::timeout_at(ctx.deadline, prepared).await {
             Ok(Ok(body)) => body,
             Ok(Err(_)) => {
