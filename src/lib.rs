@@ -26,11 +26,12 @@
 //! - [`admin`]: the admin endpoints.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`server`]: accept loop, lifecycle state, signals.
-//! - [`logging`]: JSON or text logs.
+//! - [`logging`]: JSON or text logs; [`access_log`]: the per-request line, written by hand.
 
 #![forbid(unsafe_code)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod config;

@@ -1,7 +1,8 @@
 //! Logs: one JSON object a line on stdout by default, or text for people (SPEC §6).
 //!
-//! The access log is the `info` event with target `access` that `proxy` writes once per
-//! request; failed attempts are `warn` events. Neither ever carries a body, a query string,
+//! The access log is one `info` line with target `access` per request, written by
+//! `access_log` (on when the filter lets `access` at `info` through); failed attempts are
+//! `warn` events. Neither ever carries a body, a query string,
 //! `Authorization` or `Cookie`: the proxy logs the path only.
 
 use tracing_subscriber::EnvFilter;
@@ -28,5 +29,9 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
-    result.map_err(|e| e.to_string())
+    result.map_err(|e| e.to_string())?;
+    if tracing::enabled!(target: "access", tracing::Level::INFO) {
+        crate::access_log::enable(format);
+    }
+    Ok(())
 }

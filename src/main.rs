@@ -94,10 +94,18 @@ fn main() -> ExitCode {
         eprintln!("{e}");
         return ExitCode::from(2);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads)
-        .enable_all()
-        .build();
+    // One worker: a current-thread runtime, with no work stealing or cross-thread wake-ups
+    // (a sidecar under a one-CPU limit, the common case, gains the most).
+    let runtime = if config.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.worker_threads)
+            .enable_all()
+            .build()
+    };
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {

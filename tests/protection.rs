@@ -383,3 +383,31 @@ async fn a_failed_leader_does_not_become_n_failures() {
         "the followers got the fallback without asking again"
     );
 }
+
+#[tokio::test]
+async fn waiters_past_their_deadline_time_out_without_asking_the_backend() {
+    let backend = Backend::start().await;
+    // Headers at once, then a body that takes 1.2 s: longer than the 500 ms route timeout.
+    backend.set_default(Action::Slow {
+        chunks: 4,
+        interval: Duration::from_millis(300),
+    });
+    let yaml = "defaults:\n  timeout: 500ms\n  retry: { attempts: 1, per_try_timeout: 400ms }\n  cache: { ttl: 5s }\n";
+    let sidecar = Sidecar::in_front_of(&backend, yaml).await;
+    let results = concurrent_gets(&sidecar, "/slow-body", 5).await;
+    let timed_out = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::GATEWAY_TIMEOUT)
+        .count();
+    assert_eq!(timed_out, 4, "the waiters: {results:?}");
+    assert_eq!(backend.count(), 1, "no doomed attempts");
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "outrigger_upstream_attempts_total",
+            &[("result", "timeout")]
+        ),
+        0.0
+    );
+}

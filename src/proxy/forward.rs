@@ -29,6 +29,7 @@ use super::runtime::{RouteState, Runtime};
 use super::upstream::Head;
 use super::{headers, respond, Outcome, Proxy};
 use crate::config::Route;
+use crate::resilience::circuit::State;
 use crate::resilience::coalesce::{self, Flight, Join};
 use crate::resilience::fault::{self, Faults};
 use crate::resilience::retry;
@@ -191,7 +192,13 @@ impl Proxy {
         }
         let limiter = ctx.state.limiter.as_deref();
         let limiter_key = limiter.map(|l| l.key(ctx.peer.ip(), &request_headers));
-        if let (Some(limiter), Some(lk)) = (limiter, &limiter_key) {
+        // An open circuit turns the request away without a token: it will not reach the upstream.
+        let open = ctx
+            .state
+            .breaker
+            .as_ref()
+            .is_some_and(|b| b.state() == State::Open);
+        if let (Some(limiter), Some(lk), false) = (limiter, &limiter_key, open) {
             if let Err(wait) = limiter.take(lk) {
                 self.metrics
                     .rate_limited
@@ -309,8 +316,20 @@ impl Proxy {
         };
         let Ok(leader_failed) = tokio::time::timeout_at(ctx.deadline, coalesce::wait(rx)).await
         else {
+            // The deadline passed while waiting: answer as a timeout, without a doomed attempt.
             miss();
-            return Joined::Alone;
+            let reason = Reason::Failure(Failure::Timeout);
+            let failed = Failed {
+                method: &parts.method,
+                stale_key: Some(key),
+                headers: &parts.headers,
+                reason,
+            };
+            let answer = match degrade::answer(ctx.route, ctx.state, &self.metrics, &failed) {
+                Some((resp, outcome)) => Answer::new(resp, outcome, 0),
+                None => Answer::new(respond::failure(Failure::Timeout), Outcome::Error, 0),
+            };
+            return Joined::Served(Box::new(answer));
         };
         if let Some(answer) = self.cached(ctx, parts, Some(key), "coalesced") {
             return Joined::Served(Box::new(answer));

@@ -25,6 +25,11 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers, including every header that `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names is cheaper than seven removals,
+    // each of which hashes.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -46,17 +51,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// and `X-Forwarded-Host`.
 pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let earlier: Vec<&str> = headers
-        .get_all(&xff)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let value = if earlier.is_empty() {
-        client.to_string()
+    let value = if headers.contains_key(&xff) {
+        let earlier: Vec<&str> = headers
+            .get_all(&xff)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        HeaderValue::from_str(&format!("{}, {client}", earlier.join(", "))).ok()
     } else {
-        format!("{}, {client}", earlier.join(", "))
+        Some(client_value(client))
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = value {
         headers.insert(xff, v);
     }
     headers.insert(
@@ -67,6 +72,27 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&Head
         Some(h) => headers.insert(HeaderName::from_static("x-forwarded-host"), h.clone()),
         None => headers.remove(HeaderName::from_static("x-forwarded-host")),
     };
+}
+
+thread_local! {
+    /// The last client address as a header value: a keep-alive connection (or a sidecar's
+    /// one local client) sends many requests from one address, so format it once.
+    static LAST_CLIENT: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+}
+
+fn client_value(client: IpAddr) -> HeaderValue {
+    LAST_CLIENT.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((ip, value)) if *ip == client => value.clone(),
+            _ => {
+                let value = HeaderValue::from_str(&client.to_string())
+                    .expect("an IP address is a valid header value");
+                *last = Some((client, value.clone()));
+                value
+            }
+        }
+    })
 }
 
 /// The client's request id when it is sane (1-128 visible ASCII characters), else a new one.
@@ -82,8 +108,14 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 }
 
 fn new_request_id() -> HeaderValue {
-    let id = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::from_str(&id).expect("hex digits are a valid header value")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for byte in id.iter_mut().rev() {
+        *byte = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
 }
 
 #[cfg(test)]

@@ -35,7 +35,6 @@ use http::header::HeaderValue;
 use http::{HeaderName, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
-use tracing::info;
 
 use self::body::ResponseBody;
 use self::degrade::Failed;
@@ -184,18 +183,16 @@ impl Proxy {
             .request_duration
             .with_label_values(&[&route.name, outcome.label()])
             .observe(elapsed.as_secs_f64());
-        info!(
-            target: "access",
-            request_id = request_id.to_str().unwrap_or(""),
-            method = method.as_str(),
-            path,
-            route = route.name.as_str(),
-            status = status.as_u16(),
-            outcome = outcome.label(),
+        crate::access_log::record(&crate::access_log::Entry {
+            request_id: request_id.to_str().unwrap_or(""),
+            method: method.as_str(),
+            path: &path,
+            route: &route.name,
+            status: status.as_u16(),
+            outcome: outcome.label(),
             attempts,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            "request"
-        );
+            duration: elapsed,
+        });
         match guard {
             Some(g) => resp.map(|b| b.with_guard(Box::new(g))),
             None => resp,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use http::header::{HeaderValue, HOST};
 use http::request::Parts;
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, Method, Request, Uri};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -145,7 +146,11 @@ fn upstream_uri(upstream: &Upstream, client_uri: &Uri) -> Result<Uri, http::Erro
         builder = builder.authority(authority.clone());
     }
     if upstream.base_path.is_empty() {
-        builder.path_and_query(pq).build()
+        // Reuse the parsed path and query: no second parse on the hot path.
+        let pq = client_uri.path_and_query().cloned();
+        builder
+            .path_and_query(pq.unwrap_or_else(|| PathAndQuery::from_static("/")))
+            .build()
     } else {
         builder
             .path_and_query(format!("{}{pq}", upstream.base_path))
