@@ -367,6 +367,10 @@ fn tee(
     if method != Method::GET || !ResponseStore::storable(resp.status(), resp.headers()) {
         return None;
     }
+    // A follower flight must end with a store, so only skip when nobody waits.
+    if flight.is_none() && store.recently_stored(&key) {
+        return None;
+    }
     let mut response = resp.headers().clone();
     headers::strip_hop_by_hop(&mut response);
     Some(Tee::new(Arc::clone(store), key, request, response, flight))

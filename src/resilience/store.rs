@@ -250,6 +250,19 @@ impl ResponseStore {
         }
     }
 
+    /// Whether `key` was stored less than a second ago (or less than a tenth of the time
+    /// it is kept): the copy in hand is fresh enough, and skipping the new one spares a
+    /// body copy and an insert on every response of a hot key.
+    pub fn recently_stored(&self, key: &[u8]) -> bool {
+        let Ok(mut entries) = self.inner.lock() else {
+            return false;
+        };
+        entries.lru.get_mut(key).is_some_and(|stored| {
+            let recent = Duration::from_secs(1).min(self.policy.keep_for(stored) / 10);
+            stored.stored_at.elapsed() < recent
+        })
+    }
+
     /// A copy that may be served without asking the upstream, with its age.
     pub fn fresh(&self, key: &[u8], request: &HeaderMap) -> Option<(Arc<Stored>, Duration)> {
         self.lookup(key, request)

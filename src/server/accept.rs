@@ -83,7 +83,9 @@ pub async fn serve<H, F>(
                 return;
             }
             let service = service_fn(move |req| {
-                let response = handler(req, peer);
+                // Boxed: hyper keeps room for one request future in every connection, so an
+                // inline future would cost its full size per idle keep-alive connection.
+                let response = Box::pin(handler(req, peer));
                 async move { Ok::<_, Infallible>(response.await) }
             });
             let conn = builder
