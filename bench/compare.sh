@@ -91,7 +91,7 @@ HAP
 haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 & PIDS+=($!); HAPROXY_PID=$!
 
 start_outrigger() { # name port yaml-extra log-level [upstream]
-  printf 'listen: 127.0.0.1:%s\nadmin_listen: 127.0.0.1:%s\nlimits: { max_concurrent_requests: 40000 }\nupstream: { url: "http://%s" }\n%s' \
+  printf 'listen: 127.0.0.1:%s\nadmin_listen: 127.0.0.1:%s\nlimits: { max_concurrent_requests: 40000 }\nupstream: { url: "http://%s", pool_max_idle: 128 }\n%s' \
     "$2" $(($2 + 100)) "${5:-$ORIGIN}" "$3" > "$WORK/$1.yaml"
   "$BIN" --config "$WORK/$1.yaml" --threads 1 --log-level "$4" > /dev/null 2>"$WORK/$1.err" & PIDS+=($!)
   eval "PID_$1=$!"
@@ -184,12 +184,13 @@ cat > "$WORK/idle.py" <<'PY'
 import socket, sys, time
 port, n, pids = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 socks = []
+# One request at a time, then the connection stays open and idle: this measures what an
+# idle keep-alive connection costs, not the peak of 10,000 requests in flight at once.
 for _ in range(n):
     s = socket.create_connection(("127.0.0.1", port))
     s.sendall(b"GET /small HTTP/1.1\r\nhost: x\r\n\r\n")
-    socks.append(s)
-for s in socks:
     s.recv(4096)
+    socks.append(s)
 time.sleep(1)
 rss = []
 for pid in pids:
@@ -197,8 +198,15 @@ for pid in pids:
         rss.append(next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024)
 print(" ".join(f"{r:.1f}" for r in rss))
 PY
+# A fresh outrigger (same config as outrigger-on), so earlier load does not count.
+start_outrigger idle 18207 "defaults:
+  retry: { attempts: 3 }
+  stale_if_error: { max_age: 5m }
+" warn
+PORT[outrigger-idle]=18207; PID[outrigger-idle]=$PID_idle
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:18207/small" && break; sleep 0.05; done
 # haproxy is left out: its maxconn must stay under half the descriptor limit here.
-for t in nginx outrigger-on; do
+for t in nginx outrigger-idle; do
   before=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/${PID[$t]}/status")
   after=$(python3 "$WORK/idle.py" "${PORT[$t]}" 10000 "${PID[$t]}")
   printf 'idle-10k\t%s\t10000\t1\tNA\tNA\tNA\tNA\t%s\t0\t0\n' "$t" "$after" >> "$TSV"
