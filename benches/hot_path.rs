@@ -19,7 +19,9 @@ use outrigger::resilience::retry;
 fn config() -> config::Config {
     let mut yaml = String::from("upstream:\n  url: http://127.0.0.1:3000\nroutes:\n");
     for i in 0..10 {
-        yaml.push_str(&format!("  - name: r{i}\n    match: {{ path_prefix: /api/v{i}, methods: [GET, POST] }}\n"));
+        yaml.push_str(&format!(
+            "  - name: r{i}\n    match: {{ path_prefix: /api/v{i}, methods: [GET, POST] }}\n"
+        ));
     }
     config::from_text(&yaml, Some(Path::new("/bench.yaml")), &Overrides::default()).expect("valid")
 }
@@ -58,7 +60,10 @@ fn header_rewriting(c: &mut Criterion) {
             let mut req = Request::get("/api/v1/items?page=2").body(()).unwrap();
             *req.headers_mut() = client_headers();
             let (mut parts, _) = req.into_parts();
-            black_box(outrigger::proxy::upstream::Head::from_client(&mut parts, &cfg.upstream, peer, &id).unwrap())
+            black_box(
+                outrigger::proxy::upstream::Head::from_client(&mut parts, &cfg.upstream, peer, &id)
+                    .unwrap(),
+            )
         })
     });
     c.bench_function("headers: request id kept", |b| {
@@ -77,7 +82,12 @@ fn retry_rules(c: &mut Criterion) {
     let policy = &cfg.default_route.policy.retry;
     let h = client_headers();
     c.bench_function("retry: status classification", |b| {
-        b.iter(|| black_box(retry::retries_status(policy, black_box(StatusCode::SERVICE_UNAVAILABLE))))
+        b.iter(|| {
+            black_box(retry::retries_status(
+                policy,
+                black_box(StatusCode::SERVICE_UNAVAILABLE),
+            ))
+        })
     });
     c.bench_function("retry: may resend (POST, no key)", |b| {
         b.iter(|| black_box(retry::may_resend(policy, &Method::POST, &h)))
@@ -88,8 +98,12 @@ fn bookkeeping(c: &mut Criterion) {
     let cfg = config();
     let policy = &cfg.default_route.policy;
     let budget = RetryBudget::new(policy.retry.budget);
-    c.bench_function("budget: record a first attempt", |b| b.iter(|| budget.record_request()));
-    c.bench_function("budget: try a retry", |b| b.iter(|| black_box(budget.try_retry())));
+    c.bench_function("budget: record a first attempt", |b| {
+        b.iter(|| budget.record_request())
+    });
+    c.bench_function("budget: try a retry", |b| {
+        b.iter(|| black_box(budget.try_retry()))
+    });
     let metrics = Metrics::new();
     let to = |s| metrics.circuit_transitions.with_label_values(&["bench", s]);
     let breaker = Breaker::new(
@@ -108,10 +122,20 @@ fn bookkeeping(c: &mut Criterion) {
         })
     });
     c.bench_function("metrics: request counter with 4 labels", |b| {
-        b.iter(|| metrics.requests.with_label_values(&["default", "GET", "200", "upstream"]).inc())
+        b.iter(|| {
+            metrics
+                .requests
+                .with_label_values(&["default", "GET", "200", "upstream"])
+                .inc()
+        })
     });
     c.bench_function("metrics: latency histogram observe", |b| {
-        b.iter(|| metrics.request_duration.with_label_values(&["default", "upstream"]).observe(0.0012))
+        b.iter(|| {
+            metrics
+                .request_duration
+                .with_label_values(&["default", "upstream"])
+                .observe(0.0012)
+        })
     });
 }
 

@@ -349,3 +349,38 @@ async fn injected_aborts_and_delays() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn cache_hits_are_not_rehearsed_outages() {
+    let backend = Backend::start().await;
+    let base = format!(
+        "upstream:\n  url: {}\ndefaults:\n  cache: {{ ttl: 60s }}\n",
+        backend.url()
+    );
+    let sidecar = Sidecar::start(&base).await;
+    assert_eq!(get(&sidecar.url("/cached")).await.0, StatusCode::OK);
+    // The same route, now with every request aborted; the store survives the reload.
+    std::fs::write(
+        &sidecar.config_path,
+        format!("{base}  fault: {{ abort: {{ percent: 100, status: 503 }} }}\n"),
+    )
+    .unwrap();
+    sidecar.app.reload().expect("valid config");
+    let (status, headers, _) = get(&sidecar.url("/cached")).await;
+    assert_eq!(
+        (status, headers["x-outrigger-cache"].to_str().unwrap()),
+        (StatusCode::OK, "hit")
+    );
+    assert!(headers.get("x-outrigger-fault").is_none());
+    let (status, headers, _) = get(&sidecar.url("/not-cached")).await;
+    assert_eq!(
+        (status, headers["x-outrigger-fault"].to_str().unwrap()),
+        (StatusCode::SERVICE_UNAVAILABLE, "abort")
+    );
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        metric(&m, "outrigger_faults_injected_total", &[("kind", "abort")]),
+        1.0
+    );
+    assert_eq!(backend.count(), 1);
+}

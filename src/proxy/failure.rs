@@ -73,7 +73,7 @@ impl Failure {
     /// A TLS failure (untrusted certificate, wrong name) is `bad-response`, even though it
     /// happens while connecting: it will not heal by itself, so it is never retried as a
     /// transient connect failure. An HTTP/2 stream the upstream refused (`REFUSED_STREAM`,
-    /// or cut off by a GOAWAY before it was processed) counts as `connect-failure`: the
+    /// or cut off by the upstream's graceful GOAWAY before it was processed) counts as `connect-failure`: the
     /// upstream provably did not process it, so any method may be sent again.
     pub fn from_client_error(err: &hyper_util::client::legacy::Error) -> Failure {
         let mut source: Option<&(dyn StdError + 'static)> = err.source();
@@ -82,7 +82,11 @@ impl Failure {
                 return Failure::BadResponse;
             }
             if let Some(h2) = e.downcast_ref::<h2::Error>() {
-                if h2.reason() == Some(h2::Reason::REFUSED_STREAM) || h2.is_go_away() {
+                // Only the peer's graceful GOAWAY resets streams it never processed; a GOAWAY
+                // with an error, or one we sent ourselves, may follow processing.
+                let graceful_goaway =
+                    h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
+                if h2.reason() == Some(h2::Reason::REFUSED_STREAM) || graceful_goaway {
                     return Failure::ConnectFailure;
                 }
             }

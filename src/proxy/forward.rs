@@ -93,6 +93,19 @@ enum Joined {
 impl Proxy {
     /// Forwards an admitted request; every outcome is a response.
     pub(super) async fn forward(&self, ctx: &Ctx<'_>, req: Request<Incoming>) -> Answer {
+        let (parts, body) = req.into_parts();
+        let store = ctx.state.store.as_ref();
+        let key = store.and_then(|s| s.key(&parts.method, &parts.uri, &parts.headers));
+        if let Some(answer) = self.cached(ctx, &parts, key.as_deref(), "hit") {
+            return answer;
+        }
+        let flight = match self.coalesce(ctx, &parts, key.as_ref()).await {
+            Joined::Served(answer) => return *answer,
+            Joined::Leader(flight) => Some(flight),
+            Joined::Alone => None,
+        };
+        // Faults are rolled only for requests that would reach the upstream: a cache hit
+        // is not an outage rehearsal.
         let faults = match &ctx.route.policy.fault {
             Some(policy) => fault::roll(policy, fastrand::f64),
             None => Faults::default(),
@@ -108,22 +121,23 @@ impl Proxy {
                 .with_label_values(&[&ctx.route.name, kind])
                 .inc();
         }
-        self.forward_with(ctx, req, faults).await.with_fault(kind)
+        let request = Request::from_parts(parts, body);
+        self.forward_upstream(ctx, request, key, flight, faults)
+            .await
+            .with_fault(kind)
     }
 
-    async fn forward_with(&self, ctx: &Ctx<'_>, req: Request<Incoming>, faults: Faults) -> Answer {
+    /// Everything after the cache: head, body, fault, probe gate, rate limit, attempts.
+    async fn forward_upstream(
+        &self,
+        ctx: &Ctx<'_>,
+        req: Request<Incoming>,
+        key: Option<Key>,
+        flight: Option<Flight>,
+        faults: Faults,
+    ) -> Answer {
         let (mut parts, body) = req.into_parts();
         let store = ctx.state.store.as_ref();
-        let key = store.and_then(|s| s.key(&parts.method, &parts.uri, &parts.headers));
-        if let Some(answer) = self.cached(ctx, &parts, key.as_deref(), "hit") {
-            return answer;
-        }
-        let flight = match self.coalesce(ctx, &parts, key.as_ref()).await {
-            Joined::Served(answer) => return *answer,
-            Joined::Leader(flight) => Some(flight),
-            Joined::Alone => None,
-        };
-
         let may_resend = retry::may_resend(&ctx.route.policy.retry, &parts.method, &parts.headers);
         let Ok(head) = Head::from_client(
             &mut parts,
