@@ -262,9 +262,18 @@ async fn respond(
     stream.write_all(&out).await.is_ok()
 }
 
+/// Reads one line; bytes that are not UTF-8 are kept lossily (the proxy may forward opaque
+/// header bytes, and the backend must still be able to record the request).
+async fn read_line(reader: &mut BufReader<TcpStream>, line: &mut String) -> std::io::Result<usize> {
+    let mut bytes = Vec::new();
+    let n = reader.read_until(b'\n', &mut bytes).await?;
+    line.push_str(&String::from_utf8_lossy(&bytes));
+    Ok(n)
+}
+
 async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Received> {
     let mut line = String::new();
-    if reader.read_line(&mut line).await.ok()? == 0 {
+    if read_line(reader, &mut line).await.ok()? == 0 {
         return None;
     }
     let mut parts = line.split_whitespace();
@@ -273,7 +282,7 @@ async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Received> {
     let mut headers = Vec::new();
     loop {
         let mut h = String::new();
-        if reader.read_line(&mut h).await.ok()? == 0 {
+        if read_line(reader, &mut h).await.ok()? == 0 {
             return None;
         }
         let h = h.trim_end();
@@ -293,13 +302,13 @@ async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Received> {
     if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
         loop {
             let mut size = String::new();
-            reader.read_line(&mut size).await.ok()?;
+            read_line(reader, &mut size).await.ok()?;
             let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
             if n == 0 {
                 // Trailers until an empty line.
                 loop {
                     let mut t = String::new();
-                    reader.read_line(&mut t).await.ok()?;
+                    read_line(reader, &mut t).await.ok()?;
                     if t.trim().is_empty() {
                         break;
                     }
