@@ -15,14 +15,6 @@ fn dead_upstream() -> String {
     format!("http://127.0.0.1:{}", support::process::free_port())
 }
 
-fn get_with(url: &str, headers: &[(&str, &str)]) -> Request<Full<bytes::Bytes>> {
-    let mut req = Request::get(url);
-    for (n, v) in headers {
-        req = req.header(*n, *v);
-    }
-    req.body(Full::default()).unwrap()
-}
-
 #[tokio::test]
 async fn fallback_on_a_stopped_backend() {
     let yaml = format!(

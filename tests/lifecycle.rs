@@ -32,6 +32,25 @@ fn start(backend: &Backend, extra: &str) -> Running {
     }
 }
 
+/// Polls `/metrics` until one reload with this result has been counted.
+async fn wait_for_reloads(metrics_url: &str, result: &str) {
+    within(async {
+        loop {
+            let text = get(metrics_url).await.2;
+            if metric(
+                &text,
+                "outrigger_config_reloads_total",
+                &[("result", result)],
+            ) == 1.0
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 async fn ready_status(admin: &str) -> StatusCode {
     get(&format!("http://{admin}/ready")).await.0
 }
@@ -139,21 +158,7 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_errors() {
     std::fs::write(&run.config, yaml).unwrap();
     run.process.signal(libc::SIGHUP);
     let metrics_url = format!("http://{}/metrics", run.admin);
-    within(async {
-        loop {
-            let text = get(&metrics_url).await.2;
-            if metric(
-                &text,
-                "outrigger_config_reloads_total",
-                &[("result", "success")],
-            ) == 1.0
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    wait_for_reloads(&metrics_url, "success").await;
     assert_eq!(
         fetch(&c).await,
         StatusCode::OK,
@@ -169,21 +174,7 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_errors() {
     )
     .unwrap();
     run.process.signal(libc::SIGHUP);
-    within(async {
-        loop {
-            let text = get(&metrics_url).await.2;
-            if metric(
-                &text,
-                "outrigger_config_reloads_total",
-                &[("result", "failure")],
-            ) == 1.0
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    wait_for_reloads(&metrics_url, "failure").await;
     assert_eq!(fetch(&c).await, StatusCode::OK);
     assert_eq!(second.count(), 2, "still the second backend");
     assert_eq!(ready_status(&run.admin).await, StatusCode::OK);

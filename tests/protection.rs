@@ -8,14 +8,6 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use support::*;
 
-fn get_with(url: &str, headers: &[(&str, &str)]) -> Request<Full<bytes::Bytes>> {
-    let mut req = Request::get(url);
-    for (n, v) in headers {
-        req = req.header(*n, *v);
-    }
-    req.body(Full::default()).unwrap()
-}
-
 #[tokio::test]
 async fn over_the_limit_requests_never_reach_the_backend() {
     let backend = Backend::start().await;

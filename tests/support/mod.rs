@@ -145,6 +145,15 @@ pub async fn get(url: &str) -> (StatusCode, HeaderMap, String) {
     send(Request::get(url).body(Full::default()).unwrap()).await
 }
 
+/// A GET with extra headers.
+pub fn get_with(url: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut req = Request::get(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.body(Full::default()).expect("valid request")
+}
+
 /// Sends raw bytes and reads until the peer closes or `wait` passes.
 pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
     let mut stream = within(TcpStream::connect(addr)).await.expect("connect");
