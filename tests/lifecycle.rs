@@ -181,3 +181,89 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_errors() {
     run.process.signal(libc::SIGTERM);
     assert!(run.process.wait().await.success());
 }
+
+#[tokio::test]
+async fn reloads_under_steady_load_fail_no_request() {
+    let backend = Backend::start().await;
+    let mut run = start(&backend, "");
+    wait_ready(run.admin.parse().unwrap()).await;
+    let base = format!(
+        "listen: {}\nadmin_listen: {}\nupstream:\n  url: {}\n",
+        run.proxy,
+        run.admin,
+        backend.url()
+    );
+    let variants = [
+        format!("{base}defaults:\n  retry: {{ attempts: 2 }}\n"),
+        "upstream: [not valid\n".to_owned(),
+        format!("{base}routes:\n  - name: r\n    match: {{ path_prefix: /load }}\n"),
+        format!("{base}retyr: 1\n"),
+        base.clone(),
+    ];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (url, stop) = (
+            format!("http://{}/load", run.proxy),
+            std::sync::Arc::clone(&stop),
+        );
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let req = http::Request::get(&url)
+                    .body(http_body_util::Full::default())
+                    .unwrap();
+                match tokio::time::timeout(LIMIT, c.request(req)).await {
+                    Ok(Ok(resp)) if resp.status() == StatusCode::OK => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let metrics_url = format!("http://{}/metrics", run.admin);
+    for (i, yaml) in variants.iter().enumerate() {
+        std::fs::write(&run.config, yaml).unwrap();
+        run.process.signal(libc::SIGHUP);
+        // Wait until this reload has been counted before the next one.
+        within(async {
+            loop {
+                let text = get(&metrics_url).await.2;
+                if metric(&text, "outrigger_config_reloads_total", &[]) as usize == i + 1 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        // Let traffic flow under this config before the next reload.
+        let seen = backend.count();
+        eventually(|| backend.count() >= seen + 50).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for c in clients {
+        let (o, f) = within(c).await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    assert!(ok > 100, "load kept flowing: {ok}");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed across 5 reloads",
+        ok + failed
+    );
+    let text = get(&metrics_url).await.2;
+    assert_eq!(
+        metric(
+            &text,
+            "outrigger_config_reloads_total",
+            &[("result", "failure")]
+        ),
+        2.0
+    );
+    run.process.signal(libc::SIGTERM);
+    assert!(run.process.wait().await.success());
+}
