@@ -161,3 +161,90 @@ async fn hostile_upstreams_never_leave_a_client_hanging() {
         "still serving"
     );
 }
+
+/// An HTTP/2 connection to the proxy, driven by hand with the `h2` crate.
+async fn h2_connection(addr: std::net::SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+#[tokio::test]
+async fn http2_abuse_hurts_only_the_abuser() {
+    let backend = Backend::start().await;
+    backend.set_default(Action::Delay(
+        Duration::from_millis(200),
+        Box::new(Action::Status(200)),
+    ));
+    let sidecar =
+        Sidecar::in_front_of(&backend, "limits:\n  max_request_header_bytes: 16KiB\n").await;
+
+    // Rapid reset: open streams and cancel them at once, many times.
+    let mut send = h2_connection(sidecar.addr).await;
+    for _ in 0..500 {
+        let Ok(ready) = send.clone().ready().await else {
+            break;
+        };
+        send = ready;
+        let req = http::Request::get(format!("http://{}/reset", sidecar.addr))
+            .body(())
+            .unwrap();
+        match send.send_request(req, true) {
+            Ok((resp, _)) => drop(resp),
+            Err(_) => break,
+        }
+    }
+    // Stream flood: more concurrent streams than the listener allows.
+    let mut flood = h2_connection(sidecar.addr).await;
+    let mut pending = Vec::new();
+    for _ in 0..400 {
+        let Ok(ready) = flood.clone().ready().await else {
+            break;
+        };
+        flood = ready;
+        let req = http::Request::get(format!("http://{}/flood", sidecar.addr))
+            .body(())
+            .unwrap();
+        match flood.send_request(req, true) {
+            Ok((resp, _)) => pending.push(resp),
+            Err(_) => break,
+        }
+        if pending.len() >= 300 {
+            break;
+        }
+    }
+    // Oversized header block on its own stream.
+    let mut big = h2_connection(sidecar.addr).await;
+    let req = http::Request::get(format!("http://{}/big", sidecar.addr))
+        .header("x-big", "a".repeat(20_000))
+        .body(())
+        .unwrap();
+    if let Ok(ready) = big.clone().ready().await {
+        big = ready;
+        if let Ok((resp, _)) = big.send_request(req, true) {
+            let answer = within(resp).await;
+            assert!(
+                answer
+                    .as_ref()
+                    .map_or(true, |r| r.status() != StatusCode::OK),
+                "{answer:?}"
+            );
+        }
+    }
+    // Everyone else is still served, promptly.
+    let started = Instant::now();
+    assert_eq!(get(&sidecar.url("/innocent")).await.0, StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        backend.received().iter().all(|r| r.target != "/big"),
+        "the oversized block was not forwarded"
+    );
+    drop(pending);
+}

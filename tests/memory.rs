@@ -153,3 +153,72 @@ async fn a_gibibyte_each_way_streams_in_bounded_memory() {
     p.signal(libc::SIGTERM);
     assert!(p.wait().await.success());
 }
+
+#[tokio::test]
+async fn ten_thousand_idle_keep_alive_connections_stay_under_a_bound() {
+    // 10,000 unless this machine's descriptor limit is lower (then as many as it allows).
+    let n = 10_000.min(raise_descriptor_limit().saturating_sub(1_000) as usize);
+    assert!(n >= 1_000, "too few descriptors for this test: {n}");
+    let backend = Backend::start().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut p = Process::spawn(
+        &[
+            "--upstream",
+            &backend.url(),
+            "--listen",
+            &listen,
+            "--admin-listen",
+            &admin,
+            "--log-level",
+            "warn",
+            "--threads",
+            "1",
+        ],
+        &[],
+    );
+    wait_ready(admin.parse().unwrap()).await;
+    let before = rss_mib(p.pid());
+    let mut idle = Vec::with_capacity(n);
+    let mut buf = [0u8; 1024];
+    for _ in 0..n {
+        let mut s = within(tokio::net::TcpStream::connect(&listen))
+            .await
+            .expect("connect");
+        s.write_all(b"GET /idle HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let n = within(s.read(&mut buf)).await.unwrap();
+        assert!(n > 0);
+        idle.push(s);
+    }
+    let after = rss_mib(p.pid());
+    eprintln!("RSS {before:.1} MiB idle, {after:.1} MiB with {n} idle keep-alive connections");
+    // About 16 KiB each (hyper's read and write buffers per HTTP/1 connection): the bound
+    // is 24 KiB each plus 32 MiB.
+    let bound = 32.0 + n as f64 * 24.0 / 1024.0;
+    assert!(
+        after < bound,
+        "{after:.1} MiB with {n} connections, bound {bound:.0} MiB"
+    );
+    drop(idle);
+    p.signal(libc::SIGTERM);
+    assert!(p.wait().await.success());
+}
+
+/// 10,000 connections need more descriptors than a default soft limit of 1,024: raise the
+/// soft limit to the hard one (the child process inherits it) and return it.
+fn raise_descriptor_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a live struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+    limit.rlim_max
+}

@@ -473,3 +473,36 @@ async fn twenty_percent_random_failures_still_give_98_percent_success() {
     }
     assert!(ok >= 392, "{ok}/400 succeeded");
 }
+
+#[tokio::test]
+async fn the_budget_holds_while_the_backend_flaps() {
+    let backend = Backend::start().await;
+    // Up for 40 answers, down for 40, over and over.
+    backend.script((0..4000).map(|i| {
+        if (i / 40) % 2 == 0 {
+            Action::Status(200)
+        } else {
+            Action::Status(503)
+        }
+    }));
+    let yaml = "defaults:\n  retry:\n    attempts: 3\n    backoff: { base: 1ms, max: 2ms, jitter: none }\n    budget: { ratio: 0.2, min_per_second: 0 }\n  circuit_breaker: { enabled: false }\n";
+    let sidecar = Sidecar::in_front_of(&backend, yaml).await;
+    for i in 0..600 {
+        get(&sidecar.url(&format!("/flap/{i}"))).await;
+    }
+    let m = sidecar.metrics().await;
+    let requests = metric(&m, "outrigger_requests_total", &[]);
+    let attempts = metric(&m, "outrigger_upstream_attempts_total", &[]);
+    assert_eq!(requests, 600.0);
+    assert!(
+        attempts <= 1.2 * requests + 1.0,
+        "{attempts} attempts for {requests} requests"
+    );
+    assert!(
+        metric(
+            &m,
+            "outrigger_retries_skipped_total",
+            &[("reason", "budget")]
+        ) > 0.0
+    );
+}
