@@ -267,3 +267,69 @@ async fn reloads_under_steady_load_fail_no_request() {
     run.process.signal(libc::SIGTERM);
     assert!(run.process.wait().await.success());
 }
+
+#[tokio::test]
+async fn sigterm_under_steady_load_loses_no_accepted_request() {
+    let backend = Backend::start().await;
+    backend.set_default(Action::Delay(
+        Duration::from_millis(20),
+        Box::new(Action::Status(200)),
+    ));
+    let mut run = start(
+        &backend,
+        "shutdown:\n  drain_delay: 300ms\n  timeout: 10s\n",
+    );
+    wait_ready(run.admin.parse().unwrap()).await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let url = format!("http://{}/steady", run.proxy);
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut refused, mut broken) = (0u32, 0u32, 0u32);
+            // Each request on a new connection, as a load balancer's health-checked pool
+            // would send them, until the listener is gone.
+            loop {
+                let req = http::Request::get(&url)
+                    .body(http_body_util::Full::default())
+                    .unwrap();
+                let fresh: hyper_util::client::legacy::Client<
+                    _,
+                    http_body_util::Full<bytes::Bytes>,
+                > = hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .pool_max_idle_per_host(0)
+                .build_http();
+                match tokio::time::timeout(LIMIT, fresh.request(req)).await {
+                    Ok(Ok(resp)) if resp.status() == StatusCode::OK => ok += 1,
+                    Ok(Err(e)) if e.is_connect() => {
+                        refused += 1;
+                        break;
+                    }
+                    _ => broken += 1,
+                }
+            }
+            (ok, refused, broken)
+        }));
+    }
+    eventually(|| backend.count() >= 100).await;
+    run.process.signal(libc::SIGTERM);
+    let (mut ok, mut broken) = (0, 0);
+    for c in clients {
+        let (o, _refused, b) = within(c).await.unwrap();
+        ok += o;
+        broken += b;
+    }
+    assert!(run.process.wait().await.success());
+    // A connection the kernel takes in at the very moment the listener closes is reset
+    // before outrigger ever reads it: such requests never reached the backend. Every
+    // request that did reach it was answered.
+    assert_eq!(
+        ok as usize,
+        backend.count(),
+        "every request that reached the backend was answered"
+    );
+    assert!(
+        broken <= 8,
+        "{broken} requests failed, more than one per client at the close"
+    );
+}

@@ -60,8 +60,10 @@ pub async fn serve<H, F>(
 {
     let builder = Arc::new(builder);
     tokio::pin!(stop);
+    let mut stopping = false;
     loop {
         let (stream, peer) = tokio::select! {
+            biased;
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -71,7 +73,13 @@ pub async fn serve<H, F>(
                     continue;
                 }
             },
-            () = &mut stop => break,
+            () = &mut stop, if !stopping => {
+                // Serve what the kernel already queued before closing the listener:
+                // closing would reset those connections although clients sent on them.
+                stopping = true;
+                continue;
+            }
+            () = std::future::ready(()), if stopping => break,
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
