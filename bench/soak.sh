@@ -55,10 +55,17 @@ YAML
 target/release/outrigger --config "$WORK/o.yaml" --threads 1 --log-level warn > "$WORK/o.log" 2>&1 & PIDS+=($!); PROXY=$!
 for _ in $(seq 100); do curl -sf http://127.0.0.1:18581/ready >/dev/null && break; sleep 0.05; done
 
+# Requests spread over 1,000 paths, so stale copies cover only what was fetched recently.
+cat > "$WORK/paths.lua" <<'LUA'
+request = function()
+  return wrk.format("GET", "/item/" .. math.random(1, 1000))
+end
+LUA
+
 printf '%8s %10s %10s %9s %9s\n' elapsed "req/s" "error %" "p99 ms" "rss MiB"
 elapsed=0
 while [ "$elapsed" -lt "$SOAK_SECONDS" ]; do
-  out=$(wrk -t1 -c32 -d"${INTERVAL}s" --latency "http://127.0.0.1:18481/item" 2>&1)
+  out=$(wrk -t1 -c32 -d"${INTERVAL}s" --latency -s "$WORK/paths.lua" "http://127.0.0.1:18481/" 2>&1)
   elapsed=$((elapsed + INTERVAL))
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   bad=$(awk '/Non-2xx/ {print $NF}' <<<"$out"); bad=${bad:-0}
