@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::logging::LogFormat;
+use crate::proxy::respond::escape_into;
 
 static SINK: OnceLock<LogFormat> = OnceLock::new();
 
@@ -100,24 +101,6 @@ fn text(line: &mut String, prefix: &str, micros: u32, e: &Entry<'_>) {
         e.attempts,
         e.duration.as_secs_f64() * 1000.0
     );
-}
-
-/// Appends `text` escaped for a JSON string.
-fn escape_into(out: &mut String, text: &str) {
-    if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
-        out.push_str(text);
-        return;
-    }
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -227,12 +227,18 @@ pub struct FaultPolicy {
 }
 
 impl Config {
-    /// The route a request takes: the first configured match, else `default`.
-    pub fn route_for(&self, method: &Method, path: &str, headers: &HeaderMap) -> &Route {
+    /// The index of the first configured route that matches, `routes.len()` for `default`.
+    pub fn route_index(&self, method: &Method, path: &str, headers: &HeaderMap) -> usize {
         self.routes
             .iter()
-            .find(|r| r.matcher.matches(method, path, headers))
-            .unwrap_or(&self.default_route)
+            .position(|r| r.matcher.matches(method, path, headers))
+            .unwrap_or(self.routes.len())
+    }
+
+    /// The route a request takes: the first configured match, else `default`.
+    pub fn route_for(&self, method: &Method, path: &str, headers: &HeaderMap) -> &Route {
+        let ix = self.route_index(method, path, headers);
+        self.routes.get(ix).unwrap_or(&self.default_route)
     }
 }
 

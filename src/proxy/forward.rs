@@ -75,7 +75,7 @@ impl Answer {
         }
     }
 
-    fn refused(status: StatusCode, message: &str) -> Answer {
+    pub(super) fn refused(status: StatusCode, message: &str) -> Answer {
         Answer::new(respond::refused(status, message), Outcome::Error, 0)
     }
 }

@@ -71,14 +71,9 @@ impl Runtime {
 
     /// The route a request takes (first match, else `default`) and its state.
     pub fn route(&self, method: &Method, path: &str, headers: &HeaderMap) -> (&Route, &RouteState) {
-        let cfg = &self.config;
-        let ix = cfg
-            .routes
-            .iter()
-            .position(|r| r.matcher.matches(method, path, headers))
-            .unwrap_or(cfg.routes.len());
+        let ix = self.config.route_index(method, path, headers);
         (
-            cfg.routes.get(ix).unwrap_or(&cfg.default_route),
+            self.config.route_for(method, path, headers),
             &self.states[ix],
         )
     }

@@ -100,11 +100,7 @@ impl Proxy {
             ctx.peer,
             ctx.request_id,
         ) else {
-            return Answer::new(
-                respond::refused(StatusCode::BAD_REQUEST, "the request target is not valid"),
-                Outcome::Error,
-                0,
-            );
+            return Answer::refused(StatusCode::BAD_REQUEST, "the request target is not valid");
         };
         let mut upstream_req = head.request(1, UpstreamBody::Empty);
         upstream_req
