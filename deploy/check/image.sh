@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Build deploy/Dockerfile's final stages with podman from binaries built on the host, run
+# the outrigger image as the issue asks (host network, tight ulimits) and check that it
+# becomes ready, proxies a request to a loopback backend, runs as its non-root user and
+# exits cleanly, well inside its grace period, on `podman stop`.
+#
+# Usage: image.sh OUTRIGGER_BINARY LEGACY_BINARY   (run from the repository root, as root)
+# Base images cannot be pulled here, so the binaries arrive as an image made with
+# `podman import`, passed to the Dockerfile as BINARY_FROM; nothing else differs from a
+# normal multi-stage build. Traffic stays on 127.0.0.1.
+set -euo pipefail
+
+outrigger_bin=$1
+legacy_bin=$2
+tag=ci-$$
+container=outrigger-check-$$
+# crun, podman's default, refuses this machine's hybrid cgroup layout; runc runs fine.
+podman=(podman --runtime runc)
+work=$(mktemp -d)
+legacy_pid=
+
+cleanup() {
+    "${podman[@]}" rm -f "$container" >/dev/null 2>&1 || true
+    if [[ -n $legacy_pid ]]; then kill "$legacy_pid" 2>/dev/null || true; fi
+    "${podman[@]}" rmi -f "localhost/outrigger:$tag" "localhost/outrigger-legacy:$tag" \
+        "localhost/outrigger-binaries:$tag" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+mkdir -p "$work/out"
+cp "$outrigger_bin" "$work/out/outrigger"
+cp "$legacy_bin" "$work/out/legacy-service"
+tar -C "$work" -c out | "${podman[@]}" import --quiet - "localhost/outrigger-binaries:$tag" >/dev/null
+
+for target in outrigger legacy; do
+    image=localhost/outrigger:$tag
+    [[ $target == legacy ]] && image=localhost/outrigger-legacy:$tag
+    "${podman[@]}" build --quiet --pull=never -f deploy/Dockerfile --target "$target" \
+        --build-arg "BINARY_FROM=localhost/outrigger-binaries:$tag" -t "$image" . >/dev/null
+done
+user=$("${podman[@]}" image inspect --format '{{.Config.User}}' "localhost/outrigger:$tag")
+[[ $user == 65532:65532 ]] || { echo "FAIL: image user is '$user', want 65532:65532"; exit 1; }
+echo "ok: built the outrigger and legacy stages; outrigger runs as $user"
+
+backend=$(free_port)
+proxy=$(free_port)
+admin=$(free_port)
+LEGACY_LISTEN=127.0.0.1:$backend LEGACY_FAIL_PERCENT=0 "$legacy_bin" >"$work/legacy.log" 2>&1 &
+legacy_pid=$!
+
+# `localhost` rather than 127.0.0.1: the static binary must resolve names by itself.
+"${podman[@]}" run -d --name "$container" --network host \
+    --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+    -e "OUTRIGGER_LISTEN=127.0.0.1:$proxy" -e "OUTRIGGER_ADMIN_LISTEN=127.0.0.1:$admin" \
+    -e "OUTRIGGER_UPSTREAM=http://localhost:$backend" \
+    "localhost/outrigger:$tag" >/dev/null
+
+ready=
+for _ in $(seq 100); do
+    if [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$admin/ready") == 200 ]]; then
+        ready=yes
+        break
+    fi
+    sleep 0.2
+done
+if [[ -z $ready ]]; then
+    echo "FAIL: /ready never answered 200"
+    "${podman[@]}" logs "$container" | tail -20
+    exit 1
+fi
+echo "ok: /ready answers 200 inside the container"
+
+answer=$(curl -s -D "$work/headers" "http://127.0.0.1:$proxy/hello/container")
+if ! grep -q '"path":"/hello/container"' <<<"$answer" \
+    || ! grep -qi '^x-outrigger-attempts: 1' "$work/headers"; then
+    echo "FAIL: proxied request: $answer"
+    cat "$work/headers"
+    exit 1
+fi
+echo "ok: a request through the container reached the loopback backend"
+
+# The baked-in config drains for 5 s after SIGTERM; podman's grace period here is 30 s.
+start=$(date +%s%N)
+"${podman[@]}" stop -t 30 "$container" >/dev/null
+elapsed_ms=$((($(date +%s%N) - start) / 1000000))
+code=$("${podman[@]}" inspect --format '{{.State.ExitCode}}' "$container")
+if [[ $code != 0 ]] || ((elapsed_ms > 15000)) \
+    || ! "${podman[@]}" logs "$container" 2>&1 | grep -q '"message":"stopped"'; then
+    echo "FAIL: podman stop: exit code $code after ${elapsed_ms} ms"
+    "${podman[@]}" logs "$container" | tail -20
+    exit 1
+fi
+echo "ok: podman stop: exit code 0 after ${elapsed_ms} ms (drain_delay 5 s, grace 30 s)"
