@@ -48,7 +48,7 @@ break_one prometheus deploy/prometheus/alerts.yml "threshold changed" "> 0.05" "
 break_one prometheus deploy/prometheus/alerts.yml "PromQL that does not parse" "outrigger_circuit_state > 0" "outrigger_circuit_state >"
 break_one prometheus deploy/prometheus/kubernetes-scrape.yml "unknown relabel action" "action: keep" "action: keepp"
 break_one live deploy/grafana/outrigger.json "metric name typo" "outrigger_retries_skipped_total" "outrigger_retry_skipped_total"
-break_one live deploy/grafana/outrigger.json "label value that never occurs" 'result=\\"success\\"' 'result=\\"succeeded\\"'
+break_one live deploy/grafana/outrigger.json "label value that never occurs" 'result=\"success\"' 'result=\"succeeded\"'
 break_one live deploy/prometheus/alerts.yml "rule Prometheus cannot load" "rate(outrigger_requests_total{code" "rate(outrigger_requests_total[5m]{code"
 
 printf '%s\n' "${summary[@]}"
