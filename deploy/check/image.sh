@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# Build deploy/Dockerfile's final stages with podman from binaries built on the host, run
-# the outrigger image as the issue asks (host network, tight ulimits) and check that it
+# Build deploy/Dockerfile's final stages (deploy/check/build-images.sh), run the outrigger
+# image as the issue asks (host network, tight ulimits) and check that it
 # becomes ready, proxies a request to a loopback backend, runs as its non-root user and
 # exits cleanly, well inside its grace period, on `podman stop`.
 #
 # Usage: image.sh OUTRIGGER_BINARY LEGACY_BINARY   (run from the repository root, as root)
-# Base images cannot be pulled here, so the binaries arrive as an image made with
-# `podman import`, passed to the Dockerfile as BINARY_FROM; nothing else differs from a
-# normal multi-stage build. Traffic stays on 127.0.0.1.
+# Traffic stays on 127.0.0.1.
 set -euo pipefail
 
 outrigger_bin=$1
@@ -23,7 +21,7 @@ cleanup() {
     "${podman[@]}" rm -f "$container" >/dev/null 2>&1 || true
     if [[ -n $legacy_pid ]]; then kill "$legacy_pid" 2>/dev/null || true; fi
     "${podman[@]}" rmi -f "localhost/outrigger:$tag" "localhost/outrigger-legacy:$tag" \
-        "localhost/outrigger-binaries:$tag" >/dev/null 2>&1 || true
+        >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -32,17 +30,7 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-mkdir -p "$work/out"
-cp "$outrigger_bin" "$work/out/outrigger"
-cp "$legacy_bin" "$work/out/legacy-service"
-tar -C "$work" -c out | "${podman[@]}" import --quiet - "localhost/outrigger-binaries:$tag" >/dev/null
-
-for target in outrigger legacy; do
-    image=localhost/outrigger:$tag
-    [[ $target == legacy ]] && image=localhost/outrigger-legacy:$tag
-    "${podman[@]}" build --quiet --pull=never -f deploy/Dockerfile --target "$target" \
-        --build-arg "BINARY_FROM=localhost/outrigger-binaries:$tag" -t "$image" . >/dev/null
-done
+bash deploy/check/build-images.sh "$tag" "$outrigger_bin" "$legacy_bin"
 user=$("${podman[@]}" image inspect --format '{{.Config.User}}' "localhost/outrigger:$tag")
 [[ $user == 65532:65532 ]] || { echo "FAIL: image user is '$user', want 65532:65532"; exit 1; }
 echo "ok: built the outrigger and legacy stages; outrigger runs as $user"
