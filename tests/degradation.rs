@@ -361,6 +361,12 @@ async fn breaker_opens_answers_fast_then_probes_and_closes() {
     // After open_duration one probe goes through; it succeeds, the circuit closes.
     backend.set_default(Action::Status(200));
     tokio::time::sleep(Duration::from_millis(450)).await;
+    // A scrape alone sees open_duration run out: an idle route does not read "open" forever.
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        metric(&m, "outrigger_circuit_state", &[("route", "default")]),
+        1.0
+    );
     assert_eq!(get(&sidecar.url("/x")).await.0, StatusCode::OK);
     assert_eq!(get(&sidecar.url("/x")).await.0, StatusCode::OK);
     assert_eq!(backend.count(), 7);

@@ -89,6 +89,14 @@ fn ready(app: &App) -> bool {
 }
 
 fn metrics(app: &App) -> Response<ResponseBody> {
+    // A breaker changes state when asked. Ask each one now, so a route that went idle while
+    // its circuit was open reads half-open once open_duration has passed, as it would to
+    // the next request, instead of "open" for as long as no request comes.
+    for (_, state) in app.proxy.runtime().routes_with_state() {
+        if let Some(breaker) = &state.breaker {
+            breaker.state();
+        }
+    }
     let mut resp = Response::new(ResponseBody::full(app.metrics.render()));
     resp.headers_mut().insert(
         CONTENT_TYPE,
