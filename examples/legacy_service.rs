@@ -8,8 +8,8 @@
 //! - `POST /admin/break` makes every other request fail with 503 until `POST /admin/heal`.
 //! - Any other request answers 200 with a small JSON body, except that an exact share of
 //!   them (`LEGACY_FAIL_PERCENT`, default 20) fail with 503 in a fixed, repeatable
-//!   pattern, and a share (`LEGACY_SLOW_PERCENT`, default 0) first wait
-//!   `LEGACY_SLOW_MS` (default 2000) milliseconds.
+//!   pattern, and a random share (`LEGACY_SLOW_PERCENT`, default 0), failing or not,
+//!   first waits `LEGACY_SLOW_MS` (default 2000) milliseconds.
 //!
 //! It listens on `LEGACY_LISTEN` (default `0.0.0.0:3000`) and exits on SIGTERM or SIGINT,
 //! so it behaves as PID 1 in a container.
@@ -93,7 +93,7 @@ impl Service {
             return json(StatusCode::OK, r#"{"status":"ok"}"#.into());
         }
         let n = self.served.fetch_add(1, Ordering::Relaxed);
-        if hits(n, self.settings.slow_percent) {
+        if fastrand::u64(0..100) < self.settings.slow_percent {
             tokio::time::sleep(self.settings.slow).await;
         }
         if hits(n, self.settings.fail_percent) {
@@ -131,10 +131,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => accepted?,
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors or a connection aborted while queued: keep serving.
+                eprintln!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let service = Arc::clone(&service);
         tokio::spawn(async move {

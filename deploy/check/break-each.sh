@@ -41,6 +41,8 @@ break_one image deploy/Dockerfile "runs as root" "USER 65532:65532
 break_one image deploy/Dockerfile "bad entrypoint arguments" 'ENTRYPOINT ["/usr/local/bin/outrigger"]' 'ENTRYPOINT ["/usr/local/bin/outrigger", "--upstream", "ftp://x"]'
 break_one kubernetes deploy/kubernetes/deployment.yaml "misspelt field" "allowPrivilegeEscalation: false" "allowPrivilegeEscalaton: false"
 break_one kubernetes deploy/kubernetes/common/service.yaml "port not a number" "port: 80" "port: eighty"
+break_one kubernetes deploy/kubernetes/common/service.yaml "Service targets the app's port" "targetPort: 8080" "targetPort: 3000"
+break_one kubernetes deploy/kubernetes/podmonitor.yaml "PodMonitor names no declared port" "port: admin" "port: metrics"
 break_one kubernetes deploy/kubernetes/kustomization.yaml "missing resource" "  - deployment.yaml" "  - deployments.yaml"
 break_one compose deploy/compose/compose.yaml "misspelt key" "    environment:" "    enviroment:"
 break_one compose deploy/compose/outrigger.yaml "upstream host that is not a service" "http://legacy:3000" "http://legacy-app:3000"
@@ -52,5 +54,6 @@ break_one live deploy/grafana/outrigger.json "metric name typo" "outrigger_retri
 break_one live deploy/grafana/outrigger.json "label value that never occurs" 'result=\"success\"' 'result=\"succeeded\"'
 break_one live deploy/prometheus/alerts.yml "rule Prometheus cannot load" "rate(outrigger_requests_total{code" "rate(outrigger_requests_total[5m]{code"
 
-printf '%s\n' "${summary[@]}"
-! printf '%s\n' "${summary[@]}" | grep -qv '^caught'
+report=$(printf '%s\n' "${summary[@]}")
+echo "$report"
+! grep -qv '^caught' <<<"$report"

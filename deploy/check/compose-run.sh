@@ -23,7 +23,11 @@ done
 
 bash deploy/check/build-images.sh dev "$2" "$3"
 trap '"${compose[@]}" down >/dev/null 2>&1 || true' EXIT
-"${compose[@]}" up -d --no-build legacy outrigger >/dev/null 2>&1
+if ! output=$("${compose[@]}" up -d --no-build legacy outrigger 2>&1); then
+    echo "FAIL: podman-compose up:"
+    echo "$output"
+    exit 1
+fi
 
 # wait_for WHAT COMMAND...: retries COMMAND for up to 20 s.
 wait_for() {
@@ -46,7 +50,7 @@ for i in $(seq 20); do
     curl -s -o /dev/null "http://127.0.0.1:8080/conversations/$((i % 2))"
     curl -s -o /dev/null http://127.0.0.1:8080/feed
 done
-if ! headers http://127.0.0.1:8080/conversations/1 | grep -qi '^x-outrigger-attempts'; then
+if ! grep -qi '^x-outrigger-attempts' <<<"$(headers http://127.0.0.1:8080/conversations/1)"; then
     echo "FAIL: a request through outrigger did not reach the legacy service"
     exit 1
 fi
@@ -75,8 +79,10 @@ curl -s -o /dev/null -X POST http://127.0.0.1:3000/admin/heal
 wait_for "/health to report the upstream healthy again" status_is 200 http://127.0.0.1:9901/health
 echo "ok: healed backend: /health is 200 again"
 
+container=$(podman ps -q --filter label=io.podman.compose.project=outrigger-demo \
+    --filter label=com.docker.compose.service=outrigger)
 "${compose[@]}" stop outrigger >/dev/null 2>&1
-code=$(podman inspect --format '{{.State.ExitCode}}' outrigger-demo_outrigger_1)
+code=$(podman inspect --format '{{.State.ExitCode}}' "$container")
 if [[ $code != 0 ]]; then
     echo "FAIL: outrigger exited with $code on stop"
     exit 1

@@ -77,8 +77,8 @@ start=$(date +%s%N)
 "${podman[@]}" stop -t 30 "$container" >/dev/null
 elapsed_ms=$((($(date +%s%N) - start) / 1000000))
 code=$("${podman[@]}" inspect --format '{{.State.ExitCode}}' "$container")
-if [[ $code != 0 ]] || ((elapsed_ms > 15000)) \
-    || ! "${podman[@]}" logs "$container" 2>&1 | grep -q '"message":"stopped"'; then
+logs=$("${podman[@]}" logs "$container" 2>&1)
+if [[ $code != 0 ]] || ((elapsed_ms > 15000)) || ! grep -q '"message":"stopped"' <<<"$logs"; then
     echo "FAIL: podman stop: exit code $code after ${elapsed_ms} ms"
     "${podman[@]}" logs "$container" | tail -20
     exit 1

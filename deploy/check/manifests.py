@@ -8,6 +8,10 @@ fails with a message naming the file.
   manifests.py configmap-config FILE  the outrigger.yaml held in a ConfigMap, for `outrigger check`
   manifests.py compose-paths FILE     every build context, Dockerfile and bind-mounted file of a
                                      Compose file exists (a moved file breaks `up`)
+  manifests.py wiring PODMONITOR RENDERED  the rendered Service sends traffic to outrigger's
+                                     proxy port, never the app's; the PodMonitor (no schema
+                                     for its CRD ships with kubernetes-validate) selects the
+                                     Deployment's pods and names a port they declare
   manifests.py static-sd FILE         a Prometheus config with kubernetes_sd_configs replaced by
                                      empty static_configs: Debian's promtool is built without
                                      Kubernetes discovery, and everything else still gets checked
@@ -72,6 +76,41 @@ def compose_paths(path):
     return f"ok: {path}: {checked} build contexts, Dockerfiles and mounted files exist"
 
 
+def wiring(path, rendered):
+    with open(path) as f:
+        monitor = yaml.safe_load(f)
+    with open(rendered) as f:
+        documents = [d for d in yaml.safe_load_all(f) if d]
+    deployments = [d for d in documents if d.get("kind") == "Deployment"]
+    services = [d for d in documents if d.get("kind") == "Service"]
+    if monitor.get("kind") != "PodMonitor" or len(deployments) != 1 or len(services) != 1:
+        fail(f"{path}: expected a PodMonitor, and one Deployment and one Service in {rendered}")
+    template = deployments[0]["spec"]["template"]
+    labels = template["metadata"].get("labels", {})
+    containers = template["spec"].get("containers", []) + template["spec"].get("initContainers", [])
+
+    def selects(selector, what):
+        if not selector or any(labels.get(k) != v for k, v in selector.items()):
+            fail(f"{what}: selector {selector} does not match the pod labels {labels}")
+
+    service = services[0]
+    selects(service["spec"].get("selector"), f"{rendered}: Service")
+    outrigger = [c for c in containers if c["name"] == "outrigger"]
+    proxy = [p["containerPort"] for c in outrigger for p in c.get("ports", []) if p.get("name") == "proxy"]
+    for port in service["spec"]["ports"]:
+        if [port.get("targetPort")] != proxy:
+            fail(f"{rendered}: Service port {port.get('name')} targets {port.get('targetPort')!r}, "
+                 f"not outrigger's proxy port {proxy}")
+
+    selects(monitor["spec"]["selector"]["matchLabels"], f"{path}")
+    ports = {p.get("name") for c in containers for p in c.get("ports", [])}
+    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+        if endpoint.get("port") not in ports:
+            fail(f"{path}: port {endpoint.get('port')!r} is not declared; the pod has {sorted(ports)}")
+    return (f"ok: the Service targets outrigger's proxy port {proxy[0]}; "
+            f"{os.path.basename(path)} selects the pods and scrapes a port they declare")
+
+
 def static_sd(path):
     with open(path) as f:
         config = yaml.safe_load(f)
@@ -91,10 +130,11 @@ def main():
         "configmap-config": configmap_config,
         "compose-paths": compose_paths,
         "static-sd": static_sd,
+        "wiring": wiring,
     }
-    if len(sys.argv) != 3 or sys.argv[1] not in commands:
+    if len(sys.argv) < 3 or sys.argv[1] not in commands:
         sys.exit(__doc__)
-    print(commands[sys.argv[1]](sys.argv[2]))
+    print(commands[sys.argv[1]](*sys.argv[2:]))
 
 
 if __name__ == "__main__":
