@@ -15,6 +15,7 @@ trap 'rm -rf "$work"; podman rmi -f "localhost/outrigger-binaries:$tag" >/dev/nu
 mkdir -p "$work/out"
 cp "$2" "$work/out/outrigger"
 cp "$3" "$work/out/legacy-service"
+strip "$work/out/outrigger" "$work/out/legacy-service"   # as the builder stage does
 tar -C "$work" -c out | podman import --quiet - "localhost/outrigger-binaries:$tag" >/dev/null
 for target in outrigger legacy; do
     image=localhost/outrigger:$tag
