@@ -7,20 +7,20 @@
 # `podman import` and passed to the Dockerfile as BINARY_FROM; the final stages are built
 # exactly as in a normal multi-stage build.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 tag=$1
 work=$(mktemp -d)
-trap 'rm -rf "$work"; podman rmi -f "localhost/outrigger-binaries:$tag" >/dev/null 2>&1 || true' EXIT
+trap 'rm -rf "$work"; "${podman[@]}" rmi -f "localhost/outrigger-binaries:$tag" >/dev/null 2>&1 || true' EXIT
 
 mkdir -p "$work/out"
 cp "$2" "$work/out/outrigger"
 cp "$3" "$work/out/legacy-service"
 strip "$work/out/outrigger" "$work/out/legacy-service"   # as the builder stage does
-tar -C "$work" -c out | podman import --quiet - "localhost/outrigger-binaries:$tag" >/dev/null
+tar -C "$work" -c out | "${podman[@]}" import --quiet - "localhost/outrigger-binaries:$tag" >/dev/null
 for target in outrigger legacy; do
     image=localhost/outrigger:$tag
     [[ $target == legacy ]] && image=localhost/outrigger-legacy:$tag
-    # crun, podman's default runtime, refuses this machine's hybrid cgroup layout; runc works.
-    podman --runtime runc build --quiet --pull=never -f deploy/Dockerfile --target "$target" \
+    "${podman[@]}" build --quiet --pull=never -f deploy/Dockerfile --target "$target" \
         --build-arg "BINARY_FROM=localhost/outrigger-binaries:$tag" -t "$image" . >/dev/null
 done

@@ -10,8 +10,10 @@
 # root, as root). It replaces local images outrigger:dev and outrigger-legacy:dev and needs
 # 127.0.0.1 ports 3000, 8080 and 9901 free. Traffic goes to those loopback ports only.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
-compose=("$1" --podman-args="--runtime runc"
+# podman-compose gets the same podman options (the runtime) through --podman-args.
+compose=("$1" --podman-args="${podman[*]:1}"
     --podman-run-args="--ulimit nofile=1024:1024 --ulimit nproc=1024:1024"
     -f deploy/compose/compose.yaml)
 for port in 3000 8080 9901; do
@@ -29,23 +31,16 @@ if ! output=$("${compose[@]}" up -d --no-build legacy outrigger 2>&1); then
     exit 1
 fi
 
-# wait_for WHAT COMMAND...: retries COMMAND for up to 20 s.
-wait_for() {
-    local what=$1
-    shift
-    for _ in $(seq 100); do
-        if "$@"; then return 0; fi
-        sleep 0.2
-    done
-    echo "FAIL: timed out waiting for $what"
+# wait_or_show_logs WHAT COMMAND...: wait_for, showing outrigger's last log lines if it times out.
+wait_or_show_logs() {
+    wait_for "$@" && return 0
     "${compose[@]}" logs outrigger 2>&1 | tail -20
     exit 1
 }
-status_is() { [[ $(curl -s -o /dev/null -w '%{http_code}' "$2") == "$1" ]]; }
 headers() { curl -s -D - -o /dev/null "$1"; }
 
-wait_for "outrigger /ready" status_is 200 http://127.0.0.1:9901/ready
-wait_for "the upstream to be healthy" status_is 200 http://127.0.0.1:9901/health
+wait_or_show_logs "outrigger /ready" status_is 200 http://127.0.0.1:9901/ready
+wait_or_show_logs "the upstream to be healthy" status_is 200 http://127.0.0.1:9901/health
 for i in $(seq 20); do
     curl -s -o /dev/null "http://127.0.0.1:8080/conversations/$((i % 2))"
     curl -s -o /dev/null http://127.0.0.1:8080/feed
@@ -58,31 +53,30 @@ echo "ok: requests reach the legacy service through outrigger by its Compose nam
 
 curl -s -o /dev/null -X POST http://127.0.0.1:3000/admin/break
 stale=$(headers http://127.0.0.1:8080/conversations/1)
-feed=$(curl -s -D "${TMPDIR:-/tmp}/feed-headers.$$" http://127.0.0.1:8080/feed)
-feed_headers=$(cat "${TMPDIR:-/tmp}/feed-headers.$$")
-rm -f "${TMPDIR:-/tmp}/feed-headers.$$"
+feed=$(curl -s -i http://127.0.0.1:8080/feed)
 if ! grep -qi '^x-outrigger-stale' <<<"$stale" || ! grep -q '^HTTP/1.1 200' <<<"$stale"; then
     echo "FAIL: no stale copy while the backend is broken:"
     echo "$stale"
     exit 1
 fi
-if [[ $feed != '{"items": []}' ]] || ! grep -qi '^x-outrigger-fallback' <<<"$feed_headers"; then
-    echo "FAIL: no fallback while the backend is broken: $feed"
-    echo "$feed_headers"
+# The body is the last line of curl -i's output.
+if [[ ${feed##*$'\n'} != '{"items": []}' ]] || ! grep -qi '^x-outrigger-fallback' <<<"$feed"; then
+    echo "FAIL: no fallback while the backend is broken:"
+    echo "$feed"
     exit 1
 fi
 echo "ok: broken backend: /conversations answered from a stale copy, /feed from its fallback"
-wait_for "/health to report the upstream down" status_is 503 http://127.0.0.1:9901/health
+wait_or_show_logs "/health to report the upstream down" status_is 503 http://127.0.0.1:9901/health
 echo "ok: the health check reports the upstream down"
 
 curl -s -o /dev/null -X POST http://127.0.0.1:3000/admin/heal
-wait_for "/health to report the upstream healthy again" status_is 200 http://127.0.0.1:9901/health
+wait_or_show_logs "/health to report the upstream healthy again" status_is 200 http://127.0.0.1:9901/health
 echo "ok: healed backend: /health is 200 again"
 
-container=$(podman ps -q --filter label=io.podman.compose.project=outrigger-demo \
+container=$("${podman[@]}" ps -q --filter label=io.podman.compose.project=outrigger-demo \
     --filter label=com.docker.compose.service=outrigger)
 "${compose[@]}" stop outrigger >/dev/null 2>&1
-code=$(podman inspect --format '{{.State.ExitCode}}' "$container")
+code=$("${podman[@]}" inspect --format '{{.State.ExitCode}}' "$container")
 if [[ $code != 0 ]]; then
     echo "FAIL: outrigger exited with $code on stop"
     exit 1

@@ -7,13 +7,12 @@
 # Usage: image.sh OUTRIGGER_BINARY LEGACY_BINARY   (run from the repository root, as root)
 # Traffic stays on 127.0.0.1.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 outrigger_bin=$1
 legacy_bin=$2
 tag=ci-$$
 container=outrigger-check-$$
-# crun, podman's default, refuses this machine's hybrid cgroup layout; runc runs fine.
-podman=(podman --runtime runc)
 work=$(mktemp -d)
 legacy_pid=
 
@@ -25,10 +24,6 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 bash deploy/check/build-images.sh "$tag" "$outrigger_bin" "$legacy_bin"
 user=$("${podman[@]}" image inspect --format '{{.Config.User}}' "localhost/outrigger:$tag")
@@ -48,16 +43,7 @@ legacy_pid=$!
     -e "OUTRIGGER_UPSTREAM=http://localhost:$backend" \
     "localhost/outrigger:$tag" >/dev/null
 
-ready=
-for _ in $(seq 100); do
-    if [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$admin/ready") == 200 ]]; then
-        ready=yes
-        break
-    fi
-    sleep 0.2
-done
-if [[ -z $ready ]]; then
-    echo "FAIL: /ready never answered 200"
+if ! wait_for "/ready to answer 200" status_is 200 "http://127.0.0.1:$admin/ready"; then
     "${podman[@]}" logs "$container" | tail -20
     exit 1
 fi

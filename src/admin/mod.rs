@@ -54,11 +54,10 @@ fn health(app: &App) -> Response<ResponseBody> {
     let rt = app.proxy.runtime();
     let mut degraded = false;
     let circuits: Vec<String> = rt
-        .routes_with_state()
-        .filter_map(|(route, state)| {
-            let s = state.breaker.as_ref()?.state();
+        .circuit_states()
+        .map(|(route, s)| {
             degraded |= s == State::Open;
-            Some(format!(r#""{}":"{}""#, route.name, s.label()))
+            format!(r#""{}":"{}""#, route.name, s.label())
         })
         .collect();
     let status = if degraded { "degraded" } else { "healthy" };
@@ -89,14 +88,9 @@ fn ready(app: &App) -> bool {
 }
 
 fn metrics(app: &App) -> Response<ResponseBody> {
-    // A breaker changes state when asked. Ask each one now, so a route that went idle while
-    // its circuit was open reads half-open once open_duration has passed, as it would to
-    // the next request, instead of "open" for as long as no request comes.
-    for (_, state) in app.proxy.runtime().routes_with_state() {
-        if let Some(breaker) = &state.breaker {
-            breaker.state();
-        }
-    }
+    // Asking each breaker brings its gauge up to date, so a route that went idle while its
+    // circuit was open reads half-open once open_duration has passed, not "open" forever.
+    app.proxy.runtime().circuit_states().for_each(drop);
     let mut resp = Response::new(ResponseBody::full(app.metrics.render()));
     resp.headers_mut().insert(
         CONTENT_TYPE,

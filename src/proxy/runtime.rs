@@ -14,7 +14,7 @@ use super::upstream::{self, HttpClient};
 use crate::config::{Config, Route};
 use crate::metrics::Metrics;
 use crate::resilience::budget::RetryBudget;
-use crate::resilience::circuit::{Breaker, BreakerMetrics};
+use crate::resilience::circuit::{Breaker, BreakerMetrics, State};
 use crate::resilience::coalesce::Coalescer;
 use crate::resilience::rate_limit::RateLimiter;
 use crate::resilience::store::{ResponseStore, StorePolicy};
@@ -67,6 +67,14 @@ impl Runtime {
     /// Every route with its state.
     pub fn routes_with_state(&self) -> impl Iterator<Item = (&Route, &RouteState)> {
         self.routes().zip(self.states.iter())
+    }
+
+    /// Each route that has a circuit breaker, with the breaker's state now. Asking is what
+    /// moves an open breaker whose open_duration has run out to half-open (and updates its
+    /// gauge), so every reader of circuit states goes through here.
+    pub fn circuit_states(&self) -> impl Iterator<Item = (&Route, State)> {
+        self.routes_with_state()
+            .filter_map(|(route, state)| Some((route, state.breaker.as_ref()?.state())))
     }
 
     /// The route a request takes (first match, else `default`) and its state.
