@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue, AGE, RETRY_AFTER};
-use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -93,13 +92,22 @@ enum Joined {
 impl Proxy {
     /// Forwards an admitted request; every outcome is a response.
     pub(super) async fn forward(&self, ctx: &Ctx<'_>, req: Request<Incoming>) -> Answer {
-        let (parts, body) = req.into_parts();
-        let store = ctx.state.store.as_ref();
-        let key = store.and_then(|s| s.key(&parts.method, &parts.uri, &parts.headers));
-        if let Some(answer) = self.cached(ctx, &parts, key.as_deref(), "hit") {
+        let (mut parts, body) = req.into_parts();
+        // The head is rewritten first: the store key, `Vary` and the idempotency key are all
+        // read from exactly what the upstream will receive.
+        let Ok(head) = Head::from_client(
+            &mut parts,
+            &ctx.rt.config.upstream,
+            ctx.peer,
+            ctx.request_id,
+        ) else {
+            return Answer::refused(StatusCode::BAD_REQUEST, "the request target is not valid");
+        };
+        let key = store_key(ctx.state, &head);
+        if let Some(answer) = self.cached(ctx, &head, key.as_deref(), "hit") {
             return answer;
         }
-        let flight = match self.coalesce(ctx, &parts, key.as_ref()).await {
+        let flight = match self.coalesce(ctx, &head, key.as_ref()).await {
             Joined::Served(answer) => return *answer,
             Joined::Leader(flight) => Some(flight),
             Joined::Alone => None,
@@ -121,32 +129,23 @@ impl Proxy {
                 .with_label_values(&[&ctx.route.name, kind])
                 .inc();
         }
-        let request = Request::from_parts(parts, body);
-        self.forward_upstream(ctx, request, key, flight, faults)
+        self.forward_upstream(ctx, head, body, key, flight, faults)
             .await
             .with_fault(kind)
     }
 
-    /// Everything after the cache: head, body, fault, probe gate, rate limit, attempts.
+    /// Everything after the cache: body, fault, probe gate, rate limit, attempts.
     async fn forward_upstream(
         &self,
         ctx: &Ctx<'_>,
-        req: Request<Incoming>,
+        head: Head,
+        body: Incoming,
         key: Option<Key>,
         flight: Option<Flight>,
         faults: Faults,
     ) -> Answer {
-        let (mut parts, body) = req.into_parts();
         let store = ctx.state.store.as_ref();
-        let may_resend = retry::may_resend(&ctx.route.policy.retry, &parts.method, &parts.headers);
-        let Ok(head) = Head::from_client(
-            &mut parts,
-            &ctx.rt.config.upstream,
-            ctx.peer,
-            ctx.request_id,
-        ) else {
-            return Answer::refused(StatusCode::BAD_REQUEST, "the request target is not valid");
-        };
+        let may_resend = retry::may_resend(&ctx.route.policy.retry, &head.method, &head.headers);
         let limit = ctx.rt.config.limits.request_body_buffer;
         // Over HTTP/2 a refused stream may be resent whatever the method, so small bodies
         // are kept for that case too.
@@ -168,8 +167,9 @@ impl Proxy {
             }
         };
         let request_headers = head.headers.clone();
+        let method = head.method.clone();
         let failed = |reason| Failed {
-            method: &parts.method,
+            method: &method,
             stale_key: key.as_deref(),
             headers: &request_headers,
             reason,
@@ -243,14 +243,7 @@ impl Proxy {
         let n = finished.attempts;
         let reason = match finished.ended {
             Ended::Answered(resp) if !is_error(resp.status()) => {
-                let tee = tee(
-                    store,
-                    key,
-                    &parts.method,
-                    request_headers.clone(),
-                    &resp,
-                    flight,
-                );
+                let tee = tee(store, key, &method, request_headers.clone(), &resp, flight);
                 let resp = resp.map(|b| match tee {
                     Some(tee) => ResponseBody::upstream_tee(b, tee),
                     None => ResponseBody::upstream(b),
@@ -281,13 +274,13 @@ impl Proxy {
     fn cached(
         &self,
         ctx: &Ctx<'_>,
-        parts: &Parts,
+        head: &Head,
         key: Option<&[u8]>,
         result: &str,
     ) -> Option<Answer> {
         ctx.route.policy.cache.as_ref()?;
-        let (stored, age) = ctx.state.store.as_ref()?.fresh(key?, &parts.headers)?;
-        let body = if parts.method == Method::HEAD {
+        let (stored, age) = ctx.state.store.as_ref()?.fresh(key?, &head.headers)?;
+        let body = if head.method == Method::HEAD {
             Default::default()
         } else {
             stored.body.clone()
@@ -306,7 +299,7 @@ impl Proxy {
     }
 
     /// Joins the coalescing flight for a cache miss, waiting for the leader if there is one.
-    async fn coalesce(&self, ctx: &Ctx<'_>, parts: &Parts, key: Option<&Key>) -> Joined {
+    async fn coalesce(&self, ctx: &Ctx<'_>, head: &Head, key: Option<&Key>) -> Joined {
         let Some(cache) = ctx.route.policy.cache.as_ref() else {
             return Joined::Alone;
         };
@@ -317,7 +310,7 @@ impl Proxy {
                 .with_label_values(&[&ctx.route.name, "miss"])
                 .inc()
         };
-        if !cache.coalesce || parts.method != Method::GET {
+        if !cache.coalesce || head.method != Method::GET {
             miss();
             return Joined::Alone;
         }
@@ -334,9 +327,9 @@ impl Proxy {
             miss();
             let reason = Reason::Failure(Failure::Timeout);
             let failed = Failed {
-                method: &parts.method,
+                method: &head.method,
                 stale_key: Some(key),
-                headers: &parts.headers,
+                headers: &head.headers,
                 reason,
             };
             let answer = match degrade::answer(ctx.route, ctx.state, &self.metrics, &failed) {
@@ -345,14 +338,14 @@ impl Proxy {
             };
             return Joined::Served(Box::new(answer));
         };
-        if let Some(answer) = self.cached(ctx, parts, Some(key), "coalesced") {
+        if let Some(answer) = self.cached(ctx, head, Some(key), "coalesced") {
             return Joined::Served(Box::new(answer));
         }
         if let Some(reason) = leader_failed {
             let failed = Failed {
-                method: &parts.method,
+                method: &head.method,
                 stale_key: Some(key),
-                headers: &parts.headers,
+                headers: &head.headers,
                 reason,
             };
             if let Some((resp, outcome)) =
@@ -365,6 +358,15 @@ impl Proxy {
         miss();
         Joined::Alone
     }
+}
+
+/// The store key for a request head, when the route has a store and privacy allows.
+pub(super) fn store_key(state: &RouteState, head: &Head) -> Option<Key> {
+    let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    state
+        .store
+        .as_ref()?
+        .key(&head.method, target, &head.headers)
 }
 
 /// A copier into the store when this response may be kept.

@@ -141,7 +141,7 @@ impl Proxy {
             (refused, Outcome::Error, 0)
         } else if guard.is_none() {
             self.metrics.shed.inc();
-            let (resp, outcome) = self.shed(route, state, &req);
+            let (resp, outcome) = self.shed(&rt, route, state, req, peer, &request_id);
             (resp, outcome, 0)
         } else {
             let ctx = Ctx {
@@ -213,21 +213,26 @@ impl Proxy {
     /// The answer to a request shed for load: stale, fallback or 503 `overloaded`.
     fn shed(
         &self,
+        rt: &Runtime,
         route: &Route,
         state: &RouteState,
-        req: &Request<Incoming>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        request_id: &HeaderValue,
     ) -> (Response<ResponseBody>, Outcome) {
-        let key = state
-            .store
-            .as_ref()
-            .and_then(|s| s.key(req.method(), req.uri(), req.headers()));
-        let failed = Failed {
-            method: req.method(),
-            stale_key: key.as_deref(),
-            headers: req.headers(),
-            reason: Reason::Failure(Failure::Overloaded),
-        };
-        degrade::answer(route, state, &self.metrics, &failed)
-            .unwrap_or_else(|| (respond::failure(Failure::Overloaded), Outcome::Error))
+        let (mut parts, _) = req.into_parts();
+        // Stale copies are looked up as forwarding would: from the head the upstream gets.
+        let head = upstream::Head::from_client(&mut parts, &rt.config.upstream, peer, request_id);
+        let degraded = head.ok().and_then(|head| {
+            let key = forward::store_key(state, &head);
+            let failed = Failed {
+                method: &head.method,
+                stale_key: key.as_deref(),
+                headers: &head.headers,
+                reason: Reason::Failure(Failure::Overloaded),
+            };
+            degrade::answer(route, state, &self.metrics, &failed)
+        });
+        degraded.unwrap_or_else(|| (respond::failure(Failure::Overloaded), Outcome::Error))
     }
 }

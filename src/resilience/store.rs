@@ -10,10 +10,14 @@
 //!   header is one of `key_headers` (and then its value is part of the key);
 //! - a response marked `Cache-Control: no-store` or `private`, one that sets a cookie, or one
 //!   with `Vary: *` is never stored (`no-cache` ones are kept for stale use only);
-//! - headers a response `Vary`s on are remembered with their request values and must match
-//!   on lookup;
-//! - the key holds the client's `Host` (a backend may serve several tenants by host) and
-//!   the exact bytes of each key header, so two different values never share a key.
+//! - headers a response `Vary`s on are remembered with all their request values and must
+//!   match, line for line, on lookup;
+//! - the key holds the client's host (a backend may serve several tenants by host) and
+//!   the exact bytes of each key header, so two different values never share a key;
+//! - key, `Vary` values and lookups all read one set of headers: the request head as the
+//!   upstream receives it (`proxy::upstream::Head`). A header the upstream never saw (one
+//!   that `Connection` names, say) cannot then be in a key, and a `Vary` on a header the
+//!   proxy sets (`X-Forwarded-For`) compares the value the upstream answered for.
 //!
 //! Bounds: `max_entries` and `max_bytes` (least recently used goes first); a response over
 //! 1 MiB is never kept, and copies still streaming count against `max_bytes` too. The copy
@@ -26,7 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode, Uri};
+use http::{Method, StatusCode};
 use tokio::time::Instant;
 
 use super::lru::Lru;
@@ -40,6 +44,9 @@ fn push_field(key: &mut Key, field: &[u8]) {
     key.extend_from_slice(field);
 }
 
+/// The client's host as the proxy forwards it (set or removed on every request).
+static FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// The largest response body ever stored.
 pub const MAX_STORED_BODY: usize = 1 << 20;
 
@@ -51,8 +58,8 @@ pub struct Stored {
     pub stored_at: Instant,
     /// How long it may be served without asking the upstream (zero: never).
     fresh_for: Duration,
-    /// Request headers the response varies on, with the values they had.
-    vary: Vec<(HeaderName, Option<HeaderValue>)>,
+    /// Request headers the response varies on, with every value they had (in order).
+    vary: Vec<(HeaderName, Vec<HeaderValue>)>,
 }
 
 impl Stored {
@@ -65,10 +72,12 @@ impl Stored {
         (self.body.len() + headers + 128) as u64
     }
 
+    /// Whether `request` (the headers the upstream would receive) has exactly the values
+    /// this copy was stored with, every line of each `Vary` header compared.
     fn varies_with(&self, request: &HeaderMap) -> bool {
         self.vary
             .iter()
-            .all(|(name, value)| request.get(name) == value.as_ref())
+            .all(|(name, values)| request.get_all(name).iter().eq(values.iter()))
     }
 }
 
@@ -148,7 +157,13 @@ impl ResponseStore {
     }
 
     /// The key for a request, or `None` when privacy rules forbid storing or serving it.
-    pub fn key(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<Key> {
+    ///
+    /// `headers` must be the request head as the upstream receives it (hop-by-hop headers
+    /// and the ones `Connection` names already removed, forwarding headers set), and
+    /// `target` the path and query sent: a key made from anything else could file the
+    /// upstream's answer for one request under another's key. The client's host is the
+    /// `X-Forwarded-Host` the proxy set.
+    pub fn key(&self, method: &Method, target: &str, headers: &HeaderMap) -> Option<Key> {
         if method != Method::GET && method != Method::HEAD {
             return None;
         }
@@ -158,18 +173,12 @@ impl ResponseStore {
             }
         }
         let host = headers
-            .get(header::HOST)
+            .get(&FORWARDED_HOST)
             .map(HeaderValue::as_bytes)
-            .or_else(|| uri.authority().map(|a| a.as_str().as_bytes()))
             .unwrap_or_default();
         let mut key = Vec::with_capacity(128);
         push_field(&mut key, host);
-        push_field(
-            &mut key,
-            uri.path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .as_bytes(),
-        );
+        push_field(&mut key, target.as_bytes());
         for name in &self.policy.key_headers {
             push_field(&mut key, name.as_str().as_bytes());
             for value in headers.get_all(name) {
@@ -217,8 +226,8 @@ impl ResponseStore {
             .flat_map(|v| v.split(','))
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
             .map(|name| {
-                let value = request.get(&name).cloned();
-                (name, value)
+                let values = request.get_all(&name).iter().cloned().collect();
+                (name, values)
             })
             .collect();
         let fresh_for = self
@@ -359,36 +368,44 @@ mod tests {
 
     #[test]
     fn private_requests_get_no_key_unless_keyed() {
-        let uri: Uri = "/me?x=1".parse().unwrap();
+        let uri = "/me?x=1";
         let plain = store(10, 1 << 20, vec![]);
-        assert!(plain.key(&Method::GET, &uri, &HeaderMap::new()).is_some());
-        let a_host = plain.key(&Method::GET, &uri, &headers(&[("host", "a.example")]));
-        let b_host = plain.key(&Method::GET, &uri, &headers(&[("host", "b.example")]));
+        assert!(plain.key(&Method::GET, uri, &HeaderMap::new()).is_some());
+        let a_host = plain.key(
+            &Method::GET,
+            uri,
+            &headers(&[("x-forwarded-host", "a.example")]),
+        );
+        let b_host = plain.key(
+            &Method::GET,
+            uri,
+            &headers(&[("x-forwarded-host", "b.example")]),
+        );
         assert_ne!(a_host, b_host, "tenants by host never share a copy");
         assert!(plain
             .key(
                 &Method::GET,
-                &uri,
+                uri,
                 &headers(&[("authorization", "Bearer a")])
             )
             .is_none());
         assert!(plain
-            .key(&Method::GET, &uri, &headers(&[("cookie", "s=1")]))
+            .key(&Method::GET, uri, &headers(&[("cookie", "s=1")]))
             .is_none());
-        assert!(plain.key(&Method::POST, &uri, &HeaderMap::new()).is_none());
+        assert!(plain.key(&Method::POST, uri, &HeaderMap::new()).is_none());
 
         let keyed = store(10, 1 << 20, vec![header::AUTHORIZATION]);
         let a = keyed.key(
             &Method::GET,
-            &uri,
+            uri,
             &headers(&[("authorization", "Bearer a")]),
         );
         let b = keyed.key(
             &Method::GET,
-            &uri,
+            uri,
             &headers(&[("authorization", "Bearer b")]),
         );
-        let none = keyed.key(&Method::GET, &uri, &HeaderMap::new());
+        let none = keyed.key(&Method::GET, uri, &HeaderMap::new());
         assert!(a.is_some() && b.is_some() && none.is_some());
         assert_ne!(a, b);
         assert_ne!(a, none);
