@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use http::Response;
 use hyper::body::Incoming;
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::body::Prepared;
@@ -146,17 +146,13 @@ impl Attempts<'_> {
         n: u32,
         permit: Option<Permit<'_>>,
     ) -> Result<Response<Incoming>, Failure> {
-        let policy = &self.route.policy.retry;
         let Some(body) = self.body.for_attempt() else {
             // Guarded by `next_backoff`: an attempt is only made when the body is available.
             return Err(Failure::Reset);
         };
         let started = Instant::now();
-        let per_try = policy
-            .per_try_timeout
-            .min(self.deadline.saturating_duration_since(started));
-        let result = match timeout(per_try, self.client.request(self.head.request(n, body))).await {
-            Err(_) => Err(Failure::Timeout),
+        let result = match self.send(n, body).await {
+            Err(failure) => Err(failure),
             Ok(Err(e)) => {
                 let failure = Failure::from_client_error(&e);
                 let error = super::failure::chain(&e);
@@ -170,7 +166,7 @@ impl Attempts<'_> {
             }
             Ok(Ok(resp)) => Ok(resp),
         };
-        if result.as_ref().err() == Some(&Failure::ClientBody) {
+        if result.as_ref().is_err_and(|f| f.is_client()) {
             // The client's body broke, not the upstream: nothing to count against it.
             return result;
         }
@@ -194,6 +190,37 @@ impl Attempts<'_> {
             .with_label_values(&[&self.route.name])
             .observe(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// Sends attempt `n` and waits for its response head. `per_try_timeout` starts once the
+    /// request body has been handed over: an upload in progress is the client's time. The
+    /// deadline bounds everything; when it passes while the client is still sending, the
+    /// failure is the client's (`ClientTimeout`), else the upstream's (`Timeout`).
+    async fn send(
+        &self,
+        n: u32,
+        body: super::body::UpstreamBody,
+    ) -> Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, Failure> {
+        let per_try = self.route.policy.retry.per_try_timeout;
+        let upload = self.body.upload();
+        let per_try_timer = async {
+            if let Some(upload) = upload {
+                upload.handed_over().await;
+            }
+            tokio::time::sleep(per_try).await;
+        };
+        tokio::select! {
+            biased;
+            result = self.client.request(self.head.request(n, body)) => Ok(result),
+            () = per_try_timer => Err(Failure::Timeout),
+            () = tokio::time::sleep_until(self.deadline) => {
+                if upload.is_some_and(|u| u.waiting_for_client()) {
+                    Err(Failure::ClientTimeout)
+                } else {
+                    Err(Failure::Timeout)
+                }
+            }
+        }
     }
 
     /// The wait before retry `n` and the breaker's leave for it (taken now, so a breaker

@@ -6,12 +6,19 @@
 //! hand it to the next attempt, while a body that has started to flow can never be sent
 //! twice.
 //!
+//! A streamed body also reports its [`Upload`]: whether it has been handed over whole and
+//! whether the proxy is waiting for the client to send more. The time a client takes to
+//! upload is the client's, so the per-try timeout starts only once the body is handed over,
+//! and a deadline that passes while the client is still sending is the client's failure,
+//! never the upstream's.
+//!
 //! Responses: the upstream's body streams straight through; proxy-made answers are one
 //! chunk. Either way the body carries a guard that keeps the request counted as in flight
 //! until the last byte has gone (or the client went away).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -20,6 +27,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::sync::Notify;
 
 use crate::resilience::coalesce::Flight;
 use crate::resilience::store::{Key, ResponseStore, MAX_STORED_BODY};
@@ -37,6 +45,7 @@ pub enum Prepared {
     /// Streams once; `None` in the slot once an attempt has started reading it.
     Streaming {
         slot: Arc<Mutex<Option<Streamed>>>,
+        upload: Arc<Upload>,
         length: Option<u64>,
         /// Larger than `request_body_buffer`: never retried, not even after a connect
         /// failure (SPEC §2).
@@ -49,6 +58,41 @@ pub enum Prepared {
 pub struct Streamed {
     pub prefix: VecDeque<Bytes>,
     pub rest: Incoming,
+    upload: Arc<Upload>,
+}
+
+/// How far a streamed request body got on its way to the upstream.
+#[derive(Debug, Default)]
+pub struct Upload {
+    /// The last byte was handed to the upstream connection.
+    done: AtomicBool,
+    /// The last read from the client found nothing yet: the client is the one we wait for.
+    waiting_for_client: AtomicBool,
+    finished: Notify,
+}
+
+impl Upload {
+    /// Resolves once the whole body has been handed over.
+    pub async fn handed_over(&self) {
+        let finished = self.finished.notified();
+        if !self.done.load(Ordering::Acquire) {
+            finished.await;
+        }
+    }
+
+    /// Whether the upload is unfinished because the client has not sent the rest yet.
+    pub fn waiting_for_client(&self) -> bool {
+        !self.done.load(Ordering::Acquire) && self.waiting_for_client.load(Ordering::Relaxed)
+    }
+
+    /// Notes one read from the client: `pending` when it had nothing yet, `end` when
+    /// nothing is left to send.
+    fn read(&self, pending: bool, end: bool) {
+        self.waiting_for_client.store(pending, Ordering::Relaxed);
+        if end && !self.done.swap(true, Ordering::AcqRel) {
+            self.finished.notify_waiters();
+        }
+    }
 }
 
 impl Prepared {
@@ -59,10 +103,24 @@ impl Prepared {
         length: Option<u64>,
         oversized: bool,
     ) -> Prepared {
+        let upload = Arc::new(Upload::default());
         Prepared::Streaming {
-            slot: Arc::new(Mutex::new(Some(Streamed { prefix, rest }))),
+            slot: Arc::new(Mutex::new(Some(Streamed {
+                prefix,
+                rest,
+                upload: Arc::clone(&upload),
+            }))),
+            upload,
             length,
             oversized,
+        }
+    }
+
+    /// The upload of a streamed body; `None` for a body held whole (handed over at once).
+    pub fn upload(&self) -> Option<&Upload> {
+        match self {
+            Prepared::Streaming { upload, .. } => Some(upload),
+            Prepared::Empty | Prepared::Buffered(_) => None,
         }
     }
 
@@ -133,11 +191,14 @@ impl Body for UpstreamBody {
                 }
                 UpstreamBody::Flowing(streamed) => {
                     if let Some(chunk) = streamed.prefix.pop_front() {
+                        let end = streamed.prefix.is_empty() && streamed.rest.is_end_stream();
+                        streamed.upload.read(false, end);
                         return Poll::Ready(Some(Ok(Frame::data(chunk))));
                     }
-                    return Pin::new(&mut streamed.rest)
-                        .poll_frame(cx)
-                        .map_err(|e| Box::new(e) as BoxError);
+                    let polled = Pin::new(&mut streamed.rest).poll_frame(cx);
+                    let end = matches!(polled, Poll::Ready(None)) || streamed.rest.is_end_stream();
+                    streamed.upload.read(polled.is_pending(), end);
+                    return polled.map_err(|e| Box::new(e) as BoxError);
                 }
             }
         }

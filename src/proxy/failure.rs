@@ -38,6 +38,10 @@ pub enum Failure {
     /// never counted against the upstream, never retried, answered 400.
     #[error("the request body could not be read")]
     ClientBody,
+    /// The deadline passed while the client was still sending its body: the client's time,
+    /// never counted against the upstream, answered 408 (REASON `client-body`).
+    #[error("the request body did not arrive in time")]
+    ClientTimeout,
 }
 
 impl Failure {
@@ -51,7 +55,7 @@ impl Failure {
             Failure::CircuitOpen => "circuit-open",
             Failure::Overloaded => "overloaded",
             Failure::RateLimited => "rate-limited",
-            Failure::ClientBody => "client-body",
+            Failure::ClientBody | Failure::ClientTimeout => "client-body",
         }
     }
 
@@ -65,7 +69,13 @@ impl Failure {
             Failure::CircuitOpen | Failure::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Failure::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Failure::ClientBody => StatusCode::BAD_REQUEST,
+            Failure::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
         }
+    }
+
+    /// Whether the client caused it: not counted against the upstream, never retried.
+    pub fn is_client(self) -> bool {
+        matches!(self, Failure::ClientBody | Failure::ClientTimeout)
     }
 
     /// Classifies an error of the pooled upstream client.

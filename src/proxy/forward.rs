@@ -251,8 +251,8 @@ impl Proxy {
                 return Answer::new(resp, Outcome::Upstream, n);
             }
             Ended::Answered(ref resp) => Reason::Status(resp.status()),
-            Ended::Failed(Failure::ClientBody) => {
-                return Answer::new(respond::failure(Failure::ClientBody), Outcome::Error, n);
+            Ended::Failed(f) if f.is_client() => {
+                return Answer::new(respond::failure(f), Outcome::Error, n);
             }
             Ended::Failed(f) => Reason::Failure(f),
         };

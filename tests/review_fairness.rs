@@ -1,0 +1,85 @@
+//! Fairness defects found by review: what one client does (upload slowly, stream a body,
+//! go away) must not be charged to the upstream or make other clients wait.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::{get, metric, within, Action, Backend, Sidecar};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends a POST head announcing `length` bytes, then `chunks` with `gap` between them, and
+/// returns the whole answer (the request asks for the connection to close).
+async fn post_slowly(addr: SocketAddr, length: usize, chunks: &[&[u8]], gap: Duration) -> String {
+    let mut stream = within(TcpStream::connect(addr)).await.expect("connect");
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    for chunk in chunks {
+        tokio::time::sleep(gap).await;
+        if stream.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    let mut out = Vec::new();
+    let _ = within(stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn stalled_uploads_are_the_clients_failure_and_never_open_the_breaker() {
+    let backend = Backend::start().await;
+    backend.set_default(Action::Echo);
+    let yaml = "defaults:\n  timeout: 1500ms\n  retry: { per_try_timeout: 300ms }\n  \
+                circuit_breaker: { min_requests: 4, failure_ratio: 0.5 }\n";
+    let sidecar = Sidecar::in_front_of(&backend, yaml).await;
+
+    // Eight clients announce 10 bytes, send 5, and stall.
+    let stalled: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = sidecar.addr;
+            tokio::spawn(async move {
+                post_slowly(addr, 10, &[b"hello"], Duration::from_millis(10)).await
+            })
+        })
+        .collect();
+    for client in stalled {
+        let answer = client.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("\"reason\":\"client-body\""), "{answer}");
+    }
+
+    let metrics = sidecar.metrics().await;
+    let timeouts = metric(
+        &metrics,
+        "outrigger_upstream_attempts_total",
+        &[("result", "timeout")],
+    );
+    assert_eq!(
+        timeouts, 0.0,
+        "a stalled upload counted as an upstream timeout"
+    );
+    let (status, _, body) = get(&sidecar.url("/healthy")).await;
+    assert_eq!(
+        status, 200,
+        "the breaker opened on a healthy upstream: {body}"
+    );
+}
+
+#[tokio::test]
+async fn an_upload_longer_than_per_try_timeout_reaches_the_upstream_whole() {
+    let backend = Backend::start().await;
+    backend.set_default(Action::Echo);
+    let yaml = "defaults:\n  timeout: 5s\n  retry: { per_try_timeout: 300ms }\n";
+    let sidecar = Sidecar::in_front_of(&backend, yaml).await;
+
+    // Ten bytes, one every 100 ms: the upload alone outlasts the per-try timeout threefold.
+    let bytes: Vec<&[u8]> = b"0123456789".chunks(1).collect();
+    let answer = post_slowly(sidecar.addr, 10, &bytes, Duration::from_millis(100)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("0123456789"), "{answer}");
+    assert_eq!(backend.received()[0].body, b"0123456789");
+}
