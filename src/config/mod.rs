@@ -6,11 +6,13 @@
 //! - `yaml`: the YAML library, behind one function.
 //! - `validate`: defaults, merging routes over `defaults`, range checks.
 //! - `types`: the validated result the rest of the crate reads.
+//! - `path`: the normal form of request paths that route matching compares.
 //!
 //! Precedence is flag > environment > file > built-in default. Clap already folds flags over
 //! environment variables, so this module only sees "what the command line said" as
 //! [`Overrides`] and lays it over the file.
 
+pub mod path;
 pub mod raw;
 pub mod types;
 pub mod units;

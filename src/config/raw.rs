@@ -350,6 +350,12 @@ impl TryFrom<ConditionText> for Condition {
 #[serde(try_from = "String")]
 pub struct Rate(pub f64);
 
+impl Rate {
+    /// The smallest rate, one token an hour, in tokens per second. Anything slower is a
+    /// switch-off in disguise, and rates like `1e-20/s` give waits no clock can hold.
+    pub const MIN: f64 = 1.0 / 3600.0;
+}
+
 impl TryFrom<String> for Rate {
     type Error = String;
     fn try_from(text: String) -> Result<Self, String> {
@@ -365,7 +371,12 @@ impl TryFrom<String> for Rate {
         if !(count.is_finite() && count > 0.0) {
             return Err(format!("`{text}` must be more than zero"));
         }
-        Ok(Rate(count / per_secs))
+        let rate = count / per_secs;
+        // A little below MIN, so that `1/h` itself passes whatever the rounding.
+        if rate < Rate::MIN * (1.0 - 1e-9) {
+            return Err(format!("`{text}` is less than the smallest rate, 1/h"));
+        }
+        Ok(Rate(rate))
     }
 }
 

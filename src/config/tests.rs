@@ -257,6 +257,10 @@ fn ranges_are_checked() {
             "`10/fortnight` is not a rate",
         ),
         (
+            "defaults:\n  rate_limit: { rate: 1e-20/s }\n",
+            "defaults.rate_limit.rate: `1e-20/s` is less than the smallest rate, 1/h",
+        ),
+        (
             "defaults:\n  rate_limit: { rate: 10/s, key: cookie }\n",
             "defaults.rate_limit.key: `cookie` is not route, client-ip or header:NAME",
         ),
@@ -282,6 +286,16 @@ fn ranges_are_checked() {
         let e = error(&text);
         assert!(e.contains(expected), "for {body:?}: got {e}");
     }
+}
+
+#[test]
+fn rate_limits_go_down_to_one_an_hour() {
+    let config = load_text(&format!("{UP}defaults:\n  rate_limit: {{ rate: 1/h }}\n"))
+        .expect("1/h is allowed");
+    let policy = config.default_route.policy.rate_limit.expect("rate_limit");
+    assert!((policy.rate * 3600.0 - 1.0).abs() < 1e-9, "{}", policy.rate);
+    let e = error(&format!("{UP}defaults:\n  rate_limit: {{ rate: 0.9/h }}\n"));
+    assert!(e.contains("is less than the smallest rate, 1/h"), "{e}");
 }
 
 #[test]

@@ -228,10 +228,13 @@ pub struct FaultPolicy {
 
 impl Config {
     /// The index of the first configured route that matches, `routes.len()` for `default`.
+    /// `path` is the request path as received; it is compared in its normal form (see
+    /// [`super::path`]), so no spelling of a path escapes its route.
     pub fn route_index(&self, method: &Method, path: &str, headers: &HeaderMap) -> usize {
+        let path = super::path::normalize(path);
         self.routes
             .iter()
-            .position(|r| r.matcher.matches(method, path, headers))
+            .position(|r| r.matcher.matches(method, &path, headers))
             .unwrap_or(self.routes.len())
     }
 
@@ -243,7 +246,8 @@ impl Config {
 }
 
 impl Matcher {
-    /// Whether a request with this method, path and headers belongs to the route.
+    /// Whether a request with this method, path and headers belongs to the route. `path`
+    /// must already be normal ([`super::path::normalize`]); `Config::route_index` sees to it.
     pub fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
         let path_ok = match &self.path {
             PathMatch::Any => true,

@@ -319,11 +319,12 @@ fn matcher(raw: Option<RawMatch>, at: &str) -> Result<Matcher, ConfigError> {
     })
 }
 
+/// A route's path, in the normal form request paths are compared in.
 fn route_path(p: String, field: &str) -> Result<String, ConfigError> {
     if !p.starts_with('/') {
         return Err(field_err(field, format!("`{p}` must start with /")));
     }
-    Ok(p)
+    Ok(super::path::normalize(&p).into_owned())
 }
 
 fn header_pairs(

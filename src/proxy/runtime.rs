@@ -80,10 +80,12 @@ impl Runtime {
     /// The route a request takes (first match, else `default`) and its state.
     pub fn route(&self, method: &Method, path: &str, headers: &HeaderMap) -> (&Route, &RouteState) {
         let ix = self.config.route_index(method, path, headers);
-        (
-            self.config.route_for(method, path, headers),
-            &self.states[ix],
-        )
+        let route = self
+            .config
+            .routes
+            .get(ix)
+            .unwrap_or(&self.config.default_route);
+        (route, &self.states[ix])
     }
 }
 

@@ -7,9 +7,14 @@
 //! answer instead). The key table is bounded by `max_keys`: when it is full, the key seen
 //! least recently is forgotten (and starts again with a full bucket if it returns), so a
 //! flood of distinct keys costs bounded memory.
+//!
+//! A limiter never fails open: the config refuses rates too small to compute with, the
+//! arithmetic here saturates instead of panicking, and should a panic ever poison the lock,
+//! the next caller takes the table over as it stands and goes on limiting, rather than
+//! letting every request through.
 
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -60,9 +65,7 @@ impl RateLimiter {
     /// Takes one token for `key`, or says how long until one is there.
     pub fn take(&self, key: &[u8]) -> Result<(), Duration> {
         let now = Instant::now();
-        let Ok(mut buckets) = self.buckets.lock() else {
-            return Ok(());
-        };
+        let mut buckets = self.lock();
         let burst = f64::from(self.policy.burst);
         let bucket = match buckets.get_mut(key) {
             Some(bucket) => bucket,
@@ -87,14 +90,19 @@ impl RateLimiter {
             bucket.tokens -= 1.0;
             return Ok(());
         }
-        Err(Duration::from_secs_f64(
-            (1.0 - bucket.tokens) / self.policy.rate,
-        ))
+        let wait = (1.0 - bucket.tokens) / self.policy.rate;
+        Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX))
     }
 
     /// How many keys are tracked.
     pub fn keys(&self) -> usize {
-        self.buckets.lock().map_or(0, |b| b.len())
+        self.lock().len()
+    }
+
+    /// The key table, taken over as it stands if a panic poisoned the lock: refusing to
+    /// limit after a panic would let everything through.
+    fn lock(&self) -> MutexGuard<'_, Lru<Vec<u8>, Bucket>> {
+        self.buckets.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -127,6 +135,30 @@ mod tests {
             5,
             "refill stops at burst"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poisoned_lock_still_limits() {
+        let l = limiter(1.0, 1, RateKey::Route, 10);
+        assert!(l.take(b"").is_ok());
+        let poisoner = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _held = l.buckets.lock();
+                panic!("poison the key table");
+            })
+            .join()
+        });
+        assert!(poisoner.is_err() && l.buckets.is_poisoned());
+        assert!(l.take(b"").is_err(), "the bucket is still empty");
+        assert_eq!(l.keys(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tiny_rate_waits_instead_of_panicking() {
+        let l = limiter(1e-20, 1, RateKey::Route, 10);
+        assert!(l.take(b"").is_ok());
+        assert_eq!(l.take(b""), Err(Duration::MAX));
+        assert_eq!(l.take(b""), Err(Duration::MAX), "and keeps limiting");
     }
 
     #[tokio::test(start_paused = true)]

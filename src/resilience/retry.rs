@@ -5,6 +5,7 @@
 //! no idempotency key, is sent at most once, except after a connect failure, when provably
 //! nothing reached the upstream. Duplicating a POST is worse than failing it.
 
+use std::num::IntErrorKind;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, Method, StatusCode};
@@ -43,6 +44,8 @@ pub fn may_resend(policy: &RetryPolicy, method: &Method, headers: &HeaderMap) ->
 }
 
 /// How long a 429 or 503 asks the client to wait, from `Retry-After` (seconds or HTTP-date).
+/// A number of seconds too large for `u64` is a very long wait (`Duration::MAX`), not an
+/// unreadable header: it must end the retries like any wait beyond the deadline.
 pub fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
     if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
         return None;
@@ -52,8 +55,10 @@ pub fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> 
         .to_str()
         .ok()?
         .trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    match value.parse::<u64>() {
+        Ok(secs) => return Some(Duration::from_secs(secs)),
+        Err(e) if *e.kind() == IntErrorKind::PosOverflow => return Some(Duration::MAX),
+        Err(_) => {}
     }
     let when = httpdate::parse_http_date(value).ok()?;
     Some(
@@ -83,6 +88,17 @@ mod tests {
             Some(Duration::from_secs(2))
         );
         assert_eq!(retry_after(StatusCode::BAD_GATEWAY, &headers("2")), None);
+    }
+
+    #[test]
+    fn an_oversized_retry_after_is_a_long_wait() {
+        for value in ["99999999999999999999", "18446744073709551616"] {
+            assert_eq!(
+                retry_after(StatusCode::SERVICE_UNAVAILABLE, &headers(value)),
+                Some(Duration::MAX),
+                "{value}"
+            );
+        }
     }
 
     #[test]
