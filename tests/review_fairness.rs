@@ -29,6 +29,12 @@ async fn post_slowly(addr: SocketAddr, length: usize, chunks: &[&[u8]], gap: Dur
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A GET of `url` running on its own task.
+fn spawn_get(url: &str) -> tokio::task::JoinHandle<(http::StatusCode, http::HeaderMap, String)> {
+    let url = url.to_owned();
+    tokio::spawn(async move { get(&url).await })
+}
+
 #[tokio::test]
 async fn stalled_uploads_are_the_clients_failure_and_never_open_the_breaker() {
     let backend = Backend::start().await;
@@ -82,4 +88,59 @@ async fn an_upload_longer_than_per_try_timeout_reaches_the_upstream_whole() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("0123456789"), "{answer}");
     assert_eq!(backend.received()[0].body, b"0123456789");
+}
+
+#[tokio::test]
+async fn followers_are_released_from_a_leaders_slow_body() {
+    let backend = Backend::start().await;
+    // The leader's answer streams for 4 s, longer than the route's 3 s timeout.
+    backend.script([Action::Slow {
+        chunks: 8,
+        interval: Duration::from_millis(500),
+    }]);
+    backend.set_default(Action::Status(200));
+    let yaml = "defaults:\n  timeout: 3s\n  cache: { ttl: 60s }\n";
+    let sidecar = Sidecar::in_front_of(&backend, yaml).await;
+    let url = sidecar.url("/feed");
+
+    let leader = spawn_get(&url);
+    support::eventually(|| backend.count() == 1).await;
+    let followers: Vec<_> = (0..3).map(|_| spawn_get(&url)).collect();
+    for follower in followers {
+        let (status, headers, body) = follower.await.unwrap();
+        assert_eq!(status, 200, "a follower waited out its deadline: {body}");
+        assert_eq!(body, "ok", "fetched for itself");
+        assert_eq!(headers["x-outrigger-attempts"], "1");
+    }
+    assert_eq!(backend.count(), 4);
+    leader.abort();
+}
+
+#[tokio::test]
+async fn a_cancelled_leader_hands_the_flight_to_one_follower() {
+    let backend = Backend::start().await;
+    backend.set_default(Action::Delay(
+        Duration::from_millis(400),
+        Box::new(Action::Status(200)),
+    ));
+    let sidecar = Sidecar::in_front_of(&backend, "defaults:\n  cache: { ttl: 60s }\n").await;
+    let url = sidecar.url("/item");
+
+    let mut leader = within(TcpStream::connect(sidecar.addr)).await.unwrap();
+    // The same host as the followers' client sends: one key, one flight.
+    let request = format!("GET /item HTTP/1.1\r\nhost: {}\r\n\r\n", sidecar.addr);
+    leader.write_all(request.as_bytes()).await.unwrap();
+    support::eventually(|| backend.count() == 1).await;
+    let followers: Vec<_> = (0..5).map(|_| spawn_get(&url)).collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(leader);
+    for follower in followers {
+        let (status, _, body) = follower.await.unwrap();
+        assert_eq!((status.as_u16(), body.as_str()), (200, "ok"));
+    }
+    assert_eq!(
+        backend.count(),
+        2,
+        "the followers went upstream at once instead of one taking over"
+    );
 }

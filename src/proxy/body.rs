@@ -294,7 +294,16 @@ impl Tee {
         // The reservation is returned (on drop) after the entry is in: never both uncounted.
         self.store.insert(key, &request, response, body);
         // Followers wake only now, with the entry in place.
-        drop(self.flight.take());
+        if let Some(flight) = self.flight.take() {
+            flight.stored();
+        }
+    }
+
+    /// Gives the copy up (too large, no room, the body broke): followers fetch their own.
+    fn give_up(mut self) {
+        if let Some(flight) = self.flight.take() {
+            flight.unshared();
+        }
     }
 }
 
@@ -368,7 +377,9 @@ impl Body for ResponseBody {
             // hyper may stop polling once `is_end_stream` says so: finish on either signal.
             let complete = matches!(polled, Poll::Ready(None)) || body.is_end_stream();
             if !keep {
-                this.tee = None;
+                if let Some(tee) = this.tee.take() {
+                    tee.give_up();
+                }
             } else if complete {
                 if let Some(tee) = this.tee.take() {
                     tee.finish();

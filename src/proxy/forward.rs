@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::attempts::{Attempts, Ended};
 use super::body::{self, ResponseBody, Tee};
+use super::coalesced::Joined;
 use super::degrade::{self, Failed};
 use super::failure::{Failure, Reason};
 use super::runtime::{RouteState, Runtime};
@@ -29,7 +30,7 @@ use super::upstream::Head;
 use super::{headers, respond, Outcome, Proxy};
 use crate::config::Route;
 use crate::resilience::circuit::State;
-use crate::resilience::coalesce::{self, Flight, Join};
+use crate::resilience::coalesce::Flight;
 use crate::resilience::fault::{self, Faults};
 use crate::resilience::retry;
 use crate::resilience::store::{Key, ResponseStore};
@@ -77,16 +78,6 @@ impl Answer {
     pub(super) fn refused(status: StatusCode, message: &str) -> Answer {
         Answer::new(respond::refused(status, message), Outcome::Error, 0)
     }
-}
-
-/// How a cache miss joined the coalescing flights.
-enum Joined {
-    /// Served from what the leader fetched (or from stale/fallback after it failed).
-    Served(Box<Answer>),
-    /// This request fetches for the others.
-    Leader(Flight),
-    /// No coalescing: on its own.
-    Alone,
 }
 
 impl Proxy {
@@ -271,7 +262,7 @@ impl Proxy {
     }
 
     /// A fresh copy from the route's cache, counted with `result`.
-    fn cached(
+    pub(super) fn cached(
         &self,
         ctx: &Ctx<'_>,
         head: &Head,
@@ -297,67 +288,6 @@ impl Proxy {
             .inc();
         Some(Answer::new(resp, Outcome::Cache, 0))
     }
-
-    /// Joins the coalescing flight for a cache miss, waiting for the leader if there is one.
-    async fn coalesce(&self, ctx: &Ctx<'_>, head: &Head, key: Option<&Key>) -> Joined {
-        let Some(cache) = ctx.route.policy.cache.as_ref() else {
-            return Joined::Alone;
-        };
-        let Some(key) = key else { return Joined::Alone };
-        let miss = || {
-            self.metrics
-                .cache_requests
-                .with_label_values(&[&ctx.route.name, "miss"])
-                .inc()
-        };
-        if !cache.coalesce || head.method != Method::GET {
-            miss();
-            return Joined::Alone;
-        }
-        let rx = match ctx.state.coalescer.join(key) {
-            Join::Leader(flight) => {
-                miss();
-                return Joined::Leader(flight);
-            }
-            Join::Follower(rx) => rx,
-        };
-        let Ok(leader_failed) = tokio::time::timeout_at(ctx.deadline, coalesce::wait(rx)).await
-        else {
-            // The deadline passed while waiting: answer as a timeout, without a doomed attempt.
-            miss();
-            let reason = Reason::Failure(Failure::Timeout);
-            let failed = Failed {
-                method: &head.method,
-                stale_key: Some(key),
-                headers: &head.headers,
-                reason,
-            };
-            let answer = match degrade::answer(ctx.route, ctx.state, &self.metrics, &failed) {
-                Some((resp, outcome)) => Answer::new(resp, outcome, 0),
-                None => Answer::new(respond::failure(Failure::Timeout), Outcome::Error, 0),
-            };
-            return Joined::Served(Box::new(answer));
-        };
-        if let Some(answer) = self.cached(ctx, head, Some(key), "coalesced") {
-            return Joined::Served(Box::new(answer));
-        }
-        if let Some(reason) = leader_failed {
-            let failed = Failed {
-                method: &head.method,
-                stale_key: Some(key),
-                headers: &head.headers,
-                reason,
-            };
-            if let Some((resp, outcome)) =
-                degrade::answer(ctx.route, ctx.state, &self.metrics, &failed)
-            {
-                return Joined::Served(Box::new(Answer::new(resp, outcome, 0)));
-            }
-        }
-        // The leader's answer could not be shared: fetch our own.
-        miss();
-        Joined::Alone
-    }
 }
 
 /// The store key for a request head, when the route has a store and privacy allows.
@@ -369,7 +299,8 @@ pub(super) fn store_key(state: &RouteState, head: &Head) -> Option<Key> {
         .key(&head.method, target, &head.headers)
 }
 
-/// A copier into the store when this response may be kept.
+/// A copier into the store when this response may be kept. The followers of `flight`
+/// learn here whether the answer will be shared.
 fn tee(
     store: Option<&Arc<ResponseStore>>,
     key: Option<Key>,
@@ -378,14 +309,19 @@ fn tee(
     resp: &Response<Incoming>,
     flight: Option<Flight>,
 ) -> Option<Tee> {
-    let store = store?;
-    let key = key?;
-    if method != Method::GET || !ResponseStore::storable(resp.status(), resp.headers()) {
+    let storable = method == Method::GET && ResponseStore::storable(resp.status(), resp.headers());
+    let (Some(store), Some(key), true) = (store, key, storable) else {
+        if let Some(flight) = flight {
+            flight.unshared();
+        }
         return None;
-    }
+    };
     // A follower flight must end with a store, so only skip when nobody waits.
     if flight.is_none() && store.recently_stored(&key) {
         return None;
+    }
+    if let Some(flight) = &flight {
+        flight.headers();
     }
     let mut response = resp.headers().clone();
     headers::strip_hop_by_hop(&mut response);

@@ -16,6 +16,7 @@
 
 pub mod attempts;
 pub mod body;
+pub mod coalesced;
 pub mod degrade;
 pub mod failure;
 pub mod forward;
