@@ -145,7 +145,10 @@ impl Proxy {
             ctx.peer,
             ctx.request_id,
         ) else {
-            return Answer::refused(StatusCode::BAD_REQUEST, "the request target is not valid");
+            return Answer::refused(
+                StatusCode::BAD_REQUEST,
+                "the request target or its Host is not valid",
+            );
         };
         let limit = ctx.rt.config.limits.request_body_buffer;
         // Over HTTP/2 a refused stream may be resent whatever the method, so small bodies
