@@ -40,8 +40,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum Prepared {
     /// No body at all.
     Empty,
-    /// Kept whole, replayed on every attempt.
-    Buffered(Bytes),
+    /// Kept whole, replayed on every attempt, trailers included.
+    Buffered(Bytes, Option<HeaderMap>),
     /// Streams once; `None` in the slot once an attempt has started reading it.
     Streaming {
         slot: Arc<Mutex<Option<Streamed>>>,
@@ -120,7 +120,7 @@ impl Prepared {
     pub fn upload(&self) -> Option<&Upload> {
         match self {
             Prepared::Streaming { upload, .. } => Some(upload),
-            Prepared::Empty | Prepared::Buffered(_) => None,
+            Prepared::Empty | Prepared::Buffered(..) => None,
         }
     }
 
@@ -128,7 +128,9 @@ impl Prepared {
     pub fn for_attempt(&self) -> Option<UpstreamBody> {
         match self {
             Prepared::Empty => Some(UpstreamBody::Empty),
-            Prepared::Buffered(bytes) => Some(UpstreamBody::Full(Some(bytes.clone()))),
+            Prepared::Buffered(bytes, trailers) => {
+                Some(UpstreamBody::Full(Some(bytes.clone()), trailers.clone()))
+            }
             Prepared::Streaming { slot, length, .. } => {
                 let untouched = slot.lock().map(|s| s.is_some()).unwrap_or(false);
                 untouched.then(|| UpstreamBody::Waiting {
@@ -155,7 +157,8 @@ impl Prepared {
 #[derive(Debug)]
 pub enum UpstreamBody {
     Empty,
-    Full(Option<Bytes>),
+    /// The data (until sent), then the trailers (until sent).
+    Full(Option<Bytes>, Option<HeaderMap>),
     /// Not polled yet: the stream is still in the shared slot.
     Waiting {
         slot: Arc<Mutex<Option<Streamed>>>,
@@ -177,8 +180,12 @@ impl Body for UpstreamBody {
         loop {
             match this {
                 UpstreamBody::Empty => return Poll::Ready(None),
-                UpstreamBody::Full(bytes) => {
-                    return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))))
+                UpstreamBody::Full(bytes, trailers) => {
+                    let frame = match bytes.take() {
+                        Some(b) => Some(Frame::data(b)),
+                        None => trailers.take().map(Frame::trailers),
+                    };
+                    return Poll::Ready(frame.map(Ok));
                 }
                 UpstreamBody::Waiting { slot, .. } => {
                     let taken = slot.lock().ok().and_then(|mut s| s.take());
@@ -207,7 +214,7 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Empty => true,
-            UpstreamBody::Full(bytes) => bytes.is_none(),
+            UpstreamBody::Full(bytes, trailers) => bytes.is_none() && trailers.is_none(),
             UpstreamBody::Waiting { .. } => false,
             UpstreamBody::Flowing(s) => s.prefix.is_empty() && s.rest.is_end_stream(),
         }
@@ -216,9 +223,12 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Full(bytes) => {
+            UpstreamBody::Full(bytes, None) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            // An exact size would make hyper send `Content-Length`, and HTTP/1.1 carries
+            // trailers only in a chunked body.
+            UpstreamBody::Full(_, Some(_)) => SizeHint::default(),
             UpstreamBody::Waiting {
                 length: Some(n), ..
             } => SizeHint::with_exact(*n),
@@ -436,10 +446,15 @@ pub async fn prepare(
     }
     let mut kept: VecDeque<Bytes> = VecDeque::new();
     let mut total = 0usize;
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
-        // Trailers of a buffered request body are dropped; data frames are all we replay.
-        let Ok(data) = frame?.into_data() else {
-            continue;
+        let data = match frame?.into_data() {
+            Ok(data) => data,
+            // Trailers come last: kept, and replayed after the data on every attempt.
+            Err(frame) => {
+                trailers = frame.into_trailers().ok();
+                continue;
+            }
         };
         total += data.len();
         kept.push_back(data);
@@ -451,5 +466,5 @@ pub async fn prepare(
     for chunk in kept {
         all.extend_from_slice(&chunk);
     }
-    Ok(Prepared::Buffered(all.freeze()))
+    Ok(Prepared::Buffered(all.freeze(), trailers))
 }

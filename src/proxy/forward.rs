@@ -92,7 +92,10 @@ impl Proxy {
             ctx.peer,
             ctx.request_id,
         ) else {
-            return Answer::refused(StatusCode::BAD_REQUEST, "the request target is not valid");
+            return Answer::refused(
+                StatusCode::BAD_REQUEST,
+                "the request target or its Host is not valid",
+            );
         };
         let key = store_key(ctx.state, &head);
         if let Some(answer) = self.cached(ctx, &head, key.as_deref(), "hit") {

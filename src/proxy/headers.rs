@@ -1,31 +1,41 @@
 //! Header rewriting in both directions: hop-by-hop headers out, forwarding headers in,
-//! request ids kept or made.
+//! request ids kept or made, and the client's `Host` checked before it is repeated.
 //!
 //! Hop-by-hop headers describe one connection (RFC 9110 §7.6.1), so they never cross the
 //! proxy: not the fixed list, and not the ones the `Connection` header names. Forwarding
 //! them would let a client steer the proxy-to-upstream connection (for example ask it to
-//! upgrade) or smuggle a framing header past us.
+//! upgrade) or smuggle a framing header past us. `Trailer` is not on the list: it is
+//! end-to-end, and hyper only writes trailers for the fields a `Trailer` header announces,
+//! so dropping it would lose trailers both ways.
+//!
+//! Forwarding lists (`X-Forwarded-For`, `Forwarded`, `Via`) each get this hop at the end,
+//! on one line, so the last element is always the one the proxy wrote and can be trusted
+//! as far as the proxy is. `X-Forwarded-For` and `Via` are always sent; `Forwarded` is
+//! extended only when the client sent one (an upstream that reads it then never sees a
+//! list made only by the client), because building it for every request would cost an
+//! allocation for a header few upstreams read. Client addresses are canonical: an IPv4
+//! client of a dual-stack (`[::]`) listener is `127.0.0.1`, not `::ffff:127.0.0.1`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
 
 /// The request id header, kept from the client or generated, sent both ways.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers, including every header that `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names is cheaper than seven removals,
+    // Most messages carry none: one pass over the names is cheaper than six removals,
     // each of which hashes.
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
@@ -48,21 +58,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Sets `X-Forwarded-For` (appending the client to any earlier hops), `X-Forwarded-Proto`
-/// and `X-Forwarded-Host`.
+/// and `X-Forwarded-Host`, and appends this hop to a `Forwarded` the client sent.
 pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
+    let client = client.to_canonical();
     let xff = HeaderName::from_static("x-forwarded-for");
-    let value = if headers.contains_key(&xff) {
-        let earlier: Vec<&str> = headers
-            .get_all(&xff)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        HeaderValue::from_str(&format!("{}, {client}", earlier.join(", "))).ok()
+    if headers.contains_key(&xff) {
+        extend_list(headers, xff, &client.to_string());
     } else {
-        Some(client_value(client))
-    };
-    if let Some(v) = value {
-        headers.insert(xff, v);
+        headers.insert(xff, client_value(client));
+    }
+    if headers.contains_key(header::FORWARDED) {
+        extend_list(headers, header::FORWARDED, &forwarded_element(client, host));
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
@@ -72,6 +78,133 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&Head
         Some(h) => headers.insert(HeaderName::from_static("x-forwarded-host"), h.clone()),
         None => headers.remove(HeaderName::from_static("x-forwarded-host")),
     };
+}
+
+/// This hop as a `Forwarded` element (RFC 7239 §4): an IPv6 `for` is bracketed and quoted,
+/// and `host` is always quoted (a valid host may hold `:`, `;`, `,` or `=`).
+fn forwarded_element(client: IpAddr, host: Option<&HeaderValue>) -> String {
+    let mut element = match client {
+        IpAddr::V4(ip) => format!("for={ip};proto=http"),
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto=http"),
+    };
+    // `host` passed `valid_host`: it holds no `"` or `\` to escape.
+    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+        element.push_str(";host=\"");
+        element.push_str(h);
+        element.push('"');
+    }
+    element
+}
+
+/// Adds `Via` for this hop, after any the client sent (RFC 9110 §7.6.3: a proxy must),
+/// under the pseudonym `outrigger` and the protocol the request arrived with.
+pub fn add_via(headers: &mut HeaderMap, version: Version) {
+    let ours = match version {
+        Version::HTTP_10 => "1.0 outrigger",
+        Version::HTTP_2 => "2 outrigger",
+        Version::HTTP_3 => "3 outrigger",
+        _ => "1.1 outrigger",
+    };
+    if headers.contains_key(header::VIA) {
+        extend_list(headers, header::VIA, ours);
+    } else {
+        headers.insert(header::VIA, HeaderValue::from_static(ours));
+    }
+}
+
+/// Replaces every line of the list header `name` with one line: the earlier elements, then
+/// `ours`. One line, because some readers look at the first line only.
+fn extend_list(headers: &mut HeaderMap, name: HeaderName, ours: &str) {
+    let mut line = String::new();
+    for earlier in headers.get_all(&name).iter() {
+        // A value that is not visible ASCII cannot be a list element anyone parses.
+        let Ok(earlier) = earlier.to_str() else {
+            continue;
+        };
+        let earlier = earlier.trim();
+        if !earlier.is_empty() {
+            line.push_str(earlier);
+            line.push_str(", ");
+        }
+    }
+    line.push_str(ours);
+    if let Ok(value) = HeaderValue::from_str(&line) {
+        headers.insert(name, value);
+    }
+}
+
+/// Joins HTTP/2 cookie crumbs into one `cookie` line with `"; "` (RFC 9113 §8.2.3): an
+/// HTTP/1.1 upstream must see one `Cookie` (RFC 6265 §5.4), and an HTTP/2 one accepts it.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for crumb in headers.get_all(header::COOKIE).iter() {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    let value = HeaderValue::from_bytes(&joined).expect("valid values joined by \"; \"");
+    headers.insert(header::COOKIE, value);
+}
+
+/// Whether a `Host` value (or a request target's authority without userinfo) is
+/// `host [ ":" port ]` as RFC 3986 §3.2.2 spells it: a reg-name (which covers IPv4) or an
+/// IP-literal in brackets, then at most five digits. Anything else is a request we refuse:
+/// repeating it would hand the upstream a host we never understood ourselves.
+pub fn valid_host(value: &[u8]) -> bool {
+    // A port's `:` comes after an IP-literal's closing bracket, if there is one.
+    let from = value.iter().rposition(|&b| b == b']').map_or(0, |i| i + 1);
+    let (host, port) = match value[from..].iter().position(|&b| b == b':') {
+        Some(i) => (&value[..from + i], &value[from + i + 1..]),
+        None => (value, &[][..]),
+    };
+    port.len() <= 5 && port.iter().all(u8::is_ascii_digit) && (ip_literal(host) || reg_name(host))
+}
+
+/// `"[" ( IPv6address / IPvFuture ) "]"`.
+fn ip_literal(host: &[u8]) -> bool {
+    let Some(inner) = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")) else {
+        return false;
+    };
+    match inner.split_first() {
+        Some((b'v' | b'V', future)) => match future.iter().position(|&b| b == b'.') {
+            Some(dot) if dot > 0 && dot + 1 < future.len() => {
+                future[..dot].iter().all(u8::is_ascii_hexdigit)
+                    && future[dot + 1..]
+                        .iter()
+                        .all(|&b| unreserved_or_sub_delim(b) || b == b':')
+            }
+            _ => false,
+        },
+        _ => std::str::from_utf8(inner).is_ok_and(|s| s.parse::<Ipv6Addr>().is_ok()),
+    }
+}
+
+/// `*( unreserved / pct-encoded / sub-delims )`, not empty.
+fn reg_name(host: &[u8]) -> bool {
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' => {
+                let hex = host.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+            }
+            b if unreserved_or_sub_delim(b) => i += 1,
+            _ => return false,
+        }
+    }
+    !host.is_empty()
+}
+
+fn unreserved_or_sub_delim(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)
 }
 
 thread_local! {
@@ -170,5 +303,108 @@ mod tests {
             .unwrap()
             .bytes()
             .all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn trailer_is_end_to_end() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TRAILER, HeaderValue::from_static("x-checksum"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h[header::TRAILER], "x-checksum");
+        assert!(!h.contains_key(header::TE));
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_are_canonical_everywhere() {
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, mapped, None);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=192.0.2.1"));
+        h.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        set_forwarded(
+            &mut h,
+            mapped,
+            Some(&HeaderValue::from_static("a.example:81")),
+        );
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=192.0.2.1, for=127.0.0.1;proto=http;host=\"a.example:81\""
+        );
+        assert_eq!(
+            h["x-forwarded-for"], "127.0.0.1, 127.0.0.1",
+            "opaque bytes are no element"
+        );
+        let mut h = HeaderMap::new();
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=unknown"));
+        set_forwarded(&mut h, "2001:db8::1".parse().unwrap(), None);
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=unknown, for=\"[2001:db8::1]\";proto=http"
+        );
+    }
+
+    #[test]
+    fn via_names_this_hop_last() {
+        let mut h = HeaderMap::new();
+        add_via(&mut h, Version::HTTP_2);
+        assert_eq!(h[header::VIA], "2 outrigger");
+        let mut h = HeaderMap::new();
+        h.append(header::VIA, HeaderValue::from_static("1.0 fred"));
+        h.append(header::VIA, HeaderValue::from_static("1.1 p.example"));
+        add_via(&mut h, Version::HTTP_11);
+        assert_eq!(h.get_all(header::VIA).iter().count(), 1);
+        assert_eq!(h[header::VIA], "1.0 fred, 1.1 p.example, 1.1 outrigger");
+    }
+
+    #[test]
+    fn cookie_crumbs_become_one_line() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut h);
+        assert_eq!(h[header::COOKIE], "a=1");
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        h.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2; c=3");
+    }
+
+    #[test]
+    fn hosts_are_rfc_3986_host_and_port() {
+        for good in [
+            "shop.example",
+            "shop.example:8080",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "[v1.fe80::a+en1]",
+            "xn--bcher-kva.example",
+            "a%20b",
+            "host:",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good} refused");
+        }
+        for bad in [
+            "a/b?c@d e",
+            "user@host",
+            "",
+            ":80",
+            "host:80:80",
+            "host:123456",
+            "host:8o",
+            "[::1",
+            "[not-ip]",
+            "[::1]x",
+            "[v.x]",
+            "a%2",
+            "a%zz",
+            "two words",
+            "a\"b",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad} accepted");
+        }
     }
 }

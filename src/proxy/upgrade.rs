@@ -5,6 +5,15 @@
 //! sent bytes. The tunnel outlives the HTTP exchange, so hyper's graceful shutdown cannot
 //! see it; [`Tunnels`] counts open tunnels so that shutdown waits for them (up to
 //! `shutdown.timeout`) and then closes whatever is left.
+//!
+//! A body on the upgrade request streams to the upstream before the switch (hyper hands
+//! over the connection only once the request is fully written): dropping it while its
+//! `Content-Length` goes on would leave the upstream waiting for bytes that never come.
+//!
+//! `Upgrade: h2c` is no upgrade here: the proxy never tunnels it (its listener speaks h2c
+//! by prior knowledge only), and clients such as `curl --http2` send it on ordinary
+//! requests with bodies. Such a request takes the ordinary path, where `Upgrade` and the
+//! `HTTP2-Settings` that `Connection` names are dropped as hop-by-hop.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,17 +26,22 @@ use tokio::sync::{watch, Notify};
 use tokio::time::timeout;
 use tracing::debug;
 
-use super::body::{ResponseBody, UpstreamBody};
+use super::body::{self, ResponseBody, UpstreamBody};
 use super::failure::Failure;
 use super::forward::{Answer, Ctx};
 use super::upstream::Head;
 use super::{respond, Outcome, Proxy};
 use crate::metrics::status_class;
 
-/// Whether the client asks to switch protocols on this connection.
+/// Whether the client asks to switch protocols on this connection to something other
+/// than h2c.
 pub fn is_upgrade(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(UPGRADE)
+        && req.headers().get_all(UPGRADE).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|p| !p.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+        })
         && req
             .headers()
             .get_all(CONNECTION)
@@ -93,16 +107,28 @@ impl Proxy {
     pub(super) async fn upgrade(&self, ctx: &Ctx<'_>, mut req: Request<Incoming>) -> Answer {
         let client_side = hyper::upgrade::on(&mut req);
         let protocol = req.headers().get(UPGRADE).cloned();
-        let (mut parts, _) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let Ok(head) = Head::from_client(
             &mut parts,
             &ctx.rt.config.upstream,
             ctx.peer,
             ctx.request_id,
         ) else {
-            return Answer::refused(StatusCode::BAD_REQUEST, "the request target is not valid");
+            return Answer::refused(
+                StatusCode::BAD_REQUEST,
+                "the request target or its Host is not valid",
+            );
         };
-        let mut upstream_req = head.request(1, UpstreamBody::Empty);
+        // Tried once: the body streams, never kept for a replay.
+        let limit = ctx.rt.config.limits.request_body_buffer;
+        let body = match body::prepare(body, &head.headers, false, limit).await {
+            Ok(prepared) => prepared.for_attempt().unwrap_or(UpstreamBody::Empty),
+            Err(_) => {
+                let message = "the request body could not be read";
+                return Answer::refused(StatusCode::BAD_REQUEST, message);
+            }
+        };
+        let mut upstream_req = head.request(1, body);
         upstream_req
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));

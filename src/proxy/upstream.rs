@@ -3,7 +3,10 @@
 //!
 //! The URI is always built from `upstream.url` plus the client's path and query, whatever
 //! the client put in its request line: an absolute-form request for another host still
-//! goes to our upstream only, so the proxy can never be used as an open proxy.
+//! goes to our upstream only, so the proxy can never be used as an open proxy. What the
+//! client asked for travels only in `Host` (with `host_header: preserve`) and
+//! `X-Forwarded-Host`, after it was checked: the target's authority wins over `Host`, and
+//! a repeated or malformed `Host` is refused with 400 rather than passed on.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,6 +87,18 @@ pub struct Head {
     pub headers: HeaderMap,
 }
 
+/// Why a client's request head cannot be forwarded: the client gets 400.
+#[derive(Debug, thiserror::Error)]
+pub enum BadHead {
+    /// Two `Host` lines, or a `Host` or target authority that is not `host[:port]`
+    /// (RFC 9112 §3.2: a server must answer 400).
+    #[error("the Host header or the request target's authority is not valid")]
+    Host,
+    /// The upstream URI could not be built from the client's path and query.
+    #[error("the request target is not valid: {0}")]
+    Target(#[from] http::Error),
+}
+
 impl Head {
     /// Rewrites the client's request head for the upstream.
     pub fn from_client(
@@ -91,17 +106,13 @@ impl Head {
         upstream: &Upstream,
         peer: SocketAddr,
         request_id: &HeaderValue,
-    ) -> Result<Head, http::Error> {
+    ) -> Result<Head, BadHead> {
         let mut headers = std::mem::take(&mut parts.headers);
-        // HTTP/2 and absolute-form requests carry the host in the URI, not in `Host`.
-        let client_host = headers.get(HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let client_host = client_host(&parts.uri, &headers)?;
         headers::strip_hop_by_hop(&mut headers);
+        headers::join_cookies(&mut headers);
         headers::set_forwarded(&mut headers, peer.ip(), client_host.as_ref());
+        headers::add_via(&mut headers, parts.version);
         headers.insert(headers::REQUEST_ID.clone(), request_id.clone());
         // HTTP/2 carries the host as `:authority`, which is the upstream's (never the
         // client's: that would let a client choose where we connect). A differing `Host`
@@ -132,6 +143,33 @@ impl Head {
         headers.insert(ATTEMPT.clone(), HeaderValue::from(n));
         *req.headers_mut() = headers;
         req
+    }
+}
+
+/// The host the client asked for, checked. The request target's authority wins where
+/// there is one (absolute form, RFC 9112 §3.2.2; HTTP/2's `:authority`, RFC 9113 §8.3.1),
+/// minus any userinfo; else `Host`. An empty `Host` (allowed when the target has no
+/// authority) is no host. A `Host` must be single and valid even when the target wins.
+fn client_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<HeaderValue>, BadHead> {
+    let mut lines = headers.get_all(HOST).iter();
+    let host = lines.next().filter(|h| !h.is_empty());
+    if lines.next().is_some() || host.is_some_and(|h| !headers::valid_host(h.as_bytes())) {
+        return Err(BadHead::Host);
+    }
+    let Some(authority) = uri.authority() else {
+        return Ok(host.cloned());
+    };
+    let target = authority.as_str();
+    let target = target.rsplit_once('@').map_or(target, |(_, host)| host);
+    if !headers::valid_host(target.as_bytes()) {
+        return Err(BadHead::Host);
+    }
+    // The usual HTTP/2 request repeats its authority in `Host`: share those bytes.
+    match host {
+        Some(h) if h.as_bytes() == target.as_bytes() => Ok(Some(h.clone())),
+        _ => HeaderValue::from_str(target)
+            .map(Some)
+            .map_err(|_| BadHead::Host),
     }
 }
 

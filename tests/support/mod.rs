@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod process;
+pub mod review_headers;
 pub mod servers;
 
 use std::net::SocketAddr;
