@@ -2,8 +2,7 @@
 //! same port, every connection told to leave when its listener drains (`drain`).
 //!
 //! Connection-level limits live here, so a slow or hostile client can only ever hurt its
-//! own connection: `header_read_timeout` (slowloris), the header size and count limits
-//! (431), and a malformed request (hyper answers 400 and closes that connection).
+//! own connection: `header_read_timeout` (slowloris), the header size limit (431), and a malformed request (hyper answers 400 and closes that connection).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,7 +23,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::drain::{told_to_leave, Drain};
-use super::{header_caps, keep_alive};
+use super::keep_alive;
 use crate::config::Limits;
 use crate::proxy::body::ResponseBody;
 
@@ -36,7 +35,6 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_request_header_bytes.max(8192))
-        .max_headers(header_caps::max_headers(limits.max_request_header_bytes))
         .keep_alive(true);
     builder
         .http2()
