@@ -4,15 +4,16 @@
 //! before any port is bound, and tests can bind `127.0.0.1:0` and drive the very same code.
 //!
 //! Shutdown sequence (SIGTERM, SIGINT or `POST /shutdown`):
-//! 1. `/ready` answers 503 at once, so the load balancer stops sending new traffic;
-//! 2. traffic is still served for `shutdown.drain_delay` (endpoints take time to notice);
-//! 3. the proxy listener closes; idle keep-alive connections are closed, in-flight requests
-//!    get up to `shutdown.timeout` to finish;
+//! 1. `/ready` answers 503 at once, so the load balancer stops sending new traffic, and
+//!    clients are told to leave: idle HTTP/1.1 keep-alive connections are closed, answers
+//!    in progress carry `Connection: close`, HTTP/2 connections get GOAWAY;
+//! 2. traffic is still served for `shutdown.drain_delay` (endpoints take time to notice),
+//!    each connection accepted meanwhile answered once and then closed (or sent GOAWAY);
+//! 3. the proxy listener closes; in-flight requests get up to `shutdown.timeout` to finish;
 //! 4. the admin listener closes and `run` returns.
 
 use std::sync::Arc;
 
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -21,6 +22,7 @@ use crate::config::{self, Config, ConfigError, Overrides};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::server::accept;
+use crate::server::drain::Drain;
 use crate::server::lifecycle::Lifecycle;
 
 /// The two bound listeners.
@@ -92,7 +94,7 @@ impl App {
     /// Serves until a shutdown has begun and completed.
     pub async fn run(self: Arc<Self>, listeners: Listeners) {
         let first_bytes = self.proxy.config().limits.header_read_timeout;
-        let admin_graceful = GracefulShutdown::new();
+        let admin_drain = Drain::default();
         let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
         let admin_app = Arc::clone(&self);
         let admin_builder = accept::builder(&self.proxy.config().limits);
@@ -106,14 +108,15 @@ impl App {
                 admin_builder,
                 first_bytes,
                 handler,
-                &admin_graceful,
+                &admin_drain,
                 stop,
             )
             .await;
-            admin_graceful
+            admin_drain.begin();
+            admin_drain
         });
 
-        let proxy_graceful = GracefulShutdown::new();
+        let proxy_drain = Drain::default();
         let proxy = Arc::clone(&self.proxy);
         let handler = move |req, peer| {
             let proxy = Arc::clone(&proxy);
@@ -124,8 +127,9 @@ impl App {
             let drain = self.proxy.config().shutdown.drain_delay;
             info!(
                 drain_delay_ms = drain.as_millis() as u64,
-                "draining: /ready answers 503"
+                "draining: /ready answers 503, clients are told to leave"
             );
+            proxy_drain.begin();
             tokio::time::sleep(drain).await;
         };
         let probe = tokio::spawn(crate::proxy::probe::run(Arc::clone(&self.proxy)));
@@ -136,7 +140,7 @@ impl App {
             builder,
             first_bytes,
             handler,
-            &proxy_graceful,
+            &proxy_drain,
             stop,
         )
         .await;
@@ -147,7 +151,7 @@ impl App {
             "listener closed; waiting for in-flight requests"
         );
         let tunnels = Arc::clone(&self.proxy.tunnels);
-        let drained = async { tokio::join!(proxy_graceful.shutdown(), tunnels.idle()) };
+        let drained = async { tokio::join!(proxy_drain.finished(), tunnels.idle()) };
         if tokio::time::timeout(timeout, drained).await.is_err() {
             warn!(
                 tunnels = tunnels.open(),
@@ -157,9 +161,8 @@ impl App {
         tunnels.close_all();
         probe.abort();
         let _ = admin_stop_tx.send(());
-        if let Ok(graceful) = admin_task.await {
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(1), graceful.shutdown()).await;
+        if let Ok(drain) = admin_task.await {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain.finished()).await;
         }
         info!("stopped");
     }

@@ -53,7 +53,7 @@ impl Runtime {
             .map(|route| RouteState::new(route, old.get(route.name.as_str()).copied(), metrics))
             .collect();
         Runtime {
-            client: upstream::client(&config.upstream),
+            client: upstream::client(&config.upstream, &config.limits),
             config,
             states,
         }

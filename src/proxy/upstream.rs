@@ -23,7 +23,7 @@ use rustls::{ClientConfig, RootCertStore};
 
 use super::body::UpstreamBody;
 use super::headers;
-use crate::config::{HostHeader, Tls, Upstream};
+use crate::config::{HostHeader, Limits, Tls, Upstream};
 
 /// The pooled client every attempt goes through (plain or TLS, by the URL's scheme).
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
@@ -31,8 +31,9 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 /// Header telling the upstream which attempt this is (1 for the first).
 pub static ATTEMPT: HeaderName = HeaderName::from_static("x-outrigger-attempt");
 
-/// Builds the pooled client for an upstream.
-pub fn client(upstream: &Upstream) -> HttpClient {
+/// Builds the pooled client for an upstream. Over HTTP/2 its answers may carry as many
+/// header bytes as requests may (hyper's client default is 16 KiB).
+pub fn client(upstream: &Upstream, limits: &Limits) -> HttpClient {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(upstream.connect_timeout));
     http.set_nodelay(true);
@@ -58,6 +59,9 @@ pub fn client(upstream: &Upstream) -> HttpClient {
         .pool_idle_timeout(upstream.pool_idle_timeout)
         .pool_max_idle_per_host(upstream.pool_max_idle)
         .http2_only(upstream.http2)
+        .http2_max_header_list_size(
+            u32::try_from(limits.max_request_header_bytes).unwrap_or(u32::MAX),
+        )
         .build(connector)
 }
 

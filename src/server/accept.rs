@@ -1,14 +1,15 @@
 //! The accept loop both listeners share: one task per connection, HTTP/1.1 and h2c on the
-//! same port, every connection registered for graceful shutdown.
+//! same port, every connection told to leave when its listener drains (`drain`).
 //!
 //! Connection-level limits live here, so a slow or hostile client can only ever hurt its
-//! own connection: `header_read_timeout` (slowloris), the header size limit (431), and a
-//! malformed request (hyper answers 400 and closes that connection).
+//! own connection: `header_read_timeout` (slowloris), the header size limit (431), and a malformed request (hyper answers 400 and closes that connection).
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -16,10 +17,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use super::drain::{told_to_leave, Drain};
+use super::keep_alive;
 use crate::config::Limits;
 use crate::proxy::body::ResponseBody;
 
@@ -45,14 +49,14 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 
 /// Accepts connections until `stop` resolves, serving each with `handler`.
 ///
-/// Returns once the listener is closed; connections already accepted go on, watched by
-/// `graceful`.
+/// Returns once the listener is closed; connections already accepted go on, each told to
+/// leave once `drain` begins (which may be before `stop`).
 pub async fn serve<H, F>(
     listener: TcpListener,
     builder: auto::Builder<TokioExecutor>,
     first_bytes: Duration,
     handler: H,
-    graceful: &GracefulShutdown,
+    drain: &Drain,
     stop: impl Future<Output = ()>,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -82,27 +86,77 @@ pub async fn serve<H, F>(
             () = std::future::ready(()), if stopping => break,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let builder = Arc::clone(&builder);
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            if !protocol_known_within(&stream, first_bytes).await {
-                debug!(peer = %peer, "connection closed: no request bytes in time");
-                return;
-            }
-            let service = service_fn(move |req| {
-                // Boxed: hyper keeps room for one request future in every connection, so an
-                // inline future would cost its full size per idle keep-alive connection.
-                let response = Box::pin(handler(req, peer));
-                async move { Ok::<_, Infallible>(response.await) }
-            });
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                debug!(peer = %peer, error = %e, "connection ended with an error");
+        let conn = Connection {
+            stream,
+            peer,
+            builder: Arc::clone(&builder),
+            // Taken here, not in the task: the drain waits for this connection from now on.
+            leave: drain.watch(),
+        };
+        tokio::spawn(conn.serve(handler.clone(), first_bytes));
+    }
+}
+
+/// One accepted connection, before it is served.
+struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Says when to leave; held until the connection is closed.
+    leave: watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// Serves requests until the client leaves or is told to.
+    async fn serve<H, F>(self, handler: H, first_bytes: Duration)
+    where
+        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<ResponseBody>> + Send + 'static,
+    {
+        let Connection {
+            stream,
+            peer,
+            builder,
+            mut leave,
+        } = self;
+        if !protocol_known_within(&stream, first_bytes).await {
+            debug!(peer = %peer, "connection closed: no request bytes in time");
+            return;
+        }
+        let draining = leave.clone();
+        let service = service_fn(move |req| {
+            // Only an HTTP/1.0 keep-alive request pays for the clone (no allocation).
+            let keep = keep_alive::http10_asked(&req).then(|| draining.clone());
+            // Boxed: hyper keeps room for one request future in every connection, so an
+            // inline future would cost its full size per idle keep-alive connection.
+            let response = Box::pin(handler(req, peer));
+            async move {
+                let mut response = response.await;
+                if keep.is_some_and(|draining| !*draining.borrow()) {
+                    keep_alive::confirm(&mut response);
+                }
+                Ok::<_, Infallible>(response)
             }
         });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        // Biased: the connection is polled before it can be told to leave, so one accepted
+        // during the drain has read its first request (its bytes are already here) and
+        // answers it before leaving; a graceful shutdown while hyper-util still sniffs the
+        // protocol would drop it unanswered.
+        let result = tokio::select! {
+            biased;
+            result = conn.as_mut() => result,
+            () = told_to_leave(&mut leave) => {
+                // HTTP/1: `Connection: close` on the answer in progress, or closed now if
+                // idle. HTTP/2: GOAWAY, streams already opened still finish.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            debug!(peer = %peer, error = %e, "connection ended with an error");
+        }
     }
 }
 
@@ -111,18 +165,39 @@ pub async fn serve<H, F>(
 /// hyper-util's protocol sniffing has no timeout of its own and `header_read_timeout`
 /// starts only once HTTP/1 is chosen, so without this a client that sends a few bytes and
 /// stops would hold its connection forever.
+///
+/// A partial preface waits for the socket to become readable again, never on a timer:
+/// a thousand clients that send `PRI * HTTP/2` and stop cost nothing until they send more.
 async fn protocol_known_within(stream: &TcpStream, limit: Duration) -> bool {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let mut buf = [0u8; 24];
     let wait = async {
         loop {
-            match stream.peek(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) if n >= PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
-                // A partial preface: its rest is on the way.
-                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            if stream.readable().await.is_err() {
+                return false;
+            }
+            // The peek runs inside `try_io`, so readiness is cleared only if no byte came
+            // since it was last reported: a partial preface reports `WouldBlock` and the
+            // next `readable()` waits for new bytes.
+            match stream.try_io(Interest::READABLE, || sniff(stream)) {
+                Ok(known) => return known,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return false,
             }
         }
     };
     tokio::time::timeout(limit, wait).await.unwrap_or(false)
+}
+
+/// Peeks without waiting: `Ok(true)` once the protocol is known, `Ok(false)` on EOF,
+/// `WouldBlock` while nothing or only part of the HTTP/2 preface has arrived.
+fn sniff(stream: &TcpStream) -> io::Result<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    let mut read = ReadBuf::new(&mut buf);
+    // Readiness was just reported, so this peeks at once; the no-op waker is never needed.
+    match stream.poll_peek(&mut Context::from_waker(Waker::noop()), &mut read) {
+        Poll::Ready(Ok(0)) => Ok(false),
+        Poll::Ready(Ok(n)) if n >= PREFACE.len() || buf[..n] != PREFACE[..n] => Ok(true),
+        Poll::Ready(Ok(_)) | Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        Poll::Ready(Err(e)) => Err(e),
+    }
 }
