@@ -13,15 +13,6 @@ use http_body_util::{BodyExt, Full};
 use support::servers::{self, H2Step};
 use support::*;
 
-fn h2_client() -> hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
-> {
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http()
-}
-
 #[tokio::test]
 async fn https_upstream_with_a_private_ca() {
     let pki = servers::pki(&["localhost", "127.0.0.1"]);

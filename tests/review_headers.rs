@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use support::review_headers::{h2_client, sidecar_on, RawUpstream};
+use support::review_headers::RawUpstream;
 use support::*;
 
 const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
@@ -247,7 +247,7 @@ async fn a_dual_stack_listener_forwards_the_canonical_client_address() {
         .unwrap();
     let port = listener.local_addr().unwrap().port();
     let yaml = format!("upstream:\n  url: {}\n", backend.url());
-    let _sidecar = sidecar_on(listener, &yaml).await;
+    let _sidecar = Sidecar::start_on(listener, &yaml).await;
     let req = get_with(
         &format!("http://127.0.0.1:{port}/"),
         &[("forwarded", "for=192.0.2.1")],

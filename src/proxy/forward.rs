@@ -48,6 +48,14 @@ pub struct Ctx<'a> {
     pub deadline: Instant,
 }
 
+impl Ctx<'_> {
+    /// The client's head rewritten for the upstream; `None` for one that cannot be (answer
+    /// it with [`Answer::bad_head`]).
+    pub(super) fn head(&self, parts: &mut http::request::Parts) -> Option<Head> {
+        Head::from_client(parts, &self.rt.config.upstream, self.peer, self.request_id).ok()
+    }
+}
+
 /// A response with how it came about.
 pub struct Answer {
     pub resp: Response<ResponseBody>,
@@ -75,6 +83,12 @@ impl Answer {
         }
     }
 
+    /// The 400 for a request head that cannot be forwarded.
+    pub(super) fn bad_head() -> Answer {
+        let message = "the request target or its Host is not valid";
+        Answer::refused(StatusCode::BAD_REQUEST, message)
+    }
+
     pub(super) fn refused(status: StatusCode, message: &str) -> Answer {
         Answer::new(respond::refused(status, message), Outcome::Error, 0)
     }
@@ -86,16 +100,8 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         // The head is rewritten first: the store key, `Vary` and the idempotency key are all
         // read from exactly what the upstream will receive.
-        let Ok(head) = Head::from_client(
-            &mut parts,
-            &ctx.rt.config.upstream,
-            ctx.peer,
-            ctx.request_id,
-        ) else {
-            return Answer::refused(
-                StatusCode::BAD_REQUEST,
-                "the request target or its Host is not valid",
-            );
+        let Some(head) = ctx.head(&mut parts) else {
+            return Answer::bad_head();
         };
         let key = store_key(ctx.state, &head);
         if let Some(answer) = self.cached(ctx, &head, key.as_deref(), "hit") {

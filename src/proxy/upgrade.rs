@@ -29,7 +29,6 @@ use tracing::debug;
 use super::body::{self, ResponseBody, UpstreamBody};
 use super::failure::Failure;
 use super::forward::{Answer, Ctx};
-use super::upstream::Head;
 use super::{respond, Outcome, Proxy};
 use crate::metrics::status_class;
 
@@ -108,16 +107,8 @@ impl Proxy {
         let client_side = hyper::upgrade::on(&mut req);
         let protocol = req.headers().get(UPGRADE).cloned();
         let (mut parts, body) = req.into_parts();
-        let Ok(head) = Head::from_client(
-            &mut parts,
-            &ctx.rt.config.upstream,
-            ctx.peer,
-            ctx.request_id,
-        ) else {
-            return Answer::refused(
-                StatusCode::BAD_REQUEST,
-                "the request target or its Host is not valid",
-            );
+        let Some(head) = ctx.head(&mut parts) else {
+            return Answer::bad_head();
         };
         // Tried once: the body streams, never kept for a replay.
         let limit = ctx.rt.config.limits.request_body_buffer;

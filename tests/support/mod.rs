@@ -64,15 +64,21 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts the sidecar with this YAML (listeners forced to `127.0.0.1:0`).
     pub async fn start(yaml: &str) -> Sidecar {
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Sidecar::start_on(proxy, yaml).await
+    }
+
+    /// Starts the sidecar with this YAML, serving on `proxy` (bound by the caller).
+    pub async fn start_on(proxy: TcpListener, yaml: &str) -> Sidecar {
         let path = temp_file("outrigger.yaml", yaml);
         let overrides = Overrides {
-            listen: Some("127.0.0.1:0".parse().unwrap()),
+            listen: Some(proxy.local_addr().unwrap()),
             admin_listen: Some("127.0.0.1:0".parse().unwrap()),
             ..Overrides::default()
         };
         let config = config::load(Some(&path), &overrides).expect("test config is valid");
         let listeners = Listeners {
-            proxy: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            proxy,
             admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         };
         let addr = listeners.proxy.local_addr().unwrap();
@@ -120,6 +126,13 @@ impl Drop for Sidecar {
             task.abort();
         }
     }
+}
+
+/// An HTTP/2 (prior knowledge) client.
+pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }
 
 /// A plain HTTP/1.1 client.

@@ -1,17 +1,13 @@
 //! Peers for the header and framing review tests: a raw HTTP/1.1 upstream that records
 //! requests byte for byte (trailers included, which [`super::Backend`] reads past) and
-//! answers canned bytes, and a sidecar on a caller-bound listener (a dual-stack one).
+//! answers canned bytes.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use outrigger::app::{App, Listeners};
-use outrigger::config::{self, Overrides};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-
-use super::{temp_file, Sidecar};
 
 /// A raw HTTP/1.1 upstream; stops when dropped.
 pub struct RawUpstream {
@@ -110,40 +106,4 @@ async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<String> {
     // Trailer lines until the empty one.
     while !read_line(reader, &mut raw).await?.trim().is_empty() {}
     Some(raw)
-}
-
-/// Starts the sidecar in-process with `yaml`, serving on `proxy` (bound by the caller).
-pub async fn sidecar_on(proxy: TcpListener, yaml: &str) -> Sidecar {
-    let path = temp_file("outrigger.yaml", yaml);
-    let overrides = Overrides {
-        listen: Some(proxy.local_addr().unwrap()),
-        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..Overrides::default()
-    };
-    let config = config::load(Some(&path), &overrides).expect("test config is valid");
-    let listeners = Listeners {
-        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        proxy,
-    };
-    let addr = listeners.proxy.local_addr().unwrap();
-    let admin = listeners.admin.local_addr().unwrap();
-    let app = App::new(config, overrides);
-    let task = tokio::spawn(Arc::clone(&app).run(listeners));
-    Sidecar {
-        addr,
-        admin,
-        app,
-        config_path: path,
-        task: Some(task),
-    }
-}
-
-/// An HTTP/2 (prior knowledge) client.
-pub fn h2_client() -> hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Full<bytes::Bytes>,
-> {
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http()
 }
