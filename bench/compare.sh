@@ -5,6 +5,9 @@
 #
 #   bash bench/compare.sh                 # full run (about 8 minutes)
 #   DURATION=1 ROUNDS=1 bash bench/compare.sh   # smoke run
+#   BASELINE=/path/to/old/outrigger ONLY=get bash bench/compare.sh
+#       # before/after: an older binary with the same config joins the plain GET rounds as
+#       # `outrigger-before`; ONLY=get runs those rounds alone and leaves docs/ untouched
 #
 # The machine has 2 cores shared by wrk, the origin and the proxy under test; every proxy
 # gets one worker thread. All traffic stays on 127.0.0.1; every process started here is
@@ -14,6 +17,8 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-64}
+BASELINE=${BASELINE:-}
+ONLY=${ONLY:-all}
 OUT=bench/results
 mkdir -p "$OUT"
 
@@ -90,10 +95,10 @@ backend be
 HAP
 haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 & PIDS+=($!); HAPROXY_PID=$!
 
-start_outrigger() { # name port yaml-extra log-level [upstream]
+start_outrigger() { # name port yaml-extra log-level [upstream] [binary]
   printf 'listen: 127.0.0.1:%s\nadmin_listen: 127.0.0.1:%s\nlimits: { max_concurrent_requests: 40000 }\nupstream: { url: "http://%s", pool_max_idle: 128 }\n%s' \
     "$2" $(($2 + 100)) "${5:-$ORIGIN}" "$3" > "$WORK/$1.yaml"
-  "$BIN" --config "$WORK/$1.yaml" --threads 1 --log-level "$4" > /dev/null 2>"$WORK/$1.err" & PIDS+=($!)
+  "${6:-$BIN}" --config "$WORK/$1.yaml" --threads 1 --log-level "$4" > /dev/null 2>"$WORK/$1.err" & PIDS+=($!)
   eval "PID_$1=$!"
 }
 start_outrigger off 18203 "defaults:
@@ -112,16 +117,25 @@ start_outrigger fallback 18206 "defaults:
   circuit_breaker: { min_requests: 1, open_duration: 1h }
   fallback: { status: 200, body: ok }
 " warn 127.0.0.1:18099
+GET_TARGETS="direct nginx haproxy outrigger-off outrigger-on outrigger-on+log"
+if [ -n "$BASELINE" ]; then
+  start_outrigger before 18208 "defaults:
+  retry: { attempts: 3 }
+  stale_if_error: { max_age: 5m }
+" warn "$ORIGIN" "$BASELINE"
+  GET_TARGETS="$GET_TARGETS outrigger-before"
+fi
 sleep 0.3
 NGINX_WORKER=$(pgrep -P "$NGINX_MASTER" | head -1)
 
 declare -A PORT=([direct]=18080 [nginx]=18201 [haproxy]=18202 [outrigger-off]=18203 [outrigger-on]=18204 [outrigger-on+log]=18205 [outrigger-fallback]=18206)
 declare -A PID=([direct]="" [nginx]=$NGINX_WORKER [haproxy]=$HAPROXY_PID [outrigger-off]=$PID_off [outrigger-on]=$PID_on [outrigger-on+log]=$PID_onlog [outrigger-fallback]=$PID_fallback)
+if [ -n "$BASELINE" ]; then PORT[outrigger-before]=18208; PID[outrigger-before]=$PID_before; fi
 
 for t in "${!PORT[@]}"; do
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:${PORT[$t]}/small" && break; sleep 0.05; done
 done
-for t in direct nginx haproxy outrigger-off outrigger-on outrigger-on+log; do
+for t in $GET_TARGETS; do
   for path in small 4k; do
     size=$(curl -s "http://127.0.0.1:${PORT[$t]}/$path" | wc -c)
     want=$([ "$path" = small ] && echo 2 || echo 4096)
@@ -132,6 +146,7 @@ curl -s -o /dev/null "http://127.0.0.1:${PORT[outrigger-fallback]}/small"   # op
 [ "$(curl -s "http://127.0.0.1:${PORT[outrigger-fallback]}/small")" = ok ] || { echo "fallback target is wrong"; exit 1; }
 
 TSV="$OUT/compare.tsv"
+[ "$ONLY" = get ] && TSV="$OUT/compare-get.tsv"   # a partial run leaves the full results alone
 printf 'scenario\ttarget\tconns\tround\treq_per_s\tp50_ms\tp99_ms\tcpu_us_per_req\tpeak_rss_mib\terrors\tnon2xx\n' > "$TSV"
 ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.3f", v}' <<<"$1"; }
 
@@ -160,11 +175,12 @@ echo "machine: $(nproc) cores shared by wrk (1 thread), the origin (nginx, 1 wor
 echo "plain GET, $CONNS connections, ${ROUNDS} interleaved rounds of ${DURATION}s"
 for round in $(seq "$ROUNDS"); do
   for path in small 4k; do
-    for t in direct nginx haproxy outrigger-off outrigger-on outrigger-on+log; do
+    for t in $GET_TARGETS; do
       run "get-$path" "$t" "$path" "$CONNS" "$round"
     done
   done
 done
+if [ "$ONLY" = get ]; then echo "wrote $TSV (plain GET rounds only)"; exit 0; fi
 echo "fallback with the circuit open (against outrigger-on proxying)"
 for round in $(seq "$ROUNDS"); do
   run fallback outrigger-fallback small "$CONNS" "$round"
