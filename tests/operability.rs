@@ -1,0 +1,119 @@
+//! Operating outrigger: metrics that follow reloads (no series for a health check or a
+//! route that is gone, no stale breaker writing the gauge, reload counters from the start)
+//! and `outrigger probe`, the health check for images without curl.
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use support::opsrust::{has_series, reload};
+use support::*;
+
+#[tokio::test]
+async fn reload_counters_are_exported_at_zero_from_the_start() {
+    let backend = Backend::start().await;
+    let sidecar = Sidecar::in_front_of(&backend, "").await;
+    let m = sidecar.metrics().await;
+    for result in ["success", "failure"] {
+        let labels = [("result", result)];
+        assert!(
+            has_series(&m, "outrigger_config_reloads_total", &labels),
+            "{result} missing:\n{m}"
+        );
+        assert_eq!(metric(&m, "outrigger_config_reloads_total", &labels), 0.0);
+    }
+}
+
+#[tokio::test]
+async fn upstream_up_goes_when_a_reload_removes_the_health_check() {
+    let backend = Backend::start().await;
+    backend.on_path("/healthz", Action::Status(503));
+    let base = format!("upstream:\n  url: {}\n", backend.url());
+    let check = "  health_check: { path: /healthz, interval: 30ms, unhealthy_threshold: 1 }\n";
+    let sidecar = Sidecar::start(&format!("{base}{check}")).await;
+    let admin = sidecar.admin;
+    within(async {
+        while !has_series(&sidecar.metrics().await, "outrigger_upstream_up", &[]) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        metric(&sidecar.metrics().await, "outrigger_upstream_up", &[]),
+        0.0
+    );
+
+    reload(&sidecar, &base);
+    // Absent at once and for good: a probe that was in flight must not bring it back.
+    for _ in 0..10 {
+        let m = sidecar.metrics().await;
+        assert!(!has_series(&m, "outrigger_upstream_up", &[]), "{m}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let (status, _, body) = get(&format!("http://{admin}/health")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+fn breaker_yaml(backend: &Backend, route: &str, open_duration: &str) -> String {
+    format!(
+        "upstream:\n  url: {}\nroutes:\n  - name: {route}\n    match: {{ path_prefix: /f }}\n    retry: {{ attempts: 1 }}\n    circuit_breaker: {{ min_requests: 2, failure_ratio: 0.5, open_duration: {open_duration} }}\n",
+        backend.url()
+    )
+}
+
+#[tokio::test]
+async fn a_breaker_replaced_by_a_reload_does_not_write_the_gauge() {
+    let backend = Backend::start().await;
+    let slow_failure = Action::Delay(Duration::from_millis(400), Box::new(Action::Status(503)));
+    backend.set_default(slow_failure);
+    let sidecar = Sidecar::start(&breaker_yaml(&backend, "fails", "30s")).await;
+    let url = sidecar.url("/f");
+    let in_flight: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await.0 })
+        })
+        .collect();
+    eventually(|| backend.count() == 2).await;
+    // A new breaker policy: the two requests in flight still report to the old breaker.
+    reload(&sidecar, &breaker_yaml(&backend, "fails", "20s"));
+    for task in in_flight {
+        assert_eq!(within(task).await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        metric(&m, "outrigger_circuit_state", &[("route", "fails")]),
+        0.0,
+        "the live breaker is closed:\n{m}"
+    );
+    let (_, _, health) = get(&format!("http://{}/health", sidecar.admin)).await;
+    assert!(health.contains(r#""fails":"closed""#), "{health}");
+}
+
+#[tokio::test]
+async fn series_of_a_renamed_route_go_after_a_reload() {
+    let backend = Backend::start().await;
+    backend.set_default(Action::Status(503));
+    let sidecar = Sidecar::start(&breaker_yaml(&backend, "fails", "30s")).await;
+    for _ in 0..2 {
+        assert_eq!(get(&sidecar.url("/f")).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        metric(&m, "outrigger_circuit_state", &[("route", "fails")]),
+        2.0
+    );
+
+    reload(&sidecar, &breaker_yaml(&backend, "renamed", "30s"));
+    let m = sidecar.metrics().await;
+    assert!(
+        !has_series(&m, "outrigger_circuit_state", &[("route", "fails")]),
+        "{m}"
+    );
+    assert!(has_series(
+        &m,
+        "outrigger_circuit_state",
+        &[("route", "renamed")]
+    ));
+}
