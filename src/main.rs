@@ -52,10 +52,29 @@ struct Cli {
 enum Command {
     /// Validate the config and exit: 0 valid, 1 invalid.
     Check,
+    /// GET a plain-HTTP URL (e.g. http://127.0.0.1:9901/ready): exit 0 on a 2xx answer,
+    /// 1 otherwise with the reason on stderr. For HEALTHCHECK and exec probes.
+    Probe {
+        /// http://HOST[:PORT][/PATH]
+        #[arg(value_parser = outrigger::admin::probe::parse_url)]
+        url: http::Uri,
+        /// Give up after this long (connect and response headers).
+        #[arg(long, default_value = "1s", value_parser = config::units::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Probe { url, timeout }) = &cli.command {
+        return match outrigger::admin::probe::run(url, *timeout) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("probe: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let overrides = Overrides {
         listen: cli.listen,
         admin_listen: cli.admin_listen,

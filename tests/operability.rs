@@ -117,3 +117,62 @@ async fn series_of_a_renamed_route_go_after_a_reload() {
         &[("route", "renamed")]
     ));
 }
+
+/// Runs `outrigger probe ARGS` (the real binary) off the runtime; (exit code, stderr).
+async fn probe(args: &[&str]) -> (Option<i32>, String) {
+    let args: Vec<String> = ["probe"].iter().chain(args).map(|a| a.to_string()).collect();
+    let out = within(tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        process::run(&args, &[])
+    }))
+    .await
+    .expect("probe ran");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_exits_0_when_ready_and_1_while_draining() {
+    let backend = Backend::start().await;
+    let sidecar = Sidecar::in_front_of(&backend, "shutdown: { drain_delay: 5s }\n").await;
+    let ready = format!("http://{}/ready", sidecar.admin);
+    assert_eq!(probe(&[&ready]).await, (Some(0), String::new()));
+
+    sidecar.app.lifecycle.begin_shutdown();
+    let (code, stderr) = probe(&[&ready]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.starts_with("probe: ") && stderr.contains("503"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    // Still serving meanwhile: /live answers, so the probe of /live still passes.
+    let live = format!("http://{}/live", sidecar.admin);
+    assert_eq!(probe(&[&live]).await.0, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_exits_1_when_nothing_listens_or_nothing_answers() {
+    let port = process::free_port();
+    let (code, stderr) = probe(&[&format!("http://127.0.0.1:{port}/ready")]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+
+    // Accepts and never answers: the probe gives up after --timeout, not after minutes.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ready", silent.local_addr().unwrap());
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let started = std::time::Instant::now();
+    let (code, stderr) = probe(&["--timeout", "300ms", &url]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no answer within 300ms"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    hold.abort();
+
+    let (code, _) = probe(&["https://127.0.0.1:1/ready"]).await;
+    assert_eq!(code, Some(2), "a URL that cannot be probed is a usage error");
+}
