@@ -176,3 +176,41 @@ async fn probe_exits_1_when_nothing_listens_or_nothing_answers() {
     let (code, _) = probe(&["https://127.0.0.1:1/ready"]).await;
     assert_eq!(code, Some(2), "a URL that cannot be probed is a usage error");
 }
+
+/// The route and limits of the shipped ConfigMap (deploy/kubernetes/common/configmap.yaml)
+/// as the issue found them: a 64 MiB stale store and the default limits.
+const SHIPPED: &str = "upstream: { url: 'http://127.0.0.1:3000' }\nroutes:\n  - name: api\n    match: { path_prefix: /api }\n    stale_if_error: { max_age: 5m }\n";
+
+#[test]
+fn check_warns_when_the_bounds_exceed_the_memory_limit() {
+    let path = temp_file("outrigger.yaml", SHIPPED);
+    let path = path.to_str().unwrap();
+    let out = process::run(&["check", "--config", path, "--memory-limit", "128Mi"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "a warning, not an error: {stderr}");
+    assert!(stderr.starts_with("warning: memory:"), "{stderr}");
+    assert!(stderr.contains("the limit is 128 MiB (--memory-limit)"), "{stderr}");
+
+    // Sized together (README, Memory): no warning.
+    let sized = format!(
+        "{}      max_bytes: 8MiB\nlimits: {{ max_concurrent_requests: 64 }}\n",
+        SHIPPED.replace("{ max_age: 5m }", "\n      max_age: 5m")
+    );
+    let path = temp_file("outrigger.yaml", &sized);
+    let out = process::run(
+        &["check", "--config", path.to_str().unwrap(), "--memory-limit", "128Mi"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
+#[test]
+fn check_refuses_a_memory_limit_that_is_not_a_size() {
+    let path = temp_file("outrigger.yaml", SHIPPED);
+    let out = process::run(
+        &["check", "--config", path.to_str().unwrap(), "--memory-limit", "lots"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+}
