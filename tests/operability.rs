@@ -97,7 +97,10 @@ async fn series_of_a_renamed_route_go_after_a_reload() {
     backend.set_default(Action::Status(503));
     let sidecar = Sidecar::start(&breaker_yaml(&backend, "fails", "30s")).await;
     for _ in 0..2 {
-        assert_eq!(get(&sidecar.url("/f")).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get(&sidecar.url("/f")).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
     let m = sidecar.metrics().await;
     assert_eq!(
@@ -120,7 +123,11 @@ async fn series_of_a_renamed_route_go_after_a_reload() {
 
 /// Runs `outrigger probe ARGS` (the real binary) off the runtime; (exit code, stderr).
 async fn probe(args: &[&str]) -> (Option<i32>, String) {
-    let args: Vec<String> = ["probe"].iter().chain(args).map(|a| a.to_string()).collect();
+    let args: Vec<String> = ["probe"]
+        .iter()
+        .chain(args)
+        .map(|a| a.to_string())
+        .collect();
     let out = within(tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         process::run(&args, &[])
@@ -143,7 +150,10 @@ async fn probe_exits_0_when_ready_and_1_while_draining() {
     sidecar.app.lifecycle.begin_shutdown();
     let (code, stderr) = probe(&[&ready]).await;
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.starts_with("probe: ") && stderr.contains("503"), "{stderr}");
+    assert!(
+        stderr.starts_with("probe: ") && stderr.contains("503"),
+        "{stderr}"
+    );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     // Still serving meanwhile: /live answers, so the probe of /live still passes.
     let live = format!("http://{}/live", sidecar.admin);
@@ -174,7 +184,11 @@ async fn probe_exits_1_when_nothing_listens_or_nothing_answers() {
     hold.abort();
 
     let (code, _) = probe(&["https://127.0.0.1:1/ready"]).await;
-    assert_eq!(code, Some(2), "a URL that cannot be probed is a usage error");
+    assert_eq!(
+        code,
+        Some(2),
+        "a URL that cannot be probed is a usage error"
+    );
 }
 
 /// The route and limits of the shipped ConfigMap (deploy/kubernetes/common/configmap.yaml)
@@ -187,9 +201,16 @@ fn check_warns_when_the_bounds_exceed_the_memory_limit() {
     let path = path.to_str().unwrap();
     let out = process::run(&["check", "--config", path, "--memory-limit", "128Mi"], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "a warning, not an error: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a warning, not an error: {stderr}"
+    );
     assert!(stderr.starts_with("warning: memory:"), "{stderr}");
-    assert!(stderr.contains("the limit is 128 MiB (--memory-limit)"), "{stderr}");
+    assert!(
+        stderr.contains("the limit is 128 MiB (--memory-limit)"),
+        "{stderr}"
+    );
 
     // Sized together (README, Memory): no warning.
     let sized = format!(
@@ -198,7 +219,13 @@ fn check_warns_when_the_bounds_exceed_the_memory_limit() {
     );
     let path = temp_file("outrigger.yaml", &sized);
     let out = process::run(
-        &["check", "--config", path.to_str().unwrap(), "--memory-limit", "128Mi"],
+        &[
+            "check",
+            "--config",
+            path.to_str().unwrap(),
+            "--memory-limit",
+            "128Mi",
+        ],
         &[],
     );
     assert_eq!(out.status.code(), Some(0));
@@ -209,7 +236,13 @@ fn check_warns_when_the_bounds_exceed_the_memory_limit() {
 fn check_refuses_a_memory_limit_that_is_not_a_size() {
     let path = temp_file("outrigger.yaml", SHIPPED);
     let out = process::run(
-        &["check", "--config", path.to_str().unwrap(), "--memory-limit", "lots"],
+        &[
+            "check",
+            "--config",
+            path.to_str().unwrap(),
+            "--memory-limit",
+            "lots",
+        ],
         &[],
     );
     assert_eq!(out.status.code(), Some(2), "a usage error");

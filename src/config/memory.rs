@@ -168,7 +168,10 @@ mod tests {
         assert_eq!(Estimate::of(&c).limit_needed(), 105 * MIB);
         assert!(warning(&c, 128 * MIB, LimitSource::Flag).is_none());
         let w = warning(&c, 100 * MIB, LimitSource::Cgroup).expect("over");
-        assert!(w.contains("105 MiB") && w.contains(CGROUP_MEMORY_MAX), "{w}");
+        assert!(
+            w.contains("105 MiB") && w.contains(CGROUP_MEMORY_MAX),
+            "{w}"
+        );
     }
 
     #[test]
