@@ -10,7 +10,7 @@
 //! writes `outrigger_circuit_state`), the gauges of routes that are gone are removed, and
 //! `outrigger_upstream_up` goes when the health check does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
@@ -101,8 +101,9 @@ impl Runtime {
 /// Retires the breakers of routes that the new config no longer has, and removes their
 /// per-route gauges: a renamed or removed route must not stay `open` forever.
 fn retire_removed(config: &Config, old: &HashMap<&str, &RouteState>, metrics: &Metrics) {
+    let kept: HashSet<&str> = all_routes(config).map(|r| r.name.as_str()).collect();
     for (name, state) in old {
-        if all_routes(config).any(|r| r.name == *name) {
+        if kept.contains(name) {
             continue;
         }
         if let Some(b) = &state.breaker {
