@@ -51,11 +51,35 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Validate the config and exit: 0 valid, 1 invalid.
-    Check,
+    Check {
+        /// Warn when the config's memory bounds exceed this limit (e.g. 128Mi) [default:
+        /// the cgroup's memory.max, if any].
+        #[arg(long, value_parser = config::memory::parse_limit, value_name = "SIZE")]
+        memory_limit: Option<u64>,
+    },
+    /// GET a plain-HTTP URL (e.g. http://127.0.0.1:9901/ready): exit 0 on a 2xx answer,
+    /// 1 otherwise with the reason on stderr. For HEALTHCHECK and exec probes.
+    Probe {
+        /// http://HOST[:PORT][/PATH]
+        #[arg(value_parser = outrigger::admin::probe::parse_url)]
+        url: http::Uri,
+        /// Give up after this long (connect and response headers).
+        #[arg(long, default_value = "1s", value_parser = config::units::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Probe { url, timeout }) = &cli.command {
+        return match outrigger::admin::probe::run(url, *timeout) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("probe: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let overrides = Overrides {
         listen: cli.listen,
         admin_listen: cli.admin_listen,
@@ -63,10 +87,13 @@ fn main() -> ExitCode {
         worker_threads: cli.threads,
     };
     let loaded = config::load(cli.config.as_deref(), &overrides);
-    if matches!(cli.command, Some(Command::Check)) {
+    if let Some(Command::Check { memory_limit }) = cli.command {
         return match loaded {
             Ok(config) => {
                 for warning in &config.warnings {
+                    eprintln!("warning: {warning}");
+                }
+                if let Some(warning) = memory_warning(&config, memory_limit) {
                     eprintln!("warning: {warning}");
                 }
                 println!(
@@ -114,6 +141,19 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(serve(config, overrides))
+}
+
+/// The memory warning of `check`, against `--memory-limit` or else the cgroup's limit.
+fn memory_warning(config: &config::Config, flag: Option<u64>) -> Option<String> {
+    use config::memory::{self, LimitSource};
+    let (limit, source) = match flag {
+        Some(limit) => (limit, LimitSource::Flag),
+        None => (
+            memory::cgroup_limit(std::path::Path::new(memory::CGROUP_MEMORY_MAX))?,
+            LimitSource::Cgroup,
+        ),
+    };
+    memory::warning(config, limit, source)
 }
 
 async fn serve(config: config::Config, overrides: Overrides) -> ExitCode {

@@ -5,6 +5,8 @@
 //! come from closed sets only: route names from the config, methods folded to the standard
 //! ones or `other`, reasons and results from enums. A client cannot grow the label space.
 
+use std::sync::Mutex;
+
 use http::Method;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -42,9 +44,10 @@ pub struct Metrics {
     pub circuit_state: IntGaugeVec,
     /// route, to
     pub circuit_transitions: IntCounterVec,
-    /// Registered on the first health-check result only (absent without a health check).
+    /// In the registry only while a health check has a result (absent without one).
     pub upstream_up: IntGauge,
-    upstream_up_registered: std::sync::Once,
+    /// Whether `upstream_up` is in the registry now; only the probe task and reloads flip it.
+    upstream_up_registered: Mutex<bool>,
     pub in_flight: IntGauge,
     pub shed: IntCounter,
     /// result
@@ -78,6 +81,21 @@ fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Hi
         .register(Box::new(h.clone()))
         .expect("metric names are unique");
     h
+}
+
+/// `outrigger_config_reloads_total` with both results at 0 from the start, so that
+/// `increase(...{result="failure"}[5m])` sees the first failed reload.
+fn reloads(registry: &Registry) -> IntCounterVec {
+    let c = counter(
+        registry,
+        "outrigger_config_reloads_total",
+        "Config reloads on SIGHUP, by result.",
+        &["result"],
+    );
+    for result in ["success", "failure"] {
+        c.with_label_values(&[result]);
+    }
+    c
 }
 
 impl Metrics {
@@ -201,25 +219,36 @@ impl Metrics {
                 "1 while the active health check finds the upstream up, else 0.",
             )
             .expect("metric definition is valid"),
-            upstream_up_registered: std::sync::Once::new(),
-            config_reloads: counter(
-                &r,
-                "outrigger_config_reloads_total",
-                "Config reloads on SIGHUP, by result.",
-                &["result"],
-            ),
+            upstream_up_registered: Mutex::new(false),
+            config_reloads: reloads(&r),
             in_flight,
             shed,
             registry: r,
         }
     }
 
-    /// Sets `outrigger_upstream_up`, registering it on first use.
+    /// Sets `outrigger_upstream_up`, registering it when it is not exported yet.
     pub fn set_upstream_up(&self, up: bool) {
-        self.upstream_up_registered.call_once(|| {
-            let _ = self.registry.register(Box::new(self.upstream_up.clone()));
-        });
         self.upstream_up.set(i64::from(up));
+        if let Ok(mut registered) = self.upstream_up_registered.lock() {
+            if !*registered {
+                *registered = self
+                    .registry
+                    .register(Box::new(self.upstream_up.clone()))
+                    .is_ok();
+            }
+        }
+    }
+
+    /// Withdraws `outrigger_upstream_up`: the config no longer has a health check, so
+    /// neither up nor down is known (SPEC: absent without a health check).
+    pub fn clear_upstream_up(&self) {
+        if let Ok(mut registered) = self.upstream_up_registered.lock() {
+            if *registered {
+                let _ = self.registry.unregister(Box::new(self.upstream_up.clone()));
+                *registered = false;
+            }
+        }
     }
 
     /// The Prometheus text exposition of every metric.

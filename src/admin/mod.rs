@@ -1,10 +1,12 @@
 //! The admin listener: `/health`, `/live`, `/ready`, `/metrics` and `POST /shutdown`
-//! (SPEC §4), routed with a plain `match` on method and path.
+//! (SPEC §4), routed with a plain `match` on method and path; [`probe`] is their client,
+//! `outrigger probe URL`.
 //!
 //! It has its own port so that the proxy port never serves these endpoints (a client of
 //! the service must not be able to shut the sidecar down or read its metrics), and so that
 //! probes and scrapes keep working while the proxy port is draining or saturated.
 
+pub mod probe;
 pub mod time;
 
 use std::net::SocketAddr;

@@ -7,11 +7,13 @@
 //! - `validate`: defaults, merging routes over `defaults`, range checks.
 //! - `types`: the validated result the rest of the crate reads.
 //! - `path`: the normal form of request paths that route matching compares.
+//! - `memory`: the memory a config may hold, for `outrigger check`.
 //!
 //! Precedence is flag > environment > file > built-in default. Clap already folds flags over
 //! environment variables, so this module only sees "what the command line said" as
 //! [`Overrides`] and lays it over the file.
 
+pub mod memory;
 pub mod path;
 pub mod raw;
 pub mod types;

@@ -9,12 +9,15 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::{Method, Request};
 use tracing::{info, warn};
 
 use super::body::UpstreamBody;
+use super::runtime::Runtime;
 use super::Proxy;
+use crate::config::HealthCheck;
 
 const UNKNOWN: u8 = 0;
 const UP: u8 = 1;
@@ -58,36 +61,17 @@ pub async fn run(proxy: Arc<Proxy>) {
     loop {
         let rt = proxy.runtime.load_full();
         let Some(check) = rt.config.upstream.health_check.clone() else {
-            proxy.health.set(UNKNOWN);
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            // A reload removed the check: what it found is no longer known.
+            (good, bad) = (0, 0);
+            forget(&proxy);
+            tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        let uri = format!(
-            "{}{}{}",
-            authority_prefix(&rt.config.upstream.url),
-            rt.config.upstream.base_path,
-            check.path
-        );
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(uri)
-            .header("user-agent", "outrigger-health-check")
-            .body(UpstreamBody::Empty);
-        let result = match req {
-            Ok(req) => match tokio::time::timeout(check.timeout, rt.client.request(req)).await {
-                Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection() => {
-                    Ok(())
-                }
-                Ok(Ok(resp)) => Err(format!("health check answered {}", resp.status().as_u16())),
-                Ok(Err(e)) => Err(format!(
-                    "health check failed: {}",
-                    super::failure::Failure::from_client_error(&e)
-                )),
-                Err(_) => Err("health check timed out".to_owned()),
-            },
-            Err(e) => Err(format!("health check request is invalid: {e}")),
-        };
+        let result = probe_once(&rt, &check).await;
         drop(rt);
+        if proxy.runtime.load().config.upstream.health_check.is_none() {
+            continue;
+        }
         match result {
             Ok(()) => {
                 good += 1;
@@ -112,7 +96,55 @@ pub async fn run(proxy: Arc<Proxy>) {
         if proxy.health.is_up() || proxy.health.is_down() {
             proxy.metrics.set_upstream_up(proxy.health.is_up());
         }
-        tokio::time::sleep(check.interval).await;
+        wait_interval(&proxy, check.interval).await;
+    }
+}
+
+/// Forgets what an earlier health check found: unknown, and no `outrigger_upstream_up`.
+fn forget(proxy: &Proxy) {
+    proxy.health.set(UNKNOWN);
+    proxy.metrics.clear_upstream_up();
+}
+
+/// Sleeps `interval`, or less when a reload removes the health check meanwhile, so that
+/// `/health` and `outrigger_upstream_up` stop reporting a check that no longer exists
+/// within a second rather than after a long interval.
+async fn wait_interval(proxy: &Proxy, interval: Duration) {
+    let until = tokio::time::Instant::now() + interval;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+        if proxy.runtime.load().config.upstream.health_check.is_none() {
+            return;
+        }
+    }
+}
+
+/// One probe of the upstream: `Ok` on a 2xx or 3xx within the check's timeout.
+async fn probe_once(rt: &Runtime, check: &HealthCheck) -> Result<(), String> {
+    let uri = format!(
+        "{}{}{}",
+        authority_prefix(&rt.config.upstream.url),
+        rt.config.upstream.base_path,
+        check.path
+    );
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(uri)
+        .header("user-agent", "outrigger-health-check")
+        .body(UpstreamBody::Empty)
+        .map_err(|e| format!("health check request is invalid: {e}"))?;
+    match tokio::time::timeout(check.timeout, rt.client.request(req)).await {
+        Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection() => Ok(()),
+        Ok(Ok(resp)) => Err(format!("health check answered {}", resp.status().as_u16())),
+        Ok(Err(e)) => Err(format!(
+            "health check failed: {}",
+            super::failure::Failure::from_client_error(&e)
+        )),
+        Err(_) => Err("health check timed out".to_owned()),
     }
 }
 

@@ -4,8 +4,13 @@
 //! A reload builds a new `Runtime`. State is carried over per route name and per part when
 //! that part's policy did not change, so a reload that touches one route does not reset
 //! the breakers, budgets and stale copies of the others; a changed policy starts fresh.
+//!
+//! Metrics follow the config in force, not the objects still alive: a breaker that is not
+//! carried over is retired (requests in flight may still make it open, but it no longer
+//! writes `outrigger_circuit_state`), the gauges of routes that are gone are removed, and
+//! `outrigger_upstream_up` goes when the health check does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
@@ -49,6 +54,10 @@ impl Runtime {
                     .zip(prev.states.iter()),
             );
         }
+        retire_removed(&config, &old, metrics);
+        if config.upstream.health_check.is_none() {
+            metrics.clear_upstream_up();
+        }
         let states = all_routes(&config)
             .map(|route| RouteState::new(route, old.get(route.name.as_str()).copied(), metrics))
             .collect();
@@ -89,6 +98,21 @@ impl Runtime {
     }
 }
 
+/// Retires the breakers of routes that the new config no longer has, and removes their
+/// per-route gauges: a renamed or removed route must not stay `open` forever.
+fn retire_removed(config: &Config, old: &HashMap<&str, &RouteState>, metrics: &Metrics) {
+    let kept: HashSet<&str> = all_routes(config).map(|r| r.name.as_str()).collect();
+    for (name, state) in old {
+        if kept.contains(name) {
+            continue;
+        }
+        if let Some(b) = &state.breaker {
+            b.retire();
+        }
+        let _ = metrics.circuit_state.remove_label_values(&[name]);
+    }
+}
+
 fn all_routes(config: &Config) -> impl Iterator<Item = &Route> {
     config
         .routes
@@ -103,16 +127,20 @@ impl RouteState {
             Some(o) if o.budget.policy() == policy.retry.budget => Arc::clone(&o.budget),
             _ => Arc::new(RetryBudget::new(policy.retry.budget)),
         };
-        let breaker = policy
-            .circuit_breaker
-            .map(|p| match old.and_then(|o| o.breaker.as_ref()) {
-                Some(b) if b.policy() == p => Arc::clone(b),
-                _ => Arc::new(Breaker::new(
-                    &route.name,
-                    p,
-                    breaker_metrics(&route.name, metrics),
-                )),
-            });
+        let old_breaker = old.and_then(|o| o.breaker.as_ref());
+        let kept = old_breaker.filter(|b| Some(b.policy()) == policy.circuit_breaker);
+        if let (Some(b), None) = (old_breaker, kept) {
+            // Before the new breaker sets the gauge, so the old one cannot overwrite it.
+            b.retire();
+        }
+        let breaker = policy.circuit_breaker.map(|p| match kept {
+            Some(b) => Arc::clone(b),
+            None => Arc::new(Breaker::new(
+                &route.name,
+                p,
+                breaker_metrics(&route.name, metrics),
+            )),
+        });
         if breaker.is_none() {
             let _ = metrics.circuit_state.remove_label_values(&[&route.name]);
         }

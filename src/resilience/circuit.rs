@@ -10,6 +10,10 @@
 //! timeouts, bad responses and 5xx. While open, nothing reaches the upstream but the
 //! probes, so a backend that is down gets room to come back instead of a stampede.
 //!
+//! A reload that changes a route's breaker policy (or removes the route) retires the old
+//! breaker: requests admitted before the reload still report to it, but its transitions no
+//! longer touch the metrics, which belong to the live breaker (or to no route at all).
+//!
 //! An admitted attempt holds a [`Permit`]; dropping a probe's permit without a result (the
 //! client went away mid-attempt) frees its probe slot, so half-open can never get stuck.
 
@@ -75,6 +79,8 @@ struct Inner {
     window: Window,
     probes_in_flight: u32,
     probe_successes: u32,
+    /// Replaced by a reload: keeps working for requests in flight, writes no metrics.
+    retired: bool,
     /// Bumped on every transition: a result from an earlier state carries no news.
     generation: u64,
 }
@@ -103,6 +109,7 @@ impl Breaker {
                 window: Window::new(policy.window, now),
                 probes_in_flight: 0,
                 probe_successes: 0,
+                retired: false,
                 generation: 0,
             }),
         }
@@ -111,6 +118,15 @@ impl Breaker {
     /// The policy this breaker enforces.
     pub fn policy(&self) -> BreakerPolicy {
         self.policy
+    }
+
+    /// Stops this breaker writing metrics: a reload replaced it. Taken under the state
+    /// lock, so a transition racing with the reload either lands before the new breaker
+    /// resets the gauge or not at all.
+    pub fn retire(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.retired = true;
+        }
     }
 
     /// The state now (an open breaker whose time is up reads as half-open).
@@ -162,6 +178,9 @@ impl Breaker {
             State::Open => inner.opened_at = now,
             State::Closed => inner.window.clear(now),
             State::HalfOpen => {}
+        }
+        if inner.retired {
+            return;
         }
         self.metrics.state.set(to.gauge());
         self.metrics.to[to.gauge() as usize].inc();
@@ -323,6 +342,17 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         drop(b.admit().expect("probe"));
         assert!(b.admit().is_some(), "slot freed by the dropped permit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retired_breaker_writes_no_metrics() {
+        let b = breaker(2, 1);
+        let permits = [b.admit().expect("closed"), b.admit().expect("closed")];
+        b.retire();
+        permits.into_iter().for_each(|p| p.record(true));
+        assert_eq!(b.state(), State::Open, "still protects its own requests");
+        assert_eq!(b.metrics.state.get(), 0, "the gauge is the live breaker's");
+        assert_eq!(b.metrics.to[2].get(), 0);
     }
 
     #[tokio::test(start_paused = true)]
