@@ -191,3 +191,20 @@ async fn stalled_uploads_are_the_clients_408_after_the_route_timeout() {
     assert_eq!(timeouts, 0.0);
     metrics_until(&sidecar, |m| in_flight(m) == 0.0).await;
 }
+
+#[test]
+fn send_and_idle_timeouts_load_with_defaults_and_reject_zero() {
+    use outrigger::config::{self, Overrides};
+    let path = support::temp_file("outrigger.yaml", "upstream:\n  url: http://127.0.0.1:1\n");
+    let loaded = config::load(Some(&path), &Overrides::default()).expect("valid");
+    assert_eq!(loaded.limits.send_timeout, Duration::from_secs(30));
+    assert_eq!(loaded.limits.idle_timeout, Duration::from_secs(60));
+    for key in ["send_timeout", "idle_timeout"] {
+        let yaml = format!("upstream:\n  url: http://127.0.0.1:1\nlimits:\n  {key}: 0s\n");
+        let path = support::temp_file("outrigger.yaml", &yaml);
+        let err = config::load(Some(&path), &Overrides::default()).expect_err("zero refused");
+        let text = err.to_string();
+        assert!(text.contains(&format!("limits.{key}")), "{text}");
+        assert!(text.contains("outrigger.yaml"), "{text}");
+    }
+}
