@@ -79,6 +79,8 @@ pub struct RawLimits {
     pub request_body_buffer: Option<ByteSize>,
     pub max_request_header_bytes: Option<ByteSize>,
     pub header_read_timeout: Option<ConfigDuration>,
+    pub send_timeout: Option<ConfigDuration>,
+    pub idle_timeout: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

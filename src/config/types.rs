@@ -79,6 +79,10 @@ pub struct Limits {
     pub request_body_buffer: usize,
     pub max_request_header_bytes: usize,
     pub header_read_timeout: Duration,
+    /// A client that accepts no response bytes for this long is cut off.
+    pub send_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
 }
 
 /// What SIGTERM does.

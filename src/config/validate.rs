@@ -258,6 +258,8 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
             dur(raw.header_read_timeout, 10_000),
             "limits.header_read_timeout",
         )?,
+        send_timeout: positive(dur(raw.send_timeout, 30_000), "limits.send_timeout")?,
+        idle_timeout: positive(dur(raw.idle_timeout, 60_000), "limits.idle_timeout")?,
     })
 }
 

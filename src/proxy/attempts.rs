@@ -193,9 +193,10 @@ impl Attempts<'_> {
     }
 
     /// Sends attempt `n` and waits for its response head. `per_try_timeout` starts once the
-    /// request body has been handed over: an upload in progress is the client's time. The
-    /// deadline bounds everything; when it passes while the client is still sending, the
-    /// failure is the client's (`ClientTimeout`), else the upstream's (`Timeout`).
+    /// request body has been handed over: an upload in progress is the client's time, and
+    /// pushes the deadline back (`body::deadline`); a client that stalls its upload for the
+    /// route's `timeout` fails as the client's (`ClientTimeout`), never the upstream's; an
+    /// upstream that takes no body bytes for `per_try_timeout` is a `Timeout`.
     async fn send(
         &self,
         n: u32,
@@ -213,12 +214,8 @@ impl Attempts<'_> {
             biased;
             result = self.client.request(self.head.request(n, body)) => Ok(result),
             () = per_try_timer => Err(Failure::Timeout),
-            () = tokio::time::sleep_until(self.deadline) => {
-                if upload.is_some_and(|u| u.waiting_for_client()) {
-                    Err(Failure::ClientTimeout)
-                } else {
-                    Err(Failure::Timeout)
-                }
+            failure = super::body::deadline(upload, self.deadline, self.route.policy.timeout, per_try) => {
+                Err(failure)
             }
         }
     }

@@ -18,9 +18,10 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
@@ -28,9 +29,12 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
+use super::failure::Failure;
 use crate::resilience::coalesce::Flight;
 use crate::resilience::store::{Key, ResponseStore, MAX_STORED_BODY};
+use crate::server::watchdog::Active;
 
 /// Any error a body can produce.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -61,14 +65,36 @@ pub struct Streamed {
     upload: Arc<Upload>,
 }
 
-/// How far a streamed request body got on its way to the upstream.
-#[derive(Debug, Default)]
+/// How far a streamed request body got on its way to the upstream, and who is being
+/// waited for: the client (to send more) or the upstream connection (to take more).
+#[derive(Debug)]
 pub struct Upload {
     /// The last byte was handed to the upstream connection.
     done: AtomicBool,
-    /// The last read from the client found nothing yet: the client is the one we wait for.
-    waiting_for_client: AtomicBool,
+    base: Instant,
+    /// Milliseconds since `base` when the current wait for the client began; `NOT_WAITING`
+    /// while the last read found data.
+    waiting_since: AtomicU64,
+    /// Milliseconds since `base` of the last time the upstream connection asked for more.
+    last_poll: AtomicU64,
+    /// Milliseconds since `base` when the last byte was handed over.
+    done_at: AtomicU64,
     finished: Notify,
+}
+
+const NOT_WAITING: u64 = u64::MAX;
+
+impl Default for Upload {
+    fn default() -> Self {
+        Upload {
+            done: AtomicBool::new(false),
+            base: Instant::now(),
+            waiting_since: AtomicU64::new(NOT_WAITING),
+            last_poll: AtomicU64::new(0),
+            done_at: AtomicU64::new(0),
+            finished: Notify::new(),
+        }
+    }
 }
 
 impl Upload {
@@ -82,17 +108,83 @@ impl Upload {
 
     /// Whether the upload is unfinished because the client has not sent the rest yet.
     pub fn waiting_for_client(&self) -> bool {
-        !self.done.load(Ordering::Acquire) && self.waiting_for_client.load(Ordering::Relaxed)
+        !self.done.load(Ordering::Acquire)
+            && self.waiting_since.load(Ordering::Relaxed) != NOT_WAITING
     }
 
-    /// Notes one read from the client: `pending` when it had nothing yet, `end` when
-    /// nothing is left to send.
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    /// Notes one read from the client, asked for by the upstream connection: `pending`
+    /// when the client had nothing yet, `end` when nothing is left to send. One clock
+    /// read per read (a chunk of the body).
     fn read(&self, pending: bool, end: bool) {
-        self.waiting_for_client.store(pending, Ordering::Relaxed);
+        let now = self.now();
+        self.last_poll.store(now, Ordering::Relaxed);
+        let since = self.waiting_since.load(Ordering::Relaxed);
+        if pending && since == NOT_WAITING {
+            self.waiting_since.store(now, Ordering::Relaxed);
+        } else if !pending && since != NOT_WAITING {
+            self.waiting_since.store(NOT_WAITING, Ordering::Relaxed);
+        }
         if end && !self.done.swap(true, Ordering::AcqRel) {
+            self.done_at.store(now, Ordering::Relaxed);
             self.finished.notify_waiters();
         }
     }
+
+    /// While unfinished: the failure if one side stalled too long, else when to look again
+    /// (milliseconds since `base`).
+    fn stalled(&self, client: Duration, upstream: Duration) -> Result<u64, Failure> {
+        let now = self.now();
+        let since = self.waiting_since.load(Ordering::Relaxed);
+        let (from, limit, failure) = if since == NOT_WAITING {
+            let last = self.last_poll.load(Ordering::Relaxed);
+            (last, upstream, Failure::Timeout)
+        } else {
+            (since, client, Failure::ClientTimeout)
+        };
+        let limit = limit.as_millis() as u64;
+        if now.saturating_sub(from) >= limit {
+            return Err(failure);
+        }
+        Ok(from + limit)
+    }
+}
+
+/// Resolves when a request's overall deadline has passed, with whose failure it is.
+///
+/// An upload is the client's time: while a streamed body is on its way the deadline does
+/// not run, and it is pushed back by as long as the upload took. Each side is bounded
+/// instead: a client that sends nothing for the route's `timeout` (`client_stall`) fails
+/// as the client's (`ClientTimeout`, 408), an upstream connection that takes nothing for
+/// `per_try_timeout` (`upstream_stall`) as the upstream's (`Timeout`).
+pub async fn deadline(
+    upload: Option<&Upload>,
+    deadline: Instant,
+    client_stall: Duration,
+    upstream_stall: Duration,
+) -> Failure {
+    let Some(upload) = upload else {
+        tokio::time::sleep_until(deadline).await;
+        return Failure::Timeout;
+    };
+    while !upload.done.load(Ordering::Acquire) {
+        // A stall that ends only moves the answer later: waking at the earlier time and
+        // looking again is enough, so no timer is set per chunk.
+        let next = match upload.stalled(client_stall, upstream_stall) {
+            Ok(next) => upload.base + Duration::from_millis(next),
+            Err(failure) => return failure,
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = upload.handed_over() => {}
+        }
+    }
+    let took = Duration::from_millis(upload.done_at.load(Ordering::Relaxed));
+    tokio::time::sleep_until(deadline + took).await;
+    Failure::Timeout
 }
 
 impl Prepared {
@@ -249,6 +341,9 @@ pub struct ResponseBody {
     tee: Option<Tee>,
     /// Dropped with the body: releases the in-flight slot.
     _guard: Option<Guard>,
+    /// Tells the connection's watchdog whether the client keeps taking this body
+    /// (`send_timeout`); dropped with the body, it ends the request for `idle_timeout`.
+    sending: Option<Active>,
 }
 
 /// A copy of a response body in the making, stored once the body completed.
@@ -336,6 +431,7 @@ impl ResponseBody {
             inner: Inner::Full((!bytes.is_empty()).then_some(bytes)),
             tee: None,
             _guard: None,
+            sending: None,
         }
     }
 
@@ -345,6 +441,7 @@ impl ResponseBody {
             inner: Inner::Upstream(body),
             tee: None,
             _guard: None,
+            sending: None,
         }
     }
 
@@ -354,6 +451,7 @@ impl ResponseBody {
             inner: Inner::Upstream(body),
             tee: Some(tee),
             _guard: None,
+            sending: None,
         }
     }
 
@@ -361,6 +459,43 @@ impl ResponseBody {
     pub fn with_guard(mut self, guard: Guard) -> ResponseBody {
         self._guard = Some(guard);
         self
+    }
+
+    /// Hands the body to its connection: from now on it waits for the client.
+    pub fn sending(mut self, mut active: Active) -> ResponseBody {
+        active.sending();
+        self.sending = Some(active);
+        self
+    }
+
+    fn poll_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let body = match &mut self.inner {
+            Inner::Upstream(body) => body,
+            Inner::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        };
+        let polled = Pin::new(&mut *body).poll_frame(cx);
+        if let Some(tee) = &mut self.tee {
+            let keep = match &polled {
+                Poll::Ready(Some(Ok(frame))) => frame.data_ref().is_none_or(|d| tee.push(d)),
+                Poll::Ready(Some(Err(_))) => false,
+                Poll::Ready(None) | Poll::Pending => true,
+            };
+            // hyper may stop polling once `is_end_stream` says so: finish on either signal.
+            let complete = matches!(polled, Poll::Ready(None)) || body.is_end_stream();
+            if !keep {
+                if let Some(tee) = self.tee.take() {
+                    tee.give_up();
+                }
+            } else if complete {
+                if let Some(tee) = self.tee.take() {
+                    tee.finish();
+                }
+            }
+        }
+        polled
     }
 }
 
@@ -373,27 +508,13 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let body = match &mut this.inner {
-            Inner::Upstream(body) => body,
-            Inner::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-        };
-        let polled = Pin::new(&mut *body).poll_frame(cx);
-        if let Some(tee) = &mut this.tee {
-            let keep = match &polled {
-                Poll::Ready(Some(Ok(frame))) => frame.data_ref().is_none_or(|d| tee.push(d)),
-                Poll::Ready(Some(Err(_))) => false,
-                Poll::Ready(None) | Poll::Pending => true,
-            };
-            // hyper may stop polling once `is_end_stream` says so: finish on either signal.
-            let complete = matches!(polled, Poll::Ready(None)) || body.is_end_stream();
-            if !keep {
-                if let Some(tee) = this.tee.take() {
-                    tee.give_up();
-                }
-            } else if complete {
-                if let Some(tee) = this.tee.take() {
-                    tee.finish();
-                }
+        let polled = this.poll_inner(cx);
+        if this.sending.is_some() {
+            // A frame handed out waits for the client (unless it was the last: the body is
+            // dropped then); pending waits for the upstream.
+            let waits = matches!(polled, Poll::Ready(Some(Ok(_)))) && !this.is_end_stream();
+            if let Some(active) = &mut this.sending {
+                active.polled(waits);
             }
         }
         polled

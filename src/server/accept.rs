@@ -3,6 +3,9 @@
 //!
 //! Connection-level limits live here, so a slow or hostile client can only ever hurt its
 //! own connection: `header_read_timeout` (slowloris), the header size limit (431), and a malformed request (hyper answers 400 and closes that connection).
+//! `send_timeout` and `idle_timeout` are kept by the connection's watchdog: a client that
+//! stops reading is cut off (its responses dropped, which frees their in-flight slots and
+//! upstream connections), and a keep-alive connection with no request is closed.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,11 +27,27 @@ use tracing::{debug, warn};
 
 use super::drain::{told_to_leave, Drain};
 use super::keep_alive;
+use super::watchdog::{Clock, Expiry};
 use crate::config::Limits;
 use crate::proxy::body::ResponseBody;
 
+/// How every connection of a listener is served: hyper's builder and the watchdog's limits.
+pub struct Builder {
+    http: auto::Builder<TokioExecutor>,
+    send_timeout: Duration,
+    idle_timeout: Duration,
+}
+
 /// An HTTP/1.1 + h2c connection builder with the configured limits.
-pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+pub fn builder(limits: &Limits) -> Builder {
+    Builder {
+        http: http_builder(limits),
+        send_timeout: limits.send_timeout,
+        idle_timeout: limits.idle_timeout,
+    }
+}
+
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -53,7 +72,7 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// leave once `drain` begins (which may be before `stop`).
 pub async fn serve<H, F>(
     listener: TcpListener,
-    builder: auto::Builder<TokioExecutor>,
+    builder: Builder,
     first_bytes: Duration,
     handler: H,
     drain: &Drain,
@@ -101,7 +120,7 @@ pub async fn serve<H, F>(
 struct Connection {
     stream: TcpStream,
     peer: SocketAddr,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Builder>,
     /// Says when to leave; held until the connection is closed.
     leave: watch::Receiver<bool>,
 }
@@ -123,8 +142,12 @@ impl Connection {
             debug!(peer = %peer, "connection closed: no request bytes in time");
             return;
         }
+        let clock = Clock::new();
         let draining = leave.clone();
+        let requests = Arc::clone(&clock);
         let service = service_fn(move |req| {
+            // Counted from here: a request in its handler is not idle.
+            let active = requests.start();
             // Only an HTTP/1.0 keep-alive request pays for the clone (no allocation).
             let keep = keep_alive::http10_asked(&req).then(|| draining.clone());
             // Boxed: hyper keeps room for one request future in every connection, so an
@@ -135,23 +158,40 @@ impl Connection {
                 if keep.is_some_and(|draining| !*draining.borrow()) {
                     keep_alive::confirm(&mut response);
                 }
-                Ok::<_, Infallible>(response)
+                Ok::<_, Infallible>(response.map(|body| body.sending(active)))
             }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = builder
+            .http
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(conn);
-        // Biased: the connection is polled before it can be told to leave, so one accepted
-        // during the drain has read its first request (its bytes are already here) and
-        // answers it before leaving; a graceful shutdown while hyper-util still sniffs the
-        // protocol would drop it unanswered.
-        let result = tokio::select! {
-            biased;
-            result = conn.as_mut() => result,
-            () = told_to_leave(&mut leave) => {
-                // HTTP/1: `Connection: close` on the answer in progress, or closed now if
-                // idle. HTTP/2: GOAWAY, streams already opened still finish.
-                conn.as_mut().graceful_shutdown();
-                conn.await
+        let mut leaving = false;
+        let result = loop {
+            // Biased: the connection is polled before it can be told to leave, so one
+            // accepted during the drain has read its first request (its bytes are already
+            // here) and answers it before leaving; a graceful shutdown while hyper-util
+            // still sniffs the protocol would drop it unanswered.
+            let idle = (!leaving).then_some(builder.idle_timeout);
+            tokio::select! {
+                biased;
+                result = conn.as_mut() => break result,
+                () = told_to_leave(&mut leave), if !leaving => {
+                    // HTTP/1: `Connection: close` on the answer in progress, or closed now
+                    // if idle. HTTP/2: GOAWAY, streams already opened still finish.
+                    leaving = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                expiry = clock.expired(builder.send_timeout, idle) => {
+                    if expiry == Expiry::Send {
+                        // Dropping the connection drops its responses: their in-flight
+                        // slots and upstream connections are released.
+                        debug!(peer = %peer, "connection cut: the client took no response bytes within send_timeout");
+                        return;
+                    }
+                    debug!(peer = %peer, "connection closed: idle for idle_timeout");
+                    leaving = true;
+                    conn.as_mut().graceful_shutdown();
+                }
             }
         };
         if let Err(e) = result {

@@ -9,6 +9,7 @@ pub mod process;
 pub mod review_conn;
 pub mod review_headers;
 pub mod servers;
+pub mod slowclients;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,160 @@
+//! Per-connection timers for slow peers: `limits.send_timeout` and `limits.idle_timeout`.
+//!
+//! Why not per response: a client that stops reading stops hyper from polling the response
+//! body (HTTP/1 waits for the socket to drain, HTTP/2 for window updates), so a timer inside
+//! the body would never be looked at. The connection task is always polled, so it keeps the
+//! one timer; each response body only records, in the connection's [`Clock`], when the
+//! client last took bytes and whether it is waiting for the client to take more.
+//!
+//! "Waiting for the client" means the body handed a frame out (or has not been polled yet)
+//! and has not been asked for the next one. A body waiting for its upstream (a long poll,
+//! a slow stream) is not the client's fault and never counts.
+//!
+//! The unit is the connection: it is cut when none of its responses has moved for
+//! `send_timeout` while at least one waits for the client. An HTTP/2 client that keeps one
+//! stream moving keeps its other stalled streams (at most 256, `max_concurrent_streams`).
+//!
+//! Cost: one allocation per connection (the clock) and one timer per connection, which
+//! wakes at most once per `min(send_timeout, idle_timeout)` (or when a limit is reached).
+//! Per request: an `Arc` clone and a few atomic counter updates; per response frame handed
+//! out one clock read and one relaxed store (none for a poll that finds the upstream has
+//! nothing yet).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// What one connection's requests and responses are doing.
+#[derive(Debug)]
+pub struct Clock {
+    base: Instant,
+    /// Requests started and not yet finished (handler running or body still sending).
+    requests: AtomicUsize,
+    /// Response bodies waiting for the client to take more.
+    waiting: AtomicUsize,
+    /// Milliseconds since `base` of the last thing that happened: a response frame taken,
+    /// a request finished.
+    last: AtomicU64,
+}
+
+/// Why a connection's time ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// A response waited for the client for `send_timeout`: cut the connection.
+    Send,
+    /// No request for `idle_timeout`: close it politely.
+    Idle,
+}
+
+impl Clock {
+    pub fn new() -> Arc<Clock> {
+        Arc::new(Clock {
+            base: Instant::now(),
+            requests: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            last: AtomicU64::new(0),
+        })
+    }
+
+    /// Counts a request from its start until the returned handle is dropped (with its
+    /// response body, or with the request if it never got one).
+    pub fn start(self: &Arc<Self>) -> Active {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        Active {
+            clock: Arc::clone(self),
+            waiting: false,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    fn touch(&self) {
+        self.last.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// Resolves when the connection's time runs out; `idle: false` watches only sending.
+    pub async fn expired(&self, send: Duration, idle: Option<Duration>) -> Expiry {
+        let (send, idle) = (send.as_millis() as u64, idle.map(|d| d.as_millis() as u64));
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
+        loop {
+            // Counters first (acquire): a counter seen changed comes with its `last`.
+            let waiting = self.waiting.load(Ordering::Acquire);
+            let requests = self.requests.load(Ordering::Acquire);
+            let last = self.last.load(Ordering::Relaxed);
+            let now = self.now();
+            let next = if waiting > 0 {
+                if now.saturating_sub(last) >= send {
+                    return Expiry::Send;
+                }
+                last + send
+            } else if let (0, Some(idle)) = (requests, idle) {
+                if now.saturating_sub(last) >= idle {
+                    return Expiry::Idle;
+                }
+                // A response may start waiting meanwhile: look again within `send`.
+                (last + idle).min(now + send)
+            } else {
+                // Requests in their handlers: nothing to watch until one sends or all
+                // end. Looking that often is enough: a wait or an idle spell seen begun is
+                // then timed from `last`.
+                now + send.min(idle.unwrap_or(send))
+            };
+            sleep
+                .as_mut()
+                .reset(self.base + Duration::from_millis(next));
+            sleep.as_mut().await;
+        }
+    }
+}
+
+/// One request on a connection, carried by its response body.
+#[derive(Debug)]
+pub struct Active {
+    clock: Arc<Clock>,
+    /// Counted in the clock's `waiting`.
+    waiting: bool,
+}
+
+impl Active {
+    /// The response is handed to the connection: waiting for the client to take it.
+    pub fn sending(&mut self) {
+        self.clock.touch();
+        self.set_waiting(true);
+    }
+
+    /// The response body was polled (the client took what came before) and gave `frame`
+    /// (`true`: a frame handed out, waiting for the client again; `false`: waiting for the
+    /// upstream, or done).
+    pub fn polled(&mut self, frame: bool) {
+        // Only a wait that begins needs the time: a body pending on its upstream is not
+        // timed, so that poll costs no clock read.
+        if frame {
+            self.clock.touch();
+        }
+        self.set_waiting(frame);
+    }
+
+    fn set_waiting(&mut self, waiting: bool) {
+        if waiting != self.waiting {
+            self.waiting = waiting;
+            if waiting {
+                self.clock.waiting.fetch_add(1, Ordering::Release);
+            } else {
+                self.clock.waiting.fetch_sub(1, Ordering::Release);
+            }
+        }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.set_waiting(false);
+        self.clock.touch();
+        self.clock.requests.fetch_sub(1, Ordering::Release);
+    }
+}
