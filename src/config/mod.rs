@@ -12,6 +12,7 @@
 //! environment variables, so this module only sees "what the command line said" as
 //! [`Overrides`] and lays it over the file.
 
+pub mod client_cert;
 pub mod path;
 pub mod raw;
 pub mod types;

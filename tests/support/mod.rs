@@ -8,6 +8,7 @@ pub mod process;
 pub mod review_conn;
 pub mod review_headers;
 pub mod servers;
+pub mod upstream_tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,324 @@
+//! HTTP/2 connections to the upstream, as many as its stream limit asks for.
+//!
+//! Why not hyper-util's pooled client: it keeps one HTTP/2 connection per origin and
+//! queues every request over the upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` inside that
+//! connection. Against an upstream that allows one stream per connection, 30 concurrent
+//! requests ran one after the other, and the time they spent queued in the proxy was
+//! charged to the upstream as timeouts, which opened the breaker on a healthy backend.
+//! SPEC §7.8: more connections are opened when the stream limit is reached.
+//!
+//! hyper does not tell how many streams the peer allows, so each new connection reads it
+//! from the server's first SETTINGS frame (RFC 9113 §3.4: the server preface) as the bytes
+//! pass by, and is used only once that frame has arrived: TCP, TLS and the preface all
+//! fall within `connect_timeout`. A later SETTINGS that lowers the limit is not seen;
+//! hyper then queues the excess streams in the connection, as before.
+//!
+//! A stream is counted from dispatch until its response head (or failure); a response
+//! body still streaming keeps its HTTP/2 stream open, so a request sent meanwhile on a
+//! connection at its limit waits in that connection for the body to finish.
+//!
+//! Per request: one short mutex hold to pick a connection (hyper-util's pool takes one as
+//! well), two atomic operations and a `SendRequest` clone; a connection is made only when
+//! all are full.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::{Builder, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::body::UpstreamBody;
+use super::connect::{BoxError, Connector};
+use super::upstream::ClientError;
+
+/// The HTTP/2 connections to one upstream.
+pub struct H2Pool {
+    connector: Connector,
+    /// `upstream.url`: where to connect.
+    origin: Uri,
+    conns: Mutex<Vec<Arc<Conn>>>,
+    /// Idle connections kept (`upstream.pool_max_idle`).
+    max_idle: usize,
+    /// An idle connection older than this is closed (`upstream.pool_idle_timeout`).
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+    max_header_list: u32,
+    /// The zero of the `idle_since` clocks.
+    epoch: Instant,
+}
+
+/// One HTTP/2 connection and its stream accounting.
+struct Conn {
+    send: SendRequest<UpstreamBody>,
+    /// Streams we have dispatched and whose response head has not arrived.
+    in_flight: AtomicUsize,
+    /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS` from its preface (at least 1).
+    max_streams: usize,
+    /// Milliseconds after the pool's epoch when `in_flight` last fell to 0.
+    idle_since: AtomicU64,
+}
+
+/// A stream slot on a connection, given back when dropped.
+struct Slot {
+    conn: Arc<Conn>,
+    epoch: Instant,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.conn.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let now = self.epoch.elapsed().as_millis() as u64;
+            self.conn.idle_since.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+impl H2Pool {
+    pub fn new(
+        connector: Connector,
+        origin: Uri,
+        limits: (usize, Duration, Duration),
+        max_header_list: u32,
+    ) -> H2Pool {
+        let (max_idle, idle_timeout, connect_timeout) = limits;
+        H2Pool {
+            connector,
+            origin,
+            conns: Mutex::new(Vec::new()),
+            max_idle,
+            idle_timeout,
+            connect_timeout,
+            max_header_list,
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Sends a request on a connection with a free stream, opening one if none has.
+    pub async fn request(
+        &self,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let slot = match self.free_slot() {
+            Some(slot) => slot,
+            None => self.connect().await?,
+        };
+        *req.version_mut() = Version::HTTP_2;
+        let mut send = slot.conn.send.clone();
+        send.send_request(req).await.map_err(ClientError::Request)
+    }
+
+    /// Takes a stream on an open connection below its limit; drops closed connections,
+    /// those idle too long and idle ones beyond `max_idle`.
+    fn free_slot(&self) -> Option<Slot> {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let idle_limit = self.idle_timeout.as_millis() as u64;
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = 0;
+        conns.retain(|c| {
+            if c.send.is_closed() {
+                return false;
+            }
+            if c.in_flight.load(Ordering::Acquire) > 0 {
+                return true;
+            }
+            idle += 1;
+            idle <= self.max_idle
+                && now.saturating_sub(c.idle_since.load(Ordering::Relaxed)) < idle_limit
+        });
+        let conn = conns
+            .iter()
+            .find(|c| c.in_flight.load(Ordering::Acquire) < c.max_streams)?;
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(Slot {
+            conn: Arc::clone(conn),
+            epoch: self.epoch,
+        })
+    }
+
+    /// Opens a connection and takes its first stream. Connect, handshake and the server's
+    /// SETTINGS all within `connect_timeout`.
+    async fn connect(&self) -> Result<Slot, ClientError> {
+        use tower_service::Service;
+        let started = Instant::now();
+        let stream = self
+            .connector
+            .clone()
+            .call(self.origin.clone())
+            .await
+            .map_err(ClientError::Connect)?;
+        let (tx, rx) = oneshot::channel();
+        let io = TokioIo::new(Sniffer {
+            inner: TokioIo::new(stream),
+            preface: Some(Preface {
+                bytes: Vec::new(),
+                tx,
+            }),
+        });
+        let (send, connection) = Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(self.max_header_list)
+            .handshake(io)
+            .await
+            .map_err(|e| ClientError::Connect(Box::new(e)))?;
+        // Ends when every `SendRequest` is gone or the upstream closes it.
+        tokio::spawn(connection);
+        let left = self.connect_timeout.saturating_sub(started.elapsed());
+        let max_streams = match tokio::time::timeout(left, rx).await {
+            Ok(Ok(n)) => n.max(1),
+            Ok(Err(_)) => return Err(connect_error("the upstream closed before its SETTINGS")),
+            Err(_) => return Err(connect_error("no HTTP/2 SETTINGS within connect_timeout")),
+        };
+        let conn = Arc::new(Conn {
+            send,
+            in_flight: AtomicUsize::new(1),
+            max_streams,
+            idle_since: AtomicU64::new(0),
+        });
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.push(Arc::clone(&conn));
+        Ok(Slot {
+            conn,
+            epoch: self.epoch,
+        })
+    }
+}
+
+fn connect_error(message: &'static str) -> ClientError {
+    let error: BoxError = Box::new(io::Error::new(io::ErrorKind::TimedOut, message));
+    ClientError::Connect(error)
+}
+
+/// The server's first frame as it arrives, until `SETTINGS_MAX_CONCURRENT_STREAMS` is known.
+struct Preface {
+    bytes: Vec<u8>,
+    tx: oneshot::Sender<usize>,
+}
+
+/// The frame header length and the largest SETTINGS payload we read (RFC 9113 §4.1, §6.5).
+const HEADER: usize = 9;
+const MAX_SETTINGS: usize = 16_384;
+/// No limit until the server says one (RFC 9113 §6.5.2).
+const UNLIMITED: usize = u32::MAX as usize;
+
+impl Preface {
+    /// Adds bytes read; returns the limit once the first frame is complete.
+    fn feed(&mut self, read: &[u8]) -> Option<usize> {
+        let want = HEADER + MAX_SETTINGS;
+        let take = read.len().min(want.saturating_sub(self.bytes.len()));
+        self.bytes.extend_from_slice(&read[..take]);
+        let b = &self.bytes;
+        if b.len() < HEADER {
+            return None;
+        }
+        let len = usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]);
+        if b[3] != 0x4 || len > MAX_SETTINGS {
+            // Not the SETTINGS a server must send first: hyper will fail the connection.
+            return Some(UNLIMITED);
+        }
+        let payload = b.get(HEADER..HEADER + len)?;
+        let limit = payload
+            .chunks_exact(6)
+            .filter(|e| u16::from_be_bytes([e[0], e[1]]) == 0x3)
+            .map(|e| u32::from_be_bytes([e[2], e[3], e[4], e[5]]) as usize)
+            .last();
+        Some(limit.unwrap_or(UNLIMITED))
+    }
+}
+
+/// The connection's bytes, watched until the server's preface has been read.
+struct Sniffer<T> {
+    inner: T,
+    preface: Option<Preface>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Sniffer<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        if let Some(preface) = self.preface.as_mut() {
+            if let Some(limit) = preface.feed(&buf.filled()[before..]) {
+                if let Some(preface) = self.preface.take() {
+                    let _ = preface.tx.send(limit);
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Sniffer<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn preface() -> (Preface, oneshot::Receiver<usize>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Preface {
+                bytes: Vec::new(),
+                tx,
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn reads_the_stream_limit_across_reads() {
+        let (mut p, _rx) = preface();
+        // SETTINGS, 12 bytes: INITIAL_WINDOW_SIZE=65535, MAX_CONCURRENT_STREAMS=1.
+        let frame = [
+            0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0xff, 0xff, 0, 3, 0, 0, 0, 1,
+        ];
+        assert_eq!(p.feed(&frame[..5]), None);
+        assert_eq!(p.feed(&frame[5..15]), None);
+        assert_eq!(p.feed(&frame[15..]), Some(1));
+    }
+
+    #[test]
+    fn no_limit_when_the_server_names_none() {
+        let (mut p, _rx) = preface();
+        assert_eq!(p.feed(&[0, 0, 0, 4, 0, 0, 0, 0, 0]), Some(UNLIMITED));
+    }
+}
