@@ -18,8 +18,8 @@ use support::{get, metric, send, temp_file, Sidecar};
 /// 30 concurrent GETs through a sidecar in front of an HTTP/2 upstream that allows one
 /// stream per connection and answers after 200 ms: each request's status and time, the
 /// upstream attempts counted as timeouts, and the connections the upstream accepted.
-async fn thirty_gets(policy: &str) -> (Vec<(StatusCode, Duration)>, f64, usize) {
-    let backend = peers::h2_one_stream(Duration::from_millis(200)).await;
+async fn thirty_gets(streams: u32, policy: &str) -> (Vec<(StatusCode, Duration)>, f64, usize) {
+    let backend = peers::h2_limited(streams, Duration::from_millis(200)).await;
     let yaml = format!(
         "upstream:\n  url: http://{}\n  http2: true\n{policy}",
         backend.addr
@@ -47,7 +47,7 @@ async fn thirty_gets(policy: &str) -> (Vec<(StatusCode, Duration)>, f64, usize) 
     let mut times: Vec<Duration> = results.iter().map(|r| r.1).collect();
     times.sort();
     println!(
-        "30 concurrent GETs, max_concurrent_streams=1: p50 {:?}, p99 {:?}, \
+        "30 concurrent GETs, max_concurrent_streams={streams}: p50 {:?}, p99 {:?}, \
          {} attempts counted as timeouts, {connections} upstream connections",
         times[14], times[29], timeouts as u64,
     );
@@ -59,7 +59,7 @@ async fn thirty_gets(policy: &str) -> (Vec<(StatusCode, Duration)>, f64, usize) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_upstream_with_one_stream_per_connection_gets_more_connections() {
     let policy = "defaults:\n  retry: { per_try_timeout: 1s }\n";
-    let (results, timeouts, connections) = thirty_gets(policy).await;
+    let (results, timeouts, connections) = thirty_gets(1, policy).await;
     assert_eq!(timeouts, 0.0, "queueing counted as upstream timeouts");
     assert!(results.iter().all(|r| r.0 == StatusCode::OK), "{results:?}");
     assert!(connections > 1);
@@ -70,7 +70,16 @@ async fn h2_upstream_with_one_stream_per_connection_gets_more_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: prints the p99, asserts nothing about time"]
 async fn bench_thirty_gets_one_stream_per_connection() {
-    thirty_gets("").await;
+    thirty_gets(1, "").await;
+}
+
+/// The common HTTP/2 upstream (100 streams): a burst shares the connection being opened
+/// rather than opening one per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_burst_shares_one_connection_when_the_upstream_allows_it() {
+    let (results, timeouts, connections) = thirty_gets(100, "").await;
+    assert!(results.iter().all(|r| r.0 == StatusCode::OK), "{results:?}");
+    assert_eq!((timeouts, connections), (0.0, 1));
 }
 
 /// Issue 21 item 5: an `https://` upstream that accepts and never answers the handshake is

@@ -24,7 +24,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::body::UpstreamBody;
@@ -45,7 +45,11 @@ pub struct H2Pool {
     connector: Connector,
     /// `upstream.url`: where to connect.
     origin: Uri,
-    conns: Mutex<Vec<Arc<Conn>>>,
+    state: Mutex<State>,
+    /// Wakes requests waiting for a connection being opened.
+    opened: Notify,
+    /// The stream limit the last new connection announced; 0 before the first.
+    limit_seen: AtomicUsize,
     /// Idle connections kept (`upstream.pool_max_idle`).
     max_idle: usize,
     /// An idle connection older than this is closed (`upstream.pool_idle_timeout`).
@@ -55,6 +59,30 @@ pub struct H2Pool {
     /// The zero of the `idle_since` clocks.
     epoch: Instant,
 }
+
+/// The connections, and the requests opening or awaiting one.
+#[derive(Default)]
+struct State {
+    conns: Vec<Arc<Conn>>,
+    /// Connections being opened.
+    connecting: usize,
+    /// Requests waiting for a connection being opened to give them a stream.
+    waiting: usize,
+}
+
+/// What a request without a free stream does.
+enum Next {
+    Go(Slot),
+    /// Wait for a connection being opened: it will have room.
+    Wait,
+    Connect,
+}
+
+/// How many times a request waits for others' new connections before opening its own.
+const MAX_WAITS: usize = 2;
+/// The stream limit assumed before any server said one (RFC 9113 §6.5.2 recommends at
+/// least 100): a burst at start-up waits for one connection, then opens what it needs.
+const ASSUMED_LIMIT: usize = 100;
 
 /// One HTTP/2 connection and its stream accounting.
 struct Conn {
@@ -93,7 +121,9 @@ impl H2Pool {
         H2Pool {
             connector,
             origin,
-            conns: Mutex::new(Vec::new()),
+            state: Mutex::new(State::default()),
+            opened: Notify::new(),
+            limit_seen: AtomicUsize::new(0),
             max_idle,
             idle_timeout,
             connect_timeout,
@@ -107,23 +137,44 @@ impl H2Pool {
         &self,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, ClientError> {
-        let slot = match self.free_slot() {
-            Some(slot) => slot,
-            None => self.connect().await?,
-        };
+        let slot = self.slot().await?;
         *req.version_mut() = Version::HTTP_2;
         let mut send = slot.conn.send.clone();
         send.send_request(req).await.map_err(ClientError::Request)
     }
 
-    /// Takes a stream on an open connection below its limit; drops closed connections,
-    /// those idle too long and idle ones beyond `max_idle`.
-    fn free_slot(&self) -> Option<Slot> {
+    /// A stream: on an open connection below its limit, else on a connection another
+    /// request is opening (when it will have room), else on a new one. Each wait is
+    /// bounded by `connect_timeout`.
+    async fn slot(&self) -> Result<Slot, ClientError> {
+        for _ in 0..MAX_WAITS {
+            // Registered before looking, so an opening that ends meanwhile is not missed.
+            let opened = self.opened.notified();
+            match self.next() {
+                Next::Go(slot) => return Ok(slot),
+                Next::Connect => return self.connect_counted().await,
+                Next::Wait => {
+                    let _waiting = Counted::new(self, |s| &mut s.waiting);
+                    let _ = tokio::time::timeout(self.connect_timeout, opened).await;
+                }
+            }
+        }
+        self.lock().connecting += 1;
+        self.connect_counted().await
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Decides under the lock; drops closed connections, those idle too long and idle
+    /// ones beyond `max_idle`.
+    fn next(&self) -> Next {
         let now = self.epoch.elapsed().as_millis() as u64;
         let idle_limit = self.idle_timeout.as_millis() as u64;
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
         let mut idle = 0;
-        conns.retain(|c| {
+        state.conns.retain(|c| {
             if c.send.is_closed() {
                 return false;
             }
@@ -134,14 +185,34 @@ impl H2Pool {
             idle <= self.max_idle
                 && now.saturating_sub(c.idle_since.load(Ordering::Relaxed)) < idle_limit
         });
-        let conn = conns
+        let free = state
+            .conns
             .iter()
-            .find(|c| c.in_flight.load(Ordering::Acquire) < c.max_streams)?;
-        conn.in_flight.fetch_add(1, Ordering::AcqRel);
-        Some(Slot {
-            conn: Arc::clone(conn),
-            epoch: self.epoch,
-        })
+            .find(|c| c.in_flight.load(Ordering::Acquire) < c.max_streams);
+        if let Some(conn) = free {
+            conn.in_flight.fetch_add(1, Ordering::AcqRel);
+            return Next::Go(Slot {
+                conn: Arc::clone(conn),
+                epoch: self.epoch,
+            });
+        }
+        let limit = match self.limit_seen.load(Ordering::Relaxed) {
+            0 => ASSUMED_LIMIT,
+            seen => seen,
+        };
+        // Each connection being opened has room for its opener and `limit - 1` others.
+        if state.waiting < state.connecting * (limit - 1) {
+            state.waiting += 1;
+            return Next::Wait;
+        }
+        state.connecting += 1;
+        Next::Connect
+    }
+
+    /// `connect`, then tells the waiting requests (also when it failed or was dropped).
+    async fn connect_counted(&self) -> Result<Slot, ClientError> {
+        let _connecting = Counted::new(self, |s| &mut s.connecting);
+        self.connect().await
     }
 
     /// Opens a connection and takes its first stream. Connect, handshake and the server's
@@ -177,18 +248,42 @@ impl H2Pool {
             Ok(Err(_)) => return Err(connect_error("the upstream closed before its SETTINGS")),
             Err(_) => return Err(connect_error("no HTTP/2 SETTINGS within connect_timeout")),
         };
+        self.limit_seen.store(max_streams, Ordering::Relaxed);
         let conn = Arc::new(Conn {
             send,
             in_flight: AtomicUsize::new(1),
             max_streams,
             idle_since: AtomicU64::new(0),
         });
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns.push(Arc::clone(&conn));
+        self.lock().conns.push(Arc::clone(&conn));
         Ok(Slot {
             conn,
             epoch: self.epoch,
         })
+    }
+}
+
+/// A count in the pool's state (already raised by `next`), lowered when dropped: a
+/// request cancelled while it connects or waits must not leave it raised. Lowering
+/// `connecting` wakes the waiting requests.
+struct Counted<'a> {
+    pool: &'a H2Pool,
+    count: fn(&mut State) -> &mut usize,
+}
+
+impl<'a> Counted<'a> {
+    fn new(pool: &'a H2Pool, count: fn(&mut State) -> &mut usize) -> Counted<'a> {
+        Counted { pool, count }
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        let mut state = self.pool.lock();
+        let count = (self.count)(&mut state);
+        *count = count.saturating_sub(1);
+        drop(state);
+        self.pool.opened.notify_waiters();
     }
 }
 

@@ -53,8 +53,8 @@ async fn peer(listener: TcpListener) -> (Peer, TcpListener) {
     (peer, listener)
 }
 
-/// Cleartext HTTP/2 with `SETTINGS_MAX_CONCURRENT_STREAMS = 1`; each answer after `delay`.
-pub async fn h2_one_stream(delay: Duration) -> Peer {
+/// Cleartext HTTP/2 with this `SETTINGS_MAX_CONCURRENT_STREAMS`; each answer after `delay`.
+pub async fn h2_limited(max_streams: u32, delay: Duration) -> Peer {
     let (mut peer, listener) = peer(TcpListener::bind("127.0.0.1:0").await.unwrap()).await;
     let (connections, hits) = (Arc::clone(&peer.connections), Arc::clone(&peer.hits));
     peer.task = tokio::spawn(async move {
@@ -63,7 +63,7 @@ pub async fn h2_one_stream(delay: Duration) -> Peer {
             let hits = Arc::clone(&hits);
             tokio::spawn(async move {
                 let handshake = h2::server::Builder::new()
-                    .max_concurrent_streams(1)
+                    .max_concurrent_streams(max_streams)
                     .handshake::<_, Bytes>(tcp);
                 let Ok(mut conn) = handshake.await else {
                     return;
