@@ -53,7 +53,8 @@ async fn peer(listener: TcpListener) -> (Peer, TcpListener) {
     (peer, listener)
 }
 
-/// Cleartext HTTP/2 with this `SETTINGS_MAX_CONCURRENT_STREAMS`; each answer after `delay`.
+/// Cleartext HTTP/2 with this `SETTINGS_MAX_CONCURRENT_STREAMS`, its preface 100 ms after
+/// the connection is accepted; each answer after `delay`.
 pub async fn h2_limited(max_streams: u32, delay: Duration) -> Peer {
     let (mut peer, listener) = peer(TcpListener::bind("127.0.0.1:0").await.unwrap()).await;
     let (connections, hits) = (Arc::clone(&peer.connections), Arc::clone(&peer.hits));
@@ -62,6 +63,8 @@ pub async fn h2_limited(max_streams: u32, delay: Duration) -> Peer {
             connections.fetch_add(1, Ordering::SeqCst);
             let hits = Arc::clone(&hits);
             tokio::spawn(async move {
+                // A slow preface, so that a burst finds the first connection still opening.
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 let handshake = h2::server::Builder::new()
                     .max_concurrent_streams(max_streams)
                     .handshake::<_, Bytes>(tcp);
