@@ -22,6 +22,7 @@ pub mod degrade;
 pub mod failure;
 pub mod forward;
 pub mod h2pool;
+pub mod h2settings;
 pub mod headers;
 pub mod probe;
 pub mod respond;
