@@ -59,6 +59,8 @@ pub enum HostHeader {
 pub struct RawTls {
     pub ca_file: Option<PathBuf>,
     pub server_name: Option<String>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -58,6 +58,8 @@ pub struct Tls {
     pub ca_certs: Option<Vec<rustls_pki_types::CertificateDer<'static>>>,
     /// The name to send (SNI) and verify instead of the URL's host.
     pub server_name: Option<rustls_pki_types::ServerName<'static>>,
+    /// Our certificate, for upstreams that require mTLS.
+    pub client_cert: Option<std::sync::Arc<super::client_cert::ClientCert>>,
 }
 
 /// The optional active probe of the upstream.

@@ -104,7 +104,11 @@ fn upstream(raw: RawUpstream, dir: &Path) -> Result<Upstream, ConfigError> {
     let raw_tls = raw.tls.unwrap_or_default();
     let tls = if url.scheme_str() == Some("https") {
         Some(tls(raw_tls, dir)?)
-    } else if raw_tls.ca_file.is_some() || raw_tls.server_name.is_some() {
+    } else if raw_tls.ca_file.is_some()
+        || raw_tls.server_name.is_some()
+        || raw_tls.cert_file.is_some()
+        || raw_tls.key_file.is_some()
+    {
         return Err(field_err(
             "upstream.tls",
             "is only used with https:// upstreams",
@@ -160,6 +164,7 @@ fn tls(raw: RawTls, dir: &Path) -> Result<Tls, ConfigError> {
     Ok(Tls {
         ca_certs,
         server_name,
+        client_cert: super::client_cert::load(raw.cert_file, raw.key_file, dir)?,
     })
 }
 

@@ -201,7 +201,7 @@ impl Attempts<'_> {
         &self,
         n: u32,
         body: super::body::UpstreamBody,
-    ) -> Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, Failure> {
+    ) -> Result<Result<Response<Incoming>, super::upstream::ClientError>, Failure> {
         let per_try = self.route.policy.retry.per_try_timeout;
         let upload = self.body.upload();
         let per_try_timer = async {

@@ -17,9 +17,12 @@
 pub mod attempts;
 pub mod body;
 pub mod coalesced;
+pub mod connect;
 pub mod degrade;
 pub mod failure;
 pub mod forward;
+pub mod h2pool;
+pub mod h2settings;
 pub mod headers;
 pub mod probe;
 pub mod respond;

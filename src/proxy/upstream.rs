@@ -1,5 +1,5 @@
-//! The connection to the one upstream: a pooled hyper-util client, and the request head
-//! every attempt sends.
+//! The connection to the one upstream: the pooled client (hyper-util's for HTTP/1.1, ours
+//! for HTTP/2), its TLS settings, and the request head every attempt sends.
 //!
 //! The URI is always built from `upstream.url` plus the client's path and query, whatever
 //! the client put in its request line: an absolute-form request for another host still
@@ -8,79 +8,152 @@
 //! `X-Forwarded-Host`, after it was checked: the target's authority wins over `Host`, and
 //! a repeated or malformed `Host` is refused with 400 rather than passed on.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{HeaderValue, HOST};
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, Method, Request, Uri};
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
+use http::{HeaderMap, HeaderName, Method, Request, Response, Uri};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::{ClientConfig, RootCertStore};
 
 use super::body::UpstreamBody;
+use super::connect::{BoxError, Connector};
+use super::h2pool::H2Pool;
 use super::headers;
 use crate::config::{HostHeader, Limits, Tls, Upstream};
 
-/// The pooled client every attempt goes through (plain or TLS, by the URL's scheme).
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+/// The client every attempt goes through (plain or TLS, by the URL's scheme): hyper-util's
+/// pool for HTTP/1.1, our own pool of HTTP/2 connections with `upstream.http2: true`.
+pub struct HttpClient(Protocol);
+
+enum Protocol {
+    Http1(Client<Connector, UpstreamBody>),
+    Http2(H2Pool),
+}
+
+impl HttpClient {
+    /// Sends a request and waits for the response head.
+    pub async fn request(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        match &self.0 {
+            Protocol::Http1(client) => client.request(req).await.map_err(ClientError::Pooled),
+            Protocol::Http2(pool) => pool.request(req).await,
+        }
+    }
+}
+
+/// Why the client could not get a response head.
+#[derive(Debug)]
+pub enum ClientError {
+    /// From hyper-util's pooled client.
+    Pooled(hyper_util::client::legacy::Error),
+    /// No connection (TCP, TLS or the HTTP/2 preface) within `connect_timeout`, or refused.
+    Connect(BoxError),
+    /// The request failed on an HTTP/2 connection of our pool.
+    Request(hyper::Error),
+}
+
+impl ClientError {
+    /// Whether no connection was made, so nothing was sent.
+    pub fn is_connect(&self) -> bool {
+        match self {
+            ClientError::Pooled(e) => e.is_connect(),
+            ClientError::Connect(_) => true,
+            ClientError::Request(_) => false,
+        }
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Pooled(e) => e.fmt(f),
+            ClientError::Connect(_) => f.write_str("client error (Connect)"),
+            ClientError::Request(_) => f.write_str("client error (SendRequest)"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    /// The cause, as hyper-util's own error gives it: the display above names the stage.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Pooled(e) => e.source(),
+            ClientError::Connect(e) => Some(&**e),
+            ClientError::Request(e) => Some(e),
+        }
+    }
+}
 
 /// Header telling the upstream which attempt this is (1 for the first).
 pub static ATTEMPT: HeaderName = HeaderName::from_static("x-outrigger-attempt");
 
-/// Builds the pooled client for an upstream. Over HTTP/2 its answers may carry as many
-/// header bytes as requests may (hyper's client default is 16 KiB).
+/// Builds the client for an upstream. Over HTTP/2 its answers may carry as many header
+/// bytes as requests may (hyper's client default is 16 KiB).
 pub fn client(upstream: &Upstream, limits: &Limits) -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(upstream.connect_timeout));
-    http.set_nodelay(true);
-    // The TLS layer decides by scheme; plain http:// passes through it untouched.
-    http.enforce_http(false);
-    let tls = tls_config(upstream.tls.as_ref());
-    let builder = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http();
-    let builder = match upstream.tls.as_ref().and_then(|t| t.server_name.clone()) {
-        Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
-        None => builder,
-    };
-    // ALPN offers exactly the protocol we will speak.
-    let connector = if upstream.http2 {
-        builder.enable_http2().wrap_connector(http)
-    } else {
-        builder.enable_http1().wrap_connector(http)
-    };
-    Client::builder(TokioExecutor::new())
+    let tls = upstream.tls.as_ref().map(|t| tls_config(t, upstream.http2));
+    let server_name = upstream.tls.as_ref().and_then(|t| t.server_name.clone());
+    let connector = Connector::new(tls, server_name, upstream.connect_timeout);
+    let max_header_list = u32::try_from(limits.max_request_header_bytes).unwrap_or(u32::MAX);
+    if upstream.http2 {
+        let pool_limits = (
+            upstream.pool_max_idle,
+            upstream.pool_idle_timeout,
+            upstream.connect_timeout,
+        );
+        let pool = H2Pool::new(
+            connector,
+            upstream.url.clone(),
+            pool_limits,
+            max_header_list,
+        );
+        return HttpClient(Protocol::Http2(pool));
+    }
+    let client = Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(upstream.pool_idle_timeout)
         .pool_max_idle_per_host(upstream.pool_max_idle)
-        .http2_only(upstream.http2)
-        .http2_max_header_list_size(
-            u32::try_from(limits.max_request_header_bytes).unwrap_or(u32::MAX),
-        )
-        .build(connector)
+        .build(connector);
+    HttpClient(Protocol::Http1(client))
 }
 
 /// Roots: the configured private CA, else the webpki roots bundled in the binary (a
-/// `scratch` container has no system store to read).
-fn tls_config(tls: Option<&Tls>) -> ClientConfig {
+/// `scratch` container has no system store to read). The client certificate when the
+/// upstream wants mTLS. ALPN offers exactly the protocol we speak (SPEC §7.8).
+fn tls_config(tls: &Tls, http2: bool) -> ClientConfig {
     let mut roots = RootCertStore::empty();
-    match tls.and_then(|t| t.ca_certs.as_ref()) {
+    match &tls.ca_certs {
         Some(certs) => {
             // Validated at load: every certificate parsed; one rustls refuses is skipped.
             let _ = roots.add_parsable_certificates(certs.iter().cloned());
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports the default TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports the default TLS versions")
+            .with_root_certificates(roots);
+    let mut config = match &tls.client_cert {
+        Some(cert) => builder
+            .with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())
+            .expect("the client certificate and key were checked at load"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![if http2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    config
 }
 
 /// What every attempt of one request sends, minus the body.

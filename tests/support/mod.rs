@@ -10,6 +10,7 @@ pub mod review_conn;
 pub mod review_headers;
 pub mod servers;
 pub mod slowclients;
+pub mod upstream_tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
