@@ -46,6 +46,8 @@ pub struct Metrics {
     pub upstream_up: IntGauge,
     upstream_up_registered: std::sync::Once,
     pub in_flight: IntGauge,
+    /// Upgraded connections (WebSocket) open now.
+    pub tunnels_open: IntGauge,
     pub shed: IntCounter,
     /// result
     pub config_reloads: IntCounterVec,
@@ -87,6 +89,9 @@ impl Metrics {
         let in_flight = IntGauge::new("outrigger_in_flight_requests", "Requests being served now.")
             .expect("metric definition is valid");
         r.register(Box::new(in_flight.clone())).expect("unique");
+        let tunnels_open = IntGauge::new("outrigger_tunnels_open", "Upgraded connections open now.")
+            .expect("metric definition is valid");
+        r.register(Box::new(tunnels_open.clone())).expect("unique");
         let shed = IntCounter::new(
             "outrigger_shed_total",
             "Requests refused at once because too many were in flight.",
@@ -209,6 +214,7 @@ impl Metrics {
                 &["result"],
             ),
             in_flight,
+            tunnels_open,
             shed,
             registry: r,
         }

@@ -37,6 +37,10 @@ pub fn client(upstream: &Upstream, limits: &Limits) -> HttpClient {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(upstream.connect_timeout));
     http.set_nodelay(true);
+    // Once per connection: a tunnel's upstream that vanished is noticed (see `tunnel`).
+    http.set_keepalive(Some(super::tunnel::KEEPALIVE_IDLE));
+    http.set_keepalive_interval(Some(super::tunnel::KEEPALIVE_INTERVAL));
+    http.set_keepalive_retries(Some(super::tunnel::KEEPALIVE_RETRIES));
     // The TLS layer decides by scheme; plain http:// passes through it untouched.
     http.enforce_http(false);
     let tls = tls_config(upstream.tls.as_ref());
