@@ -195,3 +195,52 @@ async fn both_sides_of_a_tunnel_keep_tcp_keepalive() {
     // ...and of its connection to the upstream (the echo server's own end has it as local).
     assert_eq!(keepalive_of(|_, peer| peer == echo.addr), [on], "upstream side");
 }
+
+#[tokio::test]
+async fn ready_turns_503_before_the_descriptors_run_out_and_back_once_tunnels_close() {
+    use support::process::{free_port, wait_ready, Process};
+    let echo = servers::websocket_echo().await;
+    let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let yaml = format!(
+        "listen: {proxy}\nadmin_listen: {admin}\nupstream:\n  url: http://{}\n",
+        echo.addr
+    );
+    let config = temp_file("outrigger.yaml", &yaml);
+    let process = Process::spawn(&["--config", config.to_str().unwrap()], &[]);
+    // A soft limit of 160 descriptors: /ready must turn 503 with 64 still free.
+    let pid = process.pid().to_string();
+    let limited = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=160:"])
+        .status()
+        .expect("prlimit runs");
+    assert!(limited.success());
+    wait_ready(admin).await;
+
+    let ready = || async { get(&format!("http://{admin}/ready")).await };
+    let mut tunnels = Vec::new();
+    while ready().await.0 == StatusCode::OK {
+        assert!(tunnels.len() < 80, "still ready with {} tunnels", tunnels.len());
+        tunnels.push(websocket(proxy).await.expect("a tunnel while ready"));
+    }
+    let (_, _, body) = ready().await;
+    assert!(body.contains("out of file descriptors"), "{body}");
+    let (status, _, health) = get(&format!("http://{admin}/health")).await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+    assert!(health.contains(r#""status":"degraded""#), "{health}");
+    assert!(health.contains(r#""descriptors":"scarce""#), "{health}");
+    // Turned away before the limit: the proxy still accepts and serves meanwhile.
+    let mut more = websocket(proxy).await.expect("served although not ready");
+    round_trip(&mut more, "still accepted").await;
+    assert!(tunnels.len() > 20, "{} tunnels", tunnels.len());
+
+    drop(more);
+    tunnels.clear();
+    within(async {
+        while ready().await.0 != StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    drop(process);
+}
