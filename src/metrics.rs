@@ -89,8 +89,9 @@ impl Metrics {
         let in_flight = IntGauge::new("outrigger_in_flight_requests", "Requests being served now.")
             .expect("metric definition is valid");
         r.register(Box::new(in_flight.clone())).expect("unique");
-        let tunnels_open = IntGauge::new("outrigger_tunnels_open", "Upgraded connections open now.")
-            .expect("metric definition is valid");
+        let tunnels_open =
+            IntGauge::new("outrigger_tunnels_open", "Upgraded connections open now.")
+                .expect("metric definition is valid");
         r.register(Box::new(tunnels_open.clone())).expect("unique");
         let shed = IntCounter::new(
             "outrigger_shed_total",

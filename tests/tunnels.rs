@@ -13,7 +13,8 @@ use support::servers;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn upgrade_foo(sidecar: &Sidecar) -> http::Request<http_body_util::Full<bytes::Bytes>> {
     get_with(
@@ -23,9 +24,11 @@ fn upgrade_foo(sidecar: &Sidecar) -> http::Request<http_body_util::Full<bytes::B
 }
 
 async fn websocket(addr: SocketAddr) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-    within(tokio_tungstenite::connect_async(format!("ws://{addr}/chat")))
-        .await
-        .map(|(ws, _)| ws)
+    within(tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/chat"
+    )))
+    .await
+    .map(|(ws, _)| ws)
 }
 
 async fn round_trip(ws: &mut Ws, text: &str) {
@@ -41,8 +44,11 @@ async fn tunnels_gauge(sidecar: &Sidecar) -> f64 {
 #[tokio::test]
 async fn upgrade_requests_take_rate_limit_tokens() {
     let backend = Backend::start().await;
-    let sidecar =
-        Sidecar::in_front_of(&backend, "defaults:\n  rate_limit: { rate: 1/m, burst: 1 }\n").await;
+    let sidecar = Sidecar::in_front_of(
+        &backend,
+        "defaults:\n  rate_limit: { rate: 1/m, burst: 1 }\n",
+    )
+    .await;
     let mut statuses = Vec::new();
     for _ in 0..6 {
         statuses.push(send(upgrade_foo(&sidecar)).await.0.as_u16());
@@ -63,20 +69,31 @@ async fn upgrade_failures_open_the_breaker_and_an_open_breaker_refuses_upgrades(
     let yaml = "defaults:\n  retry: { attempts: 1 }\n  circuit_breaker: { min_requests: 3, failure_ratio: 0.5, open_duration: 1m }\n";
     let sidecar = Sidecar::in_front_of(&backend, yaml).await;
     for _ in 0..3 {
-        assert_eq!(send(upgrade_foo(&sidecar)).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            send(upgrade_foo(&sidecar)).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
     assert_eq!(backend.count(), 3);
     let (status, headers, body) = send(upgrade_foo(&sidecar)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("circuit-open"), "{body}");
     assert_eq!(headers["x-outrigger-attempts"], "0");
-    assert_eq!(backend.count(), 3, "an open breaker keeps upgrades from the upstream");
+    assert_eq!(
+        backend.count(),
+        3,
+        "an open breaker keeps upgrades from the upstream"
+    );
 }
 
 #[tokio::test]
 async fn switching_protocols_is_a_success_for_the_breaker() {
     // Nothing listens on the upstream's port at first: connect failures open the breaker.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let yaml = format!(
         "upstream:\n  url: http://127.0.0.1:{port}\ndefaults:\n  retry: {{ attempts: 1 }}\n  circuit_breaker: {{ min_requests: 2, failure_ratio: 0.5, open_duration: 300ms, half_open_requests: 1 }}\n"
     );
@@ -84,14 +101,24 @@ async fn switching_protocols_is_a_success_for_the_breaker() {
     for _ in 0..2 {
         assert_eq!(send(upgrade_foo(&sidecar)).await.0, StatusCode::BAD_GATEWAY);
     }
-    let state = || async { metric(&sidecar.metrics().await, "outrigger_circuit_state", &[("route", "default")]) };
+    let state = || async {
+        metric(
+            &sidecar.metrics().await,
+            "outrigger_circuit_state",
+            &[("route", "default")],
+        )
+    };
     assert_eq!(state().await, 2.0, "open after two connect failures");
     let _echo = servers::websocket_echo_on(
-        tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap(),
+        tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap(),
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
     // The half-open probe is a WebSocket handshake: its 101 closes the breaker.
-    let mut ws = websocket(sidecar.addr).await.expect("the probe is let through");
+    let mut ws = websocket(sidecar.addr)
+        .await
+        .expect("the probe is let through");
     round_trip(&mut ws, "hi").await;
     assert_eq!(state().await, 0.0, "closed by the 101");
 }
@@ -148,7 +175,11 @@ async fn an_idle_tunnel_is_closed_and_a_busy_one_is_not() {
         !matches!(next, Some(Ok(ref m)) if m.is_text()),
         "the idle tunnel was closed: {next:?}"
     );
-    assert_eq!(tunnels_gauge(&sidecar).await, 1.0, "the busy one is still open");
+    assert_eq!(
+        tunnels_gauge(&sidecar).await,
+        1.0,
+        "the busy one is still open"
+    );
     round_trip(&mut busy, "still here").await;
     drop(busy);
     eventually(|| sidecar.app.proxy.tunnels.open() == 0).await;
@@ -169,7 +200,9 @@ fn keepalive_of(wanted: impl Fn(SocketAddr, SocketAddr) -> bool) -> Vec<Option<D
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         let socket = socket2::SockRef::from(&borrowed);
         let ends = (socket.local_addr(), socket.peer_addr());
-        let (Ok(local), Ok(peer)) = ends else { continue };
+        let (Ok(local), Ok(peer)) = ends else {
+            continue;
+        };
         let (Some(local), Some(peer)) = (local.as_socket(), peer.as_socket()) else {
             continue;
         };
@@ -191,9 +224,17 @@ async fn both_sides_of_a_tunnel_keep_tcp_keepalive() {
     round_trip(&mut ws, "hi").await;
     let on = Some(Duration::from_secs(60));
     // The proxy's end of the client's connection...
-    assert_eq!(keepalive_of(|local, _| local == sidecar.addr), [on], "client side");
+    assert_eq!(
+        keepalive_of(|local, _| local == sidecar.addr),
+        [on],
+        "client side"
+    );
     // ...and of its connection to the upstream (the echo server's own end has it as local).
-    assert_eq!(keepalive_of(|_, peer| peer == echo.addr), [on], "upstream side");
+    assert_eq!(
+        keepalive_of(|_, peer| peer == echo.addr),
+        [on],
+        "upstream side"
+    );
 }
 
 #[tokio::test]
@@ -220,7 +261,11 @@ async fn ready_turns_503_before_the_descriptors_run_out_and_back_once_tunnels_cl
     let ready = || async { get(&format!("http://{admin}/ready")).await };
     let mut tunnels = Vec::new();
     while ready().await.0 == StatusCode::OK {
-        assert!(tunnels.len() < 80, "still ready with {} tunnels", tunnels.len());
+        assert!(
+            tunnels.len() < 80,
+            "still ready with {} tunnels",
+            tunnels.len()
+        );
         tunnels.push(websocket(proxy).await.expect("a tunnel while ready"));
     }
     let (_, _, body) = ready().await;
@@ -242,5 +287,65 @@ async fn ready_turns_503_before_the_descriptors_run_out_and_back_once_tunnels_cl
         }
     })
     .await;
+    drop(process);
+}
+
+/// Resident memory and open descriptors of a process, from /proc.
+fn rss_kib_and_fds(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    (rss, fds)
+}
+
+/// A measurement, not a check: the memory of 1,000 idle WebSocket tunnels in the binary
+/// named by `OUTRIGGER_BIN` (build it with `cargo build --release` and run
+/// `OUTRIGGER_BIN=target/release/outrigger cargo test --test tunnels -- --ignored --nocapture`).
+#[tokio::test]
+#[ignore = "a measurement: prints the RSS of 1,000 idle tunnels in the release binary"]
+async fn memory_of_a_thousand_idle_tunnels() {
+    use support::process::{free_port, wait_ready, Process};
+    const TUNNELS: usize = 1000;
+    let binary = std::env::var("OUTRIGGER_BIN").unwrap_or(env!("CARGO_BIN_EXE_outrigger").into());
+    let echo = servers::websocket_echo().await;
+    let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let yaml = format!(
+        "listen: {proxy}\nadmin_listen: {admin}\nupstream:\n  url: http://{}\n",
+        echo.addr
+    );
+    let config = temp_file("outrigger.yaml", &yaml);
+    let process = Process::spawn_binary(&binary, &["--config", config.to_str().unwrap()], &[]);
+    wait_ready(admin).await;
+    // One tunnel first, so that what is allocated once is not counted per tunnel.
+    let mut tunnels = vec![websocket(proxy).await.unwrap()];
+    round_trip(&mut tunnels[0], "warm").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (rss_before, fds_before) = rss_kib_and_fds(process.pid());
+    while tunnels.len() < TUNNELS + 1 {
+        let mut ws = websocket(proxy).await.unwrap();
+        round_trip(&mut ws, "hello").await;
+        tunnels.push(ws);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rss_after, fds_after) = rss_kib_and_fds(process.pid());
+    let gauge = metric(
+        &get(&format!("http://{admin}/metrics")).await.2,
+        "outrigger_tunnels_open",
+        &[],
+    );
+    assert_eq!(gauge, (TUNNELS + 1) as f64);
+    let per = (rss_after - rss_before) as f64 / TUNNELS as f64;
+    println!(
+        "{binary}: {TUNNELS} idle tunnels: RSS {rss_before} KiB -> {rss_after} KiB \
+         ({per:.1} KiB per tunnel), descriptors {fds_before} -> {fds_after}"
+    );
+    drop(tunnels);
     drop(process);
 }

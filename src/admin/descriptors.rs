@@ -60,7 +60,11 @@ pub fn warn_if_short(limits: &crate::config::Limits) {
 /// The soft limit from `/proc/self/limits` (`None` when unlimited or unreadable).
 fn parse_max(limits: &str) -> Option<usize> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -72,8 +76,16 @@ mod tests {
         let text = "Limit Soft Limit Hard Limit Units\nMax processes 63 63 processes\nMax open files            1024                 524288               files\n";
         assert_eq!(parse_max(text), Some(1024));
         assert_eq!(parse_max("Max open files unlimited unlimited files"), None);
-        assert!(!Descriptors { open: 960, max: 1024 }.scarce());
-        assert!(Descriptors { open: 961, max: 1024 }.scarce());
+        assert!(!Descriptors {
+            open: 960,
+            max: 1024
+        }
+        .scarce());
+        assert!(Descriptors {
+            open: 961,
+            max: 1024
+        }
+        .scarce());
         assert!(Descriptors::now().is_some_and(|d| d.open > 0 && d.max > 0));
     }
 }

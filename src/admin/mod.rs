@@ -67,8 +67,16 @@ fn health(app: &App) -> Response<ResponseBody> {
         .collect();
     // Short of descriptors: degraded, and said why (the field appears only then).
     let scarce = descriptors::scarce();
-    let fds = if scarce { r#","descriptors":"scarce""# } else { "" };
-    let status = if degraded || scarce { "degraded" } else { "healthy" };
+    let fds = if scarce {
+        r#","descriptors":"scarce""#
+    } else {
+        ""
+    };
+    let status = if degraded || scarce {
+        "degraded"
+    } else {
+        "healthy"
+    };
     let upstream = if health.is_up() {
         "reachable"
     } else {

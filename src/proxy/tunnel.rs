@@ -155,7 +155,10 @@ mod tests {
         let last = tokio::time::Instant::now();
         assert_eq!(spliced.await.unwrap().unwrap(), true, "closed for idleness");
         let quiet = last.elapsed();
-        assert!(quiet >= idle && quiet <= idle + idle / 4 + Duration::from_secs(1), "{quiet:?}");
+        assert!(
+            quiet >= idle && quiet <= idle + idle / 4 + Duration::from_secs(1),
+            "{quiet:?}"
+        );
         assert!(started.elapsed() > Duration::from_secs(30));
     }
 }

@@ -154,7 +154,8 @@ impl Proxy {
             return Answer::bad_head();
         };
         // The body streams, never kept for a replay.
-        let body = match body::prepare(body, &head.headers, false, limits.request_body_buffer).await {
+        let body = match body::prepare(body, &head.headers, false, limits.request_body_buffer).await
+        {
             Ok(prepared) => prepared,
             Err(_) => {
                 let message = "the request body could not be read";
