@@ -349,3 +349,28 @@ async fn memory_of_a_thousand_idle_tunnels() {
     drop(tunnels);
     drop(process);
 }
+
+#[test]
+fn tunnel_limits_have_defaults_and_bad_values_name_their_field() {
+    use outrigger::config::{self, Overrides};
+    let load = |yaml: &str| {
+        let path = temp_file(
+            "outrigger.yaml",
+            &format!("upstream:\n  url: http://127.0.0.1:1\n{yaml}"),
+        );
+        config::load(Some(&path), &Overrides::default())
+    };
+    let limits = load("").expect("defaults").limits;
+    assert_eq!(limits.max_tunnels, 1024);
+    assert_eq!(limits.tunnel_idle_timeout, Duration::from_secs(3600));
+    for (yaml, field) in [
+        ("limits:\n  max_tunnels: 0\n", "limits.max_tunnels"),
+        (
+            "limits:\n  tunnel_idle_timeout: 0s\n",
+            "limits.tunnel_idle_timeout",
+        ),
+    ] {
+        let error = load(yaml).expect_err(yaml).to_string();
+        assert!(error.contains(field), "{yaml}: {error}");
+    }
+}
