@@ -93,6 +93,11 @@ impl App {
 
     /// Serves until a shutdown has begun and completed.
     pub async fn run(self: Arc<Self>, listeners: Listeners) {
+        // Before /ready says yes: the connections accepted from now on inherit keepalive.
+        if let Err(e) = crate::proxy::tunnel::keep_accepted_alive(&listeners.proxy) {
+            warn!(error = %e, "TCP keepalive could not be set on the proxy listener");
+        }
+        crate::admin::descriptors::warn_if_short(&self.proxy.config().limits);
         let first_bytes = self.proxy.config().limits.header_read_timeout;
         let admin_drain = Drain::default();
         let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();

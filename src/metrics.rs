@@ -49,6 +49,8 @@ pub struct Metrics {
     /// Whether `upstream_up` is in the registry now; only the probe task and reloads flip it.
     upstream_up_registered: Mutex<bool>,
     pub in_flight: IntGauge,
+    /// Upgraded connections (WebSocket) open now.
+    pub tunnels_open: IntGauge,
     pub shed: IntCounter,
     /// result
     pub config_reloads: IntCounterVec,
@@ -105,6 +107,10 @@ impl Metrics {
         let in_flight = IntGauge::new("outrigger_in_flight_requests", "Requests being served now.")
             .expect("metric definition is valid");
         r.register(Box::new(in_flight.clone())).expect("unique");
+        let tunnels_open =
+            IntGauge::new("outrigger_tunnels_open", "Upgraded connections open now.")
+                .expect("metric definition is valid");
+        r.register(Box::new(tunnels_open.clone())).expect("unique");
         let shed = IntCounter::new(
             "outrigger_shed_total",
             "Requests refused at once because too many were in flight.",
@@ -222,6 +228,7 @@ impl Metrics {
             upstream_up_registered: Mutex::new(false),
             config_reloads: reloads(&r),
             in_flight,
+            tunnels_open,
             shed,
             registry: r,
         }

@@ -7,6 +7,7 @@
 //! probes and scrapes keep working while the proxy port is draining or saturated.
 
 pub mod probe;
+pub mod descriptors;
 pub mod time;
 
 use std::net::SocketAddr;
@@ -31,6 +32,10 @@ pub async fn handle(
     match (req.uri().path(), read) {
         ("/health", true) => health(&app),
         ("/live", true) => json(StatusCode::OK, r#"{"status":"alive"}"#.to_owned()),
+        ("/ready", true) if descriptors::scarce() => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"status":"not ready","reason":"out of file descriptors"}"#.to_owned(),
+        ),
         ("/ready", true) if ready(&app) => json(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
         ("/ready", true) => json(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -62,14 +67,25 @@ fn health(app: &App) -> Response<ResponseBody> {
             format!(r#""{}":"{}""#, route.name, s.label())
         })
         .collect();
-    let status = if degraded { "degraded" } else { "healthy" };
+    // Short of descriptors: degraded, and said why (the field appears only then).
+    let scarce = descriptors::scarce();
+    let fds = if scarce {
+        r#","descriptors":"scarce""#
+    } else {
+        ""
+    };
+    let status = if degraded || scarce {
+        "degraded"
+    } else {
+        "healthy"
+    };
     let upstream = if health.is_up() {
         "reachable"
     } else {
         "unknown"
     };
     let body = format!(
-        r#"{{"status":"{status}","timestamp":"{timestamp}","upstream":"{upstream}","circuits":{{{}}}}}"#,
+        r#"{{"status":"{status}","timestamp":"{timestamp}","upstream":"{upstream}"{fds},"circuits":{{{}}}}}"#,
         circuits.join(",")
     );
     json(StatusCode::OK, body)

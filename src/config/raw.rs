@@ -78,6 +78,8 @@ pub struct RawHealthCheck {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_concurrent_requests: Option<usize>,
+    pub max_tunnels: Option<usize>,
+    pub tunnel_idle_timeout: Option<ConfigDuration>,
     pub request_body_buffer: Option<ByteSize>,
     pub max_request_header_bytes: Option<ByteSize>,
     pub header_read_timeout: Option<ConfigDuration>,

@@ -77,6 +77,10 @@ pub struct HealthCheck {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_concurrent_requests: usize,
+    /// Upgraded connections (WebSocket) open at once; beyond, upgrades get 503.
+    pub max_tunnels: usize,
+    /// A tunnel with no bytes either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
     /// Request bodies up to this many bytes are kept for replay.
     pub request_body_buffer: usize,
     pub max_request_header_bytes: usize,

@@ -255,8 +255,17 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
             format!("{body_buffer} bytes is over 64MiB; large bodies should stream"),
         ));
     }
+    let max_tunnels = raw.max_tunnels.unwrap_or(1024);
+    if max_tunnels == 0 {
+        return Err(field_err("limits.max_tunnels", "must be at least 1"));
+    }
     Ok(Limits {
         max_concurrent_requests,
+        max_tunnels,
+        tunnel_idle_timeout: positive(
+            dur(raw.tunnel_idle_timeout, 3_600_000),
+            "limits.tunnel_idle_timeout",
+        )?,
         request_body_buffer: body_buffer as usize,
         max_request_header_bytes: header_bytes as usize,
         header_read_timeout: positive(

@@ -57,6 +57,10 @@ impl Connector {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(timeout));
         http.set_nodelay(true);
+        // Once per connection: a tunnel's upstream that vanished is noticed (see `tunnel`).
+        http.set_keepalive(Some(super::tunnel::KEEPALIVE_IDLE));
+        http.set_keepalive_interval(Some(super::tunnel::KEEPALIVE_INTERVAL));
+        http.set_keepalive_retries(Some(super::tunnel::KEEPALIVE_RETRIES));
         // `https://` URIs reach us too: TLS is added below, by scheme.
         http.enforce_http(false);
         Connector {

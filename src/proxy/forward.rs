@@ -205,19 +205,9 @@ impl Proxy {
             }
         }
         let limiter = ctx.state.limiter.as_deref();
-        let limiter_key = limiter.map(|l| l.key(ctx.peer.ip(), &request_headers));
-        // An open circuit turns the request away without a token: it will not reach the upstream.
-        let open = ctx
-            .state
-            .breaker
-            .as_ref()
-            .is_some_and(|b| b.state() == State::Open);
-        if let (Some(limiter), Some(lk), false) = (limiter, &limiter_key, open) {
-            if let Err(wait) = limiter.take(lk) {
-                self.metrics
-                    .rate_limited
-                    .with_label_values(&[&ctx.route.name])
-                    .inc();
+        let limiter_key = match self.take_token(ctx, &request_headers) {
+            Ok(key) => key,
+            Err(wait) => {
                 let reason = Reason::Failure(Failure::RateLimited);
                 tell(&flight, reason);
                 return match degrade::answer(ctx.route, ctx.state, &self.metrics, &failed(reason)) {
@@ -225,7 +215,7 @@ impl Proxy {
                     None => Answer::new(rate_limited(wait), Outcome::Error, 0),
                 };
             }
-        }
+        };
 
         let attempts = Attempts {
             client: &ctx.rt.client,
@@ -268,6 +258,36 @@ impl Proxy {
             }
             Ended::Failed(f) => Answer::new(respond::failure(f), Outcome::Error, n),
         }
+    }
+
+    /// Takes the rate-limit token for a request's first attempt: `Ok` with the request's
+    /// bucket (retries take tokens from it too; `None` without a limit), `Err` with the wait
+    /// for the next token, counted. An open circuit turns the request away without a token:
+    /// it will not reach the upstream.
+    pub(super) fn take_token(
+        &self,
+        ctx: &Ctx<'_>,
+        headers: &HeaderMap,
+    ) -> Result<Option<Vec<u8>>, Duration> {
+        let Some(limiter) = ctx.state.limiter.as_deref() else {
+            return Ok(None);
+        };
+        let key = limiter.key(ctx.peer.ip(), headers);
+        let open = ctx
+            .state
+            .breaker
+            .as_ref()
+            .is_some_and(|b| b.state() == State::Open);
+        if !open {
+            if let Err(wait) = limiter.take(&key) {
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&[&ctx.route.name])
+                    .inc();
+                return Err(wait);
+            }
+        }
+        Ok(Some(key))
     }
 
     /// A fresh copy from the route's cache, counted with `result`.
@@ -349,7 +369,7 @@ fn is_error(status: StatusCode) -> bool {
 }
 
 /// The 429 for a request over its rate limit, with the wait for the next token.
-fn rate_limited(wait: Duration) -> Response<ResponseBody> {
+pub(super) fn rate_limited(wait: Duration) -> Response<ResponseBody> {
     let mut resp = respond::failure(Failure::RateLimited);
     let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
     resp.headers_mut()

@@ -27,6 +27,7 @@ pub mod headers;
 pub mod probe;
 pub mod respond;
 pub mod runtime;
+pub mod tunnel;
 pub mod upgrade;
 pub mod upstream;
 
@@ -102,12 +103,13 @@ impl Drop for InFlight {
 impl Proxy {
     /// A proxy for this configuration.
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Proxy {
+        let tunnels = Arc::new(Tunnels::new(metrics.tunnels_open.clone()));
         Proxy {
             runtime: ArcSwap::from_pointee(Runtime::new(config, None, &metrics)),
             metrics,
             in_flight: Arc::new(AtomicUsize::new(0)),
             health: UpstreamHealth::default(),
-            tunnels: Arc::default(),
+            tunnels,
         }
     }
 

@@ -35,7 +35,12 @@ pub struct Process {
 impl Process {
     /// Starts the binary with these arguments and environment.
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Process {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outrigger"));
+        Process::spawn_binary(env!("CARGO_BIN_EXE_outrigger"), args, envs)
+    }
+
+    /// Starts this build of the binary (a release build, for measurements).
+    pub fn spawn_binary(binary: &str, args: &[&str], envs: &[(&str, &str)]) -> Process {
+        let mut cmd = Command::new(binary);
         cmd.args(args)
             .env_remove("OUTRIGGER_CONFIG")
             .env_remove("OUTRIGGER_UPSTREAM")

@@ -181,8 +181,12 @@ pub async fn h2c_backend(steps: Vec<H2Step>) -> Server {
 
 /// A WebSocket echo server.
 pub async fn websocket_echo() -> Server {
+    websocket_echo_on(TcpListener::bind("127.0.0.1:0").await.unwrap())
+}
+
+/// A WebSocket echo server on a listener the caller bound.
+pub fn websocket_echo_on(listener: TcpListener) -> Server {
     use futures_util::{SinkExt, StreamExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&hits);
