@@ -145,3 +145,5 @@ pub fn from_text(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_half_work;

@@ -9,11 +9,16 @@
 //! rollout should not fail on a route that is merely unused. `methods: []` is refused in
 //! `validate`, since it can only be a mistake.
 
+use std::collections::HashMap;
+
 use super::types::{PathMatch, Route};
 
-/// Appends a warning for each route that no request can reach.
+/// Appends a warning for each route that no request can reach. Linear in the routes (times
+/// path segments): earlier catch-alls are kept in maps, not compared pairwise, so a
+/// generated file with 40k routes costs no more than parsing it.
 pub(super) fn warn_unreachable(routes: &[Route], warnings: &mut Vec<String>) {
-    for (i, route) in routes.iter().enumerate() {
+    let mut seen = Catchers::default();
+    for route in routes {
         if let Some(c) = impossible_char(&route.matcher.path) {
             warnings.push(format!(
                 "route `{}` can never match: its path contains {c:?}, which no request path has (the query is not matched; percent-encode other characters)",
@@ -21,11 +26,15 @@ pub(super) fn warn_unreachable(routes: &[Route], warnings: &mut Vec<String>) {
             ));
             continue;
         }
-        if let Some(earlier) = routes[..i].iter().find(|e| shadows(e, route)) {
+        if let Some(earlier) = seen.shadowing(&route.matcher.path) {
             warnings.push(format!(
-                "route `{}` can never match: route `{}` before it takes every request it would (first match wins; move it earlier)",
-                route.name, earlier.name
+                "route `{}` can never match: route `{earlier}` before it takes every request it would (first match wins; move it earlier)",
+                route.name
             ));
+        }
+        let m = &route.matcher;
+        if m.methods.is_none() && m.headers.is_empty() {
+            seen.add(&route.matcher.path, &route.name);
         }
     }
 }
@@ -39,25 +48,48 @@ fn impossible_char(path: &PathMatch) -> Option<char> {
         .find(|c| *c == '?' || *c == '#' || c.is_whitespace() || c.is_control())
 }
 
-/// Whether `earlier` matches every request `later` could match: no method or header
-/// condition of its own, and a path that covers the later one's.
-fn shadows(earlier: &Route, later: &Route) -> bool {
-    let m = &earlier.matcher;
-    if m.methods.is_some() || !m.headers.is_empty() {
-        return false;
-    }
-    match (&m.path, &later.matcher.path) {
-        (PathMatch::Any, _) => true,
-        (PathMatch::Prefix(p), PathMatch::Prefix(q) | PathMatch::Exact(q)) => under(q, p),
-        (PathMatch::Prefix(p), PathMatch::Any) => p.is_empty(),
-        (PathMatch::Exact(p), PathMatch::Exact(q)) => p == q,
-        _ => false,
-    }
+/// Earlier routes with no method or header condition: whatever their path covers, they take.
+#[derive(Default)]
+struct Catchers<'a> {
+    /// The first route that takes every path (no path, or `path_prefix: /`).
+    all: Option<&'a str>,
+    /// Prefix (stored without trailing slash) to the first route with it.
+    prefixes: HashMap<&'a str, &'a str>,
+    /// Exact path to the first route with it.
+    exact: HashMap<&'a str, &'a str>,
 }
 
-/// Whether path `q` is `p` or below it, segment-wise (`p` has no trailing slash; `""` is `/`).
-fn under(q: &str, p: &str) -> bool {
-    p.is_empty()
-        || q.strip_prefix(p)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+impl<'a> Catchers<'a> {
+    fn add(&mut self, path: &'a PathMatch, name: &'a str) {
+        match path {
+            PathMatch::Any => self.all = self.all.or(Some(name)),
+            PathMatch::Prefix(p) if p.is_empty() => self.all = self.all.or(Some(name)),
+            PathMatch::Prefix(p) => {
+                self.prefixes.entry(p).or_insert(name);
+            }
+            PathMatch::Exact(p) => {
+                self.exact.entry(p).or_insert(name);
+            }
+        }
+    }
+
+    /// The earlier route that takes every request `path` could match, if any.
+    fn shadowing(&self, path: &PathMatch) -> Option<&'a str> {
+        if self.all.is_some() {
+            return self.all;
+        }
+        let (q, exact) = match path {
+            PathMatch::Any => return None,
+            PathMatch::Prefix(q) => (q.as_str(), false),
+            PathMatch::Exact(q) => (q.as_str(), true),
+        };
+        if exact {
+            if let Some(name) = self.exact.get(q) {
+                return Some(name);
+            }
+        }
+        // Every segment boundary of q: "/a/b" is under "/a" and "/a/b".
+        let ends = q.match_indices('/').map(|(i, _)| i).skip(1).chain([q.len()]);
+        ends.filter_map(|end| self.prefixes.get(&q[..end])).copied().next()
+    }
 }

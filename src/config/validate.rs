@@ -42,10 +42,12 @@ pub fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
     };
 
     let mut routes: Vec<Route> = Vec::new();
+    // Names taken so far: a set, not a scan of `routes`, which was quadratic in big files.
+    let mut names = std::collections::HashSet::new();
     for (i, raw_route) in raw.routes.unwrap_or_default().into_iter().enumerate() {
         let at = format!("routes[{i}]");
         let (name, raw_match, overrides) = raw_route.into_parts();
-        let name = route_name(name, &at, &routes)?;
+        let name = route_name(name, &at, &mut names)?;
         let matcher = matcher(raw_match, &at)?;
         let merged = merge_policy(overrides, &defaults);
         let policy = policy(&merged, &at, dir)?;
@@ -326,7 +328,11 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
     })
 }
 
-fn route_name(name: Option<String>, at: &str, earlier: &[Route]) -> Result<String, ConfigError> {
+fn route_name(
+    name: Option<String>,
+    at: &str,
+    earlier: &mut std::collections::HashSet<String>,
+) -> Result<String, ConfigError> {
     let name = name.ok_or_else(|| field_err(format!("{at}.name"), "is required"))?;
     let valid = !name.is_empty()
         && name.len() <= 64
@@ -345,7 +351,7 @@ fn route_name(name: Option<String>, at: &str, earlier: &[Route]) -> Result<Strin
             "`default` is reserved for requests that match no route",
         ));
     }
-    if earlier.iter().any(|r| r.name == name) {
+    if !earlier.insert(name.clone()) {
         return Err(field_err(
             format!("{at}.name"),
             format!("`{name}` is used by an earlier route"),
