@@ -22,10 +22,12 @@ pub const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"]
 /// `verbose` would quietly mean "only the target called warning" and switch all logging off.
 pub fn check_level(level: &str) -> Result<(), String> {
     let valid = |l: &str| LEVELS.iter().any(|v| v.eq_ignore_ascii_case(l.trim()));
-    let bad = level.split(',').find(|directive| match directive.rsplit_once('=') {
-        Some((target, l)) => target.trim().is_empty() || !valid(l),
-        None => !valid(directive),
-    });
+    let bad = level
+        .split(',')
+        .find(|directive| match directive.rsplit_once('=') {
+            Some((target, l)) => target.trim().is_empty() || !valid(l),
+            None => !valid(directive),
+        });
     match bad {
         None => EnvFilter::try_new(level).map(drop).map_err(|e| e.to_string()),
         Some(d) => Err(format!(

@@ -31,7 +31,12 @@ struct Cli {
     #[arg(long, env = "OUTRIGGER_LISTEN", global = true, value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// Admin listener address [default: 0.0.0.0:9901].
-    #[arg(long, env = "OUTRIGGER_ADMIN_LISTEN", global = true, value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "OUTRIGGER_ADMIN_LISTEN",
+        global = true,
+        value_name = "ADDR"
+    )]
     admin_listen: Option<SocketAddr>,
     /// Upstream URL, e.g. http://127.0.0.1:3000.
     #[arg(long, env = "OUTRIGGER_UPSTREAM", global = true, value_name = "URL")]
@@ -40,7 +45,13 @@ struct Cli {
     #[arg(long, global = true, value_name = "N", value_parser = threads)]
     threads: Option<usize>,
     /// Log format.
-    #[arg(long, env = "OUTRIGGER_LOG_FORMAT", global = true, value_enum, default_value = "json")]
+    #[arg(
+        long,
+        env = "OUTRIGGER_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value = "json"
+    )]
     log_format: LogFormat,
     /// Log level or filter (error, warn, info, debug, trace).
     #[arg(

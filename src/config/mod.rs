@@ -99,9 +99,8 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
 /// file or `/dev/zero` fails at once instead of filling memory.
 fn read_bounded(path: &Path) -> Result<String, ConfigError> {
     use std::io::Read;
-    let unreadable = |e: std::io::Error| {
-        ConfigError::new("", format!("cannot read the config file: {e}"))
-    };
+    let unreadable =
+        |e: std::io::Error| ConfigError::new("", format!("cannot read the config file: {e}"));
     let file = std::fs::File::open(path).map_err(unreadable)?;
     let mut text = String::new();
     file.take(yaml::MAX_FILE_BYTES + 1)

@@ -89,7 +89,13 @@ impl<'a> Catchers<'a> {
             }
         }
         // Every segment boundary of q: "/a/b" is under "/a" and "/a/b".
-        let ends = q.match_indices('/').map(|(i, _)| i).skip(1).chain([q.len()]);
-        ends.filter_map(|end| self.prefixes.get(&q[..end])).copied().next()
+        let ends = q
+            .match_indices('/')
+            .map(|(i, _)| i)
+            .skip(1)
+            .chain([q.len()]);
+        ends.filter_map(|end| self.prefixes.get(&q[..end]))
+            .copied()
+            .next()
     }
 }

@@ -263,7 +263,10 @@ fn health_check(raw: RawHealthCheck) -> Result<HealthCheck, ConfigError> {
     if path.parse::<http::uri::PathAndQuery>().is_err() || path.contains('#') {
         return Err(field_err(
             "upstream.health_check.path",
-            format!("`{}` is not a valid URI path (percent-encode spaces and other special characters)", path.escape_debug()),
+            format!(
+                "`{}` is not a valid URI path (percent-encode spaces and other special characters)",
+                path.escape_debug()
+            ),
         ));
     }
     let interval = positive(dur(raw.interval, 5000), "upstream.health_check.interval")?;

@@ -59,7 +59,9 @@ pub fn check_shape(text: &str) -> Result<(), ConfigError> {
         if deepest > MAX_DEPTH {
             return Err(ConfigError::new(
                 "",
-                format!("nesting is deeper than {MAX_DEPTH} levels; no outrigger setting needs that"),
+                format!(
+                    "nesting is deeper than {MAX_DEPTH} levels; no outrigger setting needs that"
+                ),
             )
             .at(Some((i + 1, 1))));
         }
@@ -137,13 +139,24 @@ fn duplicate_error(
             trimmed
         };
         let own = own.trim_start_matches("- ");
-        let named = [format!("{key}:"), format!("\"{key}\":"), format!("'{key}':")];
+        let named = [
+            format!("{key}:"),
+            format!("\"{key}\":"),
+            format!("'{key}':"),
+        ];
         if named.iter().any(|k| own.starts_with(k.as_str())) {
             seen += 1;
             if seen == 2 {
-                let path = if field.is_empty() { key.to_owned() } else { format!("{field}.{key}") };
-                return ConfigError::new(path, format!("`{key}` is given twice in the same mapping"))
-                    .at(Some((i + 1, indent + 1)));
+                let path = if field.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{field}.{key}")
+                };
+                return ConfigError::new(
+                    path,
+                    format!("`{key}` is given twice in the same mapping"),
+                )
+                .at(Some((i + 1, indent + 1)));
             }
         }
     }
