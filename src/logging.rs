@@ -14,8 +14,34 @@ pub enum LogFormat {
     Text,
 }
 
-/// Installs the global subscriber. `level` is a level (`info`) or a filter (`outrigger=debug`).
+/// The levels a filter may name, least to most verbose.
+pub const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a `--log-level` value: a level, or comma-separated `TARGET=LEVEL` directives
+/// (`info,access=off`). `EnvFilter` alone takes any word as a target name, so `warning` or
+/// `verbose` would quietly mean "only the target called warning" and switch all logging off.
+pub fn check_level(level: &str) -> Result<(), String> {
+    let valid = |l: &str| LEVELS.iter().any(|v| v.eq_ignore_ascii_case(l.trim()));
+    let bad = level
+        .split(',')
+        .find(|directive| match directive.rsplit_once('=') {
+            Some((target, l)) => target.trim().is_empty() || !valid(l),
+            None => !valid(directive),
+        });
+    match bad {
+        None => EnvFilter::try_new(level).map(drop).map_err(|e| e.to_string()),
+        Some(d) => Err(format!(
+            "`{}` is not a log level; use one of {} or TARGET=LEVEL pairs such as `info,access=off`",
+            d.trim(),
+            LEVELS.join(", ")
+        )),
+    }
+}
+
+/// Installs the global subscriber. `level` is a level (`info`) or a filter (`outrigger=debug`),
+/// as [`check_level`] accepts.
 pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
+    check_level(level).map_err(|e| format!("--log-level: {e}"))?;
     let filter = EnvFilter::try_new(level).map_err(|e| format!("--log-level `{level}`: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

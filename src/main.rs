@@ -1,13 +1,17 @@
 //! The `outrigger` binary: flags, logging, config, then `App::run`.
 //!
 //! A bad config is reported as `PATH:LINE:COLUMN: field: message` and exits 1 before any
-//! port is bound; `outrigger check` stops right after validating.
+//! port is bound; `outrigger check` stops right after validating. A bad flag or environment
+//! value (log level, thread count, upstream URL) is a usage error, exit 2, that names the
+//! flag or the variable it came from. Flags work before and after `check`. An empty
+//! `OUTRIGGER_*` variable counts as unset (a template that renders `""` means "no value").
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use outrigger::app::{App, Listeners};
 use outrigger::config::{self, Overrides};
 use outrigger::logging::{self, LogFormat};
@@ -24,24 +28,36 @@ struct Cli {
     #[arg(long, env = "OUTRIGGER_CONFIG", global = true, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Proxy listener address [default: 0.0.0.0:8080].
-    #[arg(long, env = "OUTRIGGER_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = "OUTRIGGER_LISTEN", global = true, value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// Admin listener address [default: 0.0.0.0:9901].
-    #[arg(long, env = "OUTRIGGER_ADMIN_LISTEN", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "OUTRIGGER_ADMIN_LISTEN",
+        global = true,
+        value_name = "ADDR"
+    )]
     admin_listen: Option<SocketAddr>,
     /// Upstream URL, e.g. http://127.0.0.1:3000.
-    #[arg(long, env = "OUTRIGGER_UPSTREAM", value_name = "URL")]
+    #[arg(long, env = "OUTRIGGER_UPSTREAM", global = true, value_name = "URL")]
     upstream: Option<String>,
-    /// Worker threads [default: the CPUs this process may use].
-    #[arg(long, value_name = "N")]
+    /// Worker threads, 0 to 1024 [default: the CPUs this process may use].
+    #[arg(long, global = true, value_name = "N", value_parser = threads)]
     threads: Option<usize>,
     /// Log format.
-    #[arg(long, env = "OUTRIGGER_LOG_FORMAT", value_enum, default_value = "json")]
+    #[arg(
+        long,
+        env = "OUTRIGGER_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value = "json"
+    )]
     log_format: LogFormat,
     /// Log level or filter (error, warn, info, debug, trace).
     #[arg(
         long,
         env = "OUTRIGGER_LOG_LEVEL",
+        global = true,
         default_value = "info",
         value_name = "LEVEL"
     )]
@@ -69,8 +85,72 @@ enum Command {
     },
 }
 
+/// `--threads`: bounded, so that `--threads 100000` is refused at once instead of aborting
+/// after seconds of spawning (see `config::validate::MAX_WORKER_THREADS` for the bound).
+fn threads(text: &str) -> Result<usize, String> {
+    let max = config::validate::MAX_WORKER_THREADS;
+    match text.parse::<usize>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!(
+            "use 0 (the CPUs this process may use) to {max}; more threads than CPUs only cost memory"
+        )),
+    }
+}
+
+/// The environment variables the command line reads.
+const ENV_VARS: [&str; 6] = [
+    "OUTRIGGER_CONFIG",
+    "OUTRIGGER_LISTEN",
+    "OUTRIGGER_ADMIN_LISTEN",
+    "OUTRIGGER_UPSTREAM",
+    "OUTRIGGER_LOG_FORMAT",
+    "OUTRIGGER_LOG_LEVEL",
+];
+
+/// Parses the command line, empty `OUTRIGGER_*` variables taken as unset.
+fn parse_cli() -> (Cli, ArgMatches) {
+    for name in ENV_VARS {
+        if std::env::var_os(name).is_some_and(|v| v.is_empty()) {
+            // Still one thread: nothing else reads the environment yet.
+            std::env::remove_var(name);
+        }
+    }
+    let matches = Cli::command().get_matches();
+    match Cli::from_arg_matches(&matches) {
+        Ok(cli) => (cli, matches),
+        Err(e) => e.exit(),
+    }
+}
+
+/// How to name where a value came from in an error: the flag, or the variable.
+fn origin(matches: &ArgMatches, id: &str, flag: &str, var: &str) -> String {
+    match matches.value_source(id) {
+        Some(ValueSource::EnvVariable) => var.to_owned(),
+        _ => flag.to_owned(),
+    }
+}
+
+/// Checks the values that came from flags or the environment, naming their origin.
+fn check_usage(cli: &Cli, matches: &ArgMatches) -> Result<(), String> {
+    if let Err(e) = logging::check_level(&cli.log_level) {
+        let from = origin(matches, "log_level", "--log-level", "OUTRIGGER_LOG_LEVEL");
+        return Err(format!("{from}: {e}"));
+    }
+    if let Some(url) = &cli.upstream {
+        if let Err(e) = config::upstream_url(url) {
+            let from = origin(matches, "upstream", "--upstream", "OUTRIGGER_UPSTREAM");
+            return Err(format!("{from}: {}", e.message));
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    if let Err(e) = signals::hold_hangups() {
+        eprintln!("cannot install signal handlers: {e}");
+        return ExitCode::from(1);
+    }
+    let (cli, matches) = parse_cli();
     if let Some(Command::Probe { url, timeout }) = &cli.command {
         return match outrigger::admin::probe::run(url, *timeout) {
             Ok(_) => ExitCode::SUCCESS,
@@ -79,6 +159,10 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         };
+    }
+    if let Err(e) = check_usage(&cli, &matches) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
     }
     let overrides = Overrides {
         listen: cli.listen,

@@ -6,8 +6,8 @@
 //! the service must not be able to shut the sidecar down or read its metrics), and so that
 //! probes and scrapes keep working while the proxy port is draining or saturated.
 
-pub mod probe;
 pub mod descriptors;
+pub mod probe;
 pub mod time;
 
 use std::net::SocketAddr;

@@ -13,10 +13,11 @@
 //! environment variables, so this module only sees "what the command line said" as
 //! [`Overrides`] and lays it over the file.
 
-pub mod memory;
 pub mod client_cert;
+pub mod memory;
 pub mod path;
 pub mod raw;
+mod reach;
 pub mod types;
 pub mod units;
 pub mod validate;
@@ -91,12 +92,27 @@ impl std::error::Error for ConfigError {}
 /// Loads and validates a configuration from an optional file plus overrides.
 pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
     let text = match file {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new("", format!("cannot read the config file: {e}")).in_file(file)
-        })?,
+        Some(path) => read_bounded(path).map_err(|e| e.in_file(file))?,
         None => String::new(),
     };
     from_text(&text, file, overrides)
+}
+
+/// Reads at most [`yaml::MAX_FILE_BYTES`] (plus one, to tell "too large"), so that a huge
+/// file or `/dev/zero` fails at once instead of filling memory.
+fn read_bounded(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let unreadable =
+        |e: std::io::Error| ConfigError::new("", format!("cannot read the config file: {e}"));
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut text = String::new();
+    file.take(yaml::MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(unreadable)?;
+    if text.len() as u64 > yaml::MAX_FILE_BYTES {
+        return Err(yaml::too_large());
+    }
+    Ok(text)
 }
 
 /// Validates configuration text as if it had been read from `file`.
@@ -131,3 +147,5 @@ pub fn from_text(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_half_work;

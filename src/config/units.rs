@@ -11,14 +11,26 @@ use serde::Deserialize;
 
 /// A duration from the config file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(try_from = "String")]
+#[serde(try_from = "DurationText")]
 pub struct ConfigDuration(pub Duration);
 
-impl TryFrom<String> for ConfigDuration {
+/// A duration as YAML hands it over: a string, or a bare number we refuse with a message
+/// that says why (rather than serde's "invalid type: integer, expected a string").
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationText {
+    Text(String),
+    Number(f64),
+}
+
+impl TryFrom<DurationText> for ConfigDuration {
     type Error = String;
 
-    fn try_from(text: String) -> Result<Self, String> {
-        parse_duration(&text).map(ConfigDuration)
+    fn try_from(raw: DurationText) -> Result<Self, String> {
+        match raw {
+            DurationText::Text(t) => parse_duration(&t).map(ConfigDuration),
+            DurationText::Number(n) => parse_duration(&n.to_string()).map(ConfigDuration),
+        }
     }
 }
 
@@ -31,6 +43,11 @@ impl fmt::Display for ConfigDuration {
 /// Parses `NUMBER UNIT` where UNIT is `ms`, `s`, `m` or `h` (`1.5s` is allowed).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
+    if t.starts_with('-') {
+        return Err(format!(
+            "`{text}` is negative; a duration is 0 or more (e.g. `0s`, `250ms`)"
+        ));
+    }
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
@@ -78,11 +95,15 @@ pub fn format_duration(d: Duration) -> String {
 #[serde(try_from = "SizeText")]
 pub struct ByteSize(pub u64);
 
-/// Sizes may be written as strings (`64KiB`) or as a plain number of bytes.
+/// Sizes may be written as strings (`64KiB`) or as a plain number of bytes. `Negative` and
+/// `Fraction` exist only to be refused with a message that names the value (an untagged
+/// enum that matches nothing says only "did not match any variant").
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum SizeText {
     Bytes(u64),
+    Negative(i64),
+    Fraction(f64),
     Text(String),
 }
 
@@ -92,6 +113,12 @@ impl TryFrom<SizeText> for ByteSize {
     fn try_from(raw: SizeText) -> Result<Self, String> {
         match raw {
             SizeText::Bytes(n) => Ok(ByteSize(n)),
+            SizeText::Negative(n) => Err(format!(
+                "`{n}` is negative; a size is 0 or more (e.g. `0`, `64KiB`)"
+            )),
+            SizeText::Fraction(n) => Err(format!(
+                "`{n}` is not a whole number of bytes (write e.g. `1536`, `64KiB`)"
+            )),
             SizeText::Text(t) => parse_size(&t).map(ByteSize),
         }
     }
@@ -101,6 +128,11 @@ impl TryFrom<SizeText> for ByteSize {
 /// which mean the same powers of 1024 here, as in most proxies' configs).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
+    if t.starts_with('-') {
+        return Err(format!(
+            "`{text}` is negative; a size is 0 or more (e.g. `0`, `64KiB`)"
+        ));
+    }
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     let multiplier: u64 = match unit.trim() {
@@ -147,6 +179,7 @@ mod tests {
         assert!(parse_duration("9999999h")
             .unwrap_err()
             .contains("longer than a year"));
+        assert!(parse_duration("-1s").unwrap_err().contains("is negative"));
     }
 
     #[test]
