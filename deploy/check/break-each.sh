@@ -48,6 +48,12 @@ break_one compose deploy/compose/compose.yaml "misspelt key" "    environment:" 
 break_one compose deploy/compose/outrigger.yaml "upstream host that is not a service" "http://legacy:3000" "http://legacy-app:3000"
 break_one compose deploy/compose/compose.yaml "mounted file moved" "../grafana/outrigger.json" "../grafana/dashboard.json"
 break_one prometheus deploy/prometheus/alerts.yml "threshold changed" "> 0.05" "> 0.5"
+break_one prometheus deploy/prometheus/alerts.yml "threshold nudged" "> 0.05" "> 0.09"
+break_one prometheus deploy/prometheus/alerts.yml "budget threshold changed" "  > 0.1
+" "  > 0.9
+"
+break_one prometheus deploy/prometheus/alerts.yml "4xx counted as errors" 'code=~"5.."' 'code=~"[45].."'
+break_one prometheus deploy/prometheus/alerts.yml "no minimum request rate" "[5m])) > 1)" "[5m])) > 0)"
 break_one prometheus deploy/prometheus/alerts.yml "PromQL that does not parse" "outrigger_circuit_state > 0" "outrigger_circuit_state >"
 break_one prometheus deploy/prometheus/kubernetes-scrape.yml "unknown relabel action" "action: keep" "action: keepp"
 break_one live deploy/grafana/outrigger.json "metric name typo" "outrigger_retries_skipped_total" "outrigger_retry_skipped_total"
