@@ -33,7 +33,7 @@ PY
 }
 
 break_one configs deploy/compose/outrigger.yaml "misspelt key" "  timeout: 5s" "  timout: 5s"
-break_one configs deploy/kubernetes/common/configmap.yaml "duration without unit" "interval: 5s" "interval: 5"
+break_one configs deploy/kubernetes/common/outrigger.yaml "duration without unit" "interval: 5s" "interval: 5"
 break_one dockerfile deploy/Dockerfile "deprecated MAINTAINER" "WORKDIR /src" "MAINTAINER someone
 WORKDIR /src"
 break_one image deploy/Dockerfile "runs as root" "USER 65532:65532
