@@ -43,6 +43,12 @@ break_one kubernetes deploy/kubernetes/deployment.yaml "misspelt field" "allowPr
 break_one kubernetes deploy/kubernetes/common/service.yaml "port not a number" "port: 80" "port: eighty"
 break_one kubernetes deploy/kubernetes/common/service.yaml "Service targets the app's port" "targetPort: 8080" "targetPort: 3000"
 break_one kubernetes deploy/kubernetes/podmonitor.yaml "PodMonitor names no declared port" "port: admin" "port: metrics"
+break_one kubernetes deploy/kubernetes/podmonitor.yaml "PodMonitor without the release label" "    release: kube-prometheus-stack
+" ""
+break_one kubernetes deploy/kubernetes/common/kustomization.yaml "ConfigMap without a content hash" "configMapGenerator:" "generatorOptions:
+  disableNameSuffixHash: true
+configMapGenerator:"
+break_one rollout deploy/kubernetes/deployment.yaml "app's preStop does not ask outrigger to drain" "curl -s -m 2 -o /dev/null -X POST http://127.0.0.1:9901/shutdown" "sleep 5"
 break_one kubernetes deploy/kubernetes/kustomization.yaml "missing resource" "  - deployment.yaml" "  - deployments.yaml"
 break_one compose deploy/compose/compose.yaml "misspelt key" "    environment:" "    enviroment:"
 break_one compose deploy/compose/outrigger.yaml "upstream host that is not a service" "http://legacy:3000" "http://legacy-app:3000"
