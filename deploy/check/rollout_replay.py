@@ -99,7 +99,8 @@ def pre_stop(container, ports):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    return run, shlex.join(hook["exec"]["command"])
+    lines = shlex.join(hook["exec"]["command"]).splitlines()
+    return run, lines[0] + (" ..." if len(lines) > 1 else "")
 
 
 def mapped(text, ports):
