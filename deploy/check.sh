@@ -6,6 +6,9 @@
 #   image       podman builds the final stages and runs the image (deploy/check/image.sh)
 #   kubernetes  `kubectl kustomize` (when kubectl is present), then kubernetes-validate
 #               --strict against Kubernetes 1.29 and the newest version it carries
+#   rollout     a pod's termination replayed in the kubelet's order for both variants, real
+#               binaries, clients sending throughout: no answer may be other than 2xx
+#               (deploy/check/rollout_replay.py)
 #   compose     check-jsonschema with the Compose specification; mounted files exist;
 #               podman-compose runs legacy + outrigger through the README's story
 #               (deploy/check/compose-run.sh)
@@ -80,14 +83,11 @@ check_one_config() {
 }
 
 check_configs() {
-    local tmp status=0
-    tmp=$(mktemp -d)
+    local status=0
     check_one_config deploy/outrigger.yaml deploy/outrigger.yaml || status=1
     check_one_config deploy/compose/outrigger.yaml deploy/compose/outrigger.yaml || status=1
-    "$venv/bin/python" deploy/check/manifests.py configmap-config \
-        deploy/kubernetes/common/configmap.yaml >"$tmp/outrigger.yaml" || status=1
-    check_one_config "the ConfigMap's outrigger.yaml" "$tmp/outrigger.yaml" || status=1
-    rm -rf "$tmp"
+    check_one_config deploy/kubernetes/common/outrigger.yaml \
+        deploy/kubernetes/common/outrigger.yaml || status=1
     return $status
 }
 
@@ -133,6 +133,24 @@ EOF
     return $status
 }
 
+check_rollout() {
+    local tmp status=0 variant
+    tmp=$(mktemp -d)
+    for variant in deploy/kubernetes deploy/kubernetes/classic; do
+        local rendered=$tmp/$(basename "$variant").yaml
+        if command -v kubectl >/dev/null; then
+            kubectl kustomize "$variant" >"$rendered" || { status=1; continue; }
+        else
+            "$venv/bin/python" deploy/check/manifests.py render "$variant" >"$rendered" \
+                || { status=1; continue; }
+        fi
+        "$venv/bin/python" deploy/check/rollout_replay.py "$outrigger_bin" "$legacy_bin" \
+            "$rendered" --expect-clean || status=1
+    done
+    rm -rf "$tmp"
+    return $status
+}
+
 check_compose() {
     "$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec \
         deploy/compose/compose.yaml || return 1
@@ -159,7 +177,7 @@ check_live() {
     python3 deploy/check/live_prometheus.py "$outrigger_bin" "$legacy_bin"
 }
 
-all=(configs dockerfile image kubernetes compose prometheus live)
+all=(configs dockerfile image kubernetes rollout compose prometheus live)
 selected=("$@")
 ((${#selected[@]})) || selected=("${all[@]}")
 

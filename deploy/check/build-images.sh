@@ -13,6 +13,8 @@ tag=$1
 work=$(mktemp -d)
 trap 'rm -rf "$work"; "${podman[@]}" rmi -f "localhost/outrigger-binaries:$tag" >/dev/null 2>&1 || true' EXIT
 
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 mkdir -p "$work/out"
 cp "$2" "$work/out/outrigger"
 cp "$3" "$work/out/legacy-service"
@@ -22,5 +24,7 @@ for target in outrigger legacy; do
     image=localhost/outrigger:$tag
     [[ $target == legacy ]] && image=localhost/outrigger-legacy:$tag
     "${podman[@]}" build --quiet --pull=never -f deploy/Dockerfile --target "$target" \
-        --build-arg "BINARY_FROM=localhost/outrigger-binaries:$tag" -t "$image" . >/dev/null
+        --build-arg "BINARY_FROM=localhost/outrigger-binaries:$tag" \
+        --build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
+        --build-arg "CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)" -t "$image" . >/dev/null
 done

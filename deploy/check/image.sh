@@ -29,6 +29,13 @@ bash deploy/check/build-images.sh "$tag" "$outrigger_bin" "$legacy_bin"
 user=$("${podman[@]}" image inspect --format '{{.Config.User}}' "localhost/outrigger:$tag")
 [[ $user == 65532:65532 ]] || { echo "FAIL: image user is '$user', want 65532:65532"; exit 1; }
 echo "ok: built the outrigger and legacy stages; outrigger runs as $user"
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+for want in "org.opencontainers.image.title=outrigger" "org.opencontainers.image.version=$version" \
+    "org.opencontainers.image.licenses=Apache-2.0" "org.opencontainers.image.revision=$(git rev-parse HEAD)"; do
+    got=$("${podman[@]}" image inspect --format "{{index .Labels \"${want%%=*}\"}}" "localhost/outrigger:$tag")
+    [[ $got == "${want#*=}" ]] || { echo "FAIL: label ${want%%=*} is '$got', want '${want#*=}'"; exit 1; }
+done
+echo "ok: OCI labels title, version $version, licenses and revision are set"
 
 backend=$(free_port)
 proxy=$(free_port)

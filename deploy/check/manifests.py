@@ -3,21 +3,26 @@
 PyYAML). Each reads deploy/ files and either prints what a real tool should check next or
 fails with a message naming the file.
 
-  manifests.py render DIR            kustomization resources, concatenated (when kubectl,
-                                     which renders them for real, is missing)
-  manifests.py configmap-config FILE  the outrigger.yaml held in a ConfigMap, for `outrigger check`
+  manifests.py render DIR            kustomization resources and generated ConfigMaps (with a
+                                     content hash in the name, references rewritten), when
+                                     kubectl, which renders them for real, is missing
   manifests.py compose-paths FILE     every build context, Dockerfile and bind-mounted file of a
                                      Compose file exists (a moved file breaks `up`)
   manifests.py wiring PODMONITOR RENDERED  the rendered Service sends traffic to outrigger's
                                      proxy port, never the app's; the PodMonitor (no schema
                                      for its CRD ships with kubernetes-validate) selects the
-                                     Deployment's pods and names a port they declare
+                                     Deployment's pods, names a port they declare and carries
+                                     the label the Prometheus Operator selects on; the config
+                                     volume names a rendered ConfigMap whose name carries a
+                                     content hash (so a config change rolls the pods)
   manifests.py static-sd FILE         a Prometheus config with kubernetes_sd_configs replaced by
                                      empty static_configs: Debian's promtool is built without
                                      Kubernetes discovery, and everything else still gets checked
 """
 
+import hashlib
 import os
+import re
 import sys
 
 import yaml
@@ -28,6 +33,12 @@ def fail(message):
 
 
 def render(directory):
+    documents = rendered(directory, {})
+    return "\n---\n".join(yaml.safe_dump(d, sort_keys=False) for d in documents)
+
+
+def rendered(directory, names):
+    """The resources under directory; names collects generated ConfigMaps' hashed names."""
     path = os.path.join(directory, "kustomization.yaml")
     with open(path) as f:
         kustomization = yaml.safe_load(f)
@@ -35,22 +46,29 @@ def render(directory):
     for resource in kustomization.get("resources", []):
         target = os.path.join(directory, resource)
         if os.path.isdir(target):
-            documents.append(render(target))
+            documents.extend(rendered(target, names))
         elif os.path.isfile(target):
             with open(target) as f:
-                documents.append(f.read())
+                documents.extend(d for d in yaml.safe_load_all(f) if d)
         else:
             fail(f"{path}: resource {resource} does not exist")
-    return "\n---\n".join(documents)
-
-
-def configmap_config(path):
-    with open(path) as f:
-        configmap = yaml.safe_load(f)
-    try:
-        return configmap["data"]["outrigger.yaml"]
-    except (KeyError, TypeError):
-        fail(f"{path}: no data.outrigger.yaml")
+    for generator in kustomization.get("configMapGenerator", []):
+        data = {}
+        for name in generator.get("files", []):
+            with open(os.path.join(directory, name)) as f:
+                data[os.path.basename(name)] = f.read()
+        digest = hashlib.sha256(yaml.safe_dump(data).encode()).hexdigest()[:10]
+        labels = (generator.get("options") or {}).get("labels", {})
+        documents.append({"apiVersion": "v1", "kind": "ConfigMap",
+                          "metadata": {"name": f"{generator['name']}-{digest}", "labels": labels},
+                          "data": data})
+        names[generator["name"]] = f"{generator['name']}-{digest}"
+    for document in documents:
+        spec = document.get("spec", {}).get("template", {}).get("spec", {})
+        for volume in spec.get("volumes", []):
+            if "configMap" in volume and volume["configMap"]["name"] in names:
+                volume["configMap"]["name"] = names[volume["configMap"]["name"]]
+    return documents
 
 
 def compose_paths(path):
@@ -107,8 +125,22 @@ def wiring(path, rendered):
     for endpoint in monitor["spec"]["podMetricsEndpoints"]:
         if endpoint.get("port") not in ports:
             fail(f"{path}: port {endpoint.get('port')!r} is not declared; the pod has {sorted(ports)}")
+    if "release" not in monitor["metadata"].get("labels", {}):
+        fail(f"{path}: no `release` label: the kube-prometheus-stack chart's Prometheus "
+             f"selects PodMonitors by it and would ignore this one")
+    configmaps = {d["metadata"]["name"] for d in documents if d.get("kind") == "ConfigMap"}
+    for volume in template["spec"].get("volumes", []):
+        name = volume.get("configMap", {}).get("name")
+        if name is None:
+            continue
+        if name not in configmaps:
+            fail(f"{rendered}: volume {volume['name']} names ConfigMap {name}, not rendered")
+        if not re.search(r"-[a-z0-9]{10}$", name):
+            fail(f"{rendered}: ConfigMap {name} has no content hash in its name: a config "
+                 f"change would not roll the pods (use configMapGenerator)")
     return (f"ok: the Service targets outrigger's proxy port {proxy[0]}; "
-            f"{os.path.basename(path)} selects the pods and scrapes a port they declare")
+            f"{os.path.basename(path)} selects the pods, scrapes a port they declare and has "
+            f"a release label; the config volume names ConfigMap {name}")
 
 
 def static_sd(path):
@@ -127,7 +159,6 @@ def static_sd(path):
 def main():
     commands = {
         "render": render,
-        "configmap-config": configmap_config,
         "compose-paths": compose_paths,
         "static-sd": static_sd,
         "wiring": wiring,
