@@ -59,6 +59,7 @@ pub fn client(upstream: &Upstream, limits: &Limits) -> HttpClient {
         .pool_idle_timeout(upstream.pool_idle_timeout)
         .pool_max_idle_per_host(upstream.pool_max_idle)
         .http2_only(upstream.http2)
+        .http1_max_headers(crate::server::accept::header_cap(limits))
         .http2_max_header_list_size(
             u32::try_from(limits.max_request_header_bytes).unwrap_or(u32::MAX),
         )

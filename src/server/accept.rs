@@ -27,6 +27,13 @@ use super::keep_alive;
 use crate::config::Limits;
 use crate::proxy::body::ResponseBody;
 
+/// How many header fields an HTTP/1.1 head may have, in requests and in upstream answers:
+/// one per 32 bytes of `limits.max_request_header_bytes`, at least hyper's default of 100
+/// and at most 1,024 (hyper parses into arrays of this many entries, 32 bytes each).
+pub fn header_cap(limits: &Limits) -> usize {
+    (limits.max_request_header_bytes / 32).clamp(100, 1024)
+}
+
 /// An HTTP/1.1 + h2c connection builder with the configured limits.
 pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -35,6 +42,7 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_request_header_bytes.max(8192))
+        .max_headers(header_cap(limits))
         .keep_alive(true);
     builder
         .http2()
