@@ -18,6 +18,12 @@ use outrigger::logging::{self, LogFormat};
 use outrigger::server::signals;
 use tracing::{info, warn};
 
+mod alloc;
+
+/// The system allocator, reusing hyper's header scratch arrays (see `alloc`).
+#[global_allocator]
+static ALLOC: alloc::ReuseHeaderScratch = alloc::ReuseHeaderScratch;
+
 /// A reverse-proxy sidecar that makes an unreliable HTTP backend look reliable.
 #[derive(Debug, Parser)]
 #[command(name = "outrigger", version, about)]
@@ -201,6 +207,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Takes effect on restart, like the limit it follows.
+    alloc::header_cap(outrigger::server::accept::header_cap(&config.limits));
     if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
         eprintln!("{e}");
         return ExitCode::from(2);

@@ -144,8 +144,6 @@ async fn http10_keep_alive_keeps_the_connection() {
 }
 
 #[tokio::test]
-#[ignore = "item 13 not done: a header cap over 100 makes hyper allocate per parsed head, \
-            which costs ~11 KiB per idle connection in tests/memory.rs"]
 async fn header_counts_follow_the_byte_limit_both_ways() {
     let backend = Backend::start().await;
     let many: Vec<(String, String)> = (0..150)

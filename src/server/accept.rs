@@ -31,6 +31,13 @@ use super::watchdog::{Clock, Expiry};
 use crate::config::Limits;
 use crate::proxy::body::ResponseBody;
 
+/// How many header fields an HTTP/1.1 head may have, in requests and in upstream answers:
+/// one per 32 bytes of `limits.max_request_header_bytes`, at least hyper's default of 100
+/// and at most 1,024 (hyper parses into arrays of this many entries, 32 bytes each).
+pub fn header_cap(limits: &Limits) -> usize {
+    (limits.max_request_header_bytes / 32).clamp(100, 1024)
+}
+
 /// How every connection of a listener is served: hyper's builder and the watchdog's limits.
 pub struct Builder {
     http: auto::Builder<TokioExecutor>,
@@ -54,6 +61,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_request_header_bytes.max(8192))
+        .max_headers(header_cap(limits))
         .keep_alive(true);
     builder
         .http2()
