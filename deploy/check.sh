@@ -72,10 +72,10 @@ build_binaries() {
     fi
 }
 
-# `outrigger check` must accept the file and print no warning.
+# `outrigger check` must accept the file and print no warning (extra flags after the file).
 check_one_config() {
     local name=$1 file=$2 output
-    if ! output=$("$outrigger_bin" check --config "$file" 2>&1) || grep -q warning <<<"$output"; then
+    if ! output=$("$outrigger_bin" check --config "$file" "${@:3}" 2>&1) || grep -q warning <<<"$output"; then
         echo "FAIL: $name: $output"
         return 1
     fi
@@ -86,8 +86,9 @@ check_configs() {
     local status=0
     check_one_config deploy/outrigger.yaml deploy/outrigger.yaml || status=1
     check_one_config deploy/compose/outrigger.yaml deploy/compose/outrigger.yaml || status=1
+    # The pods' config must fit the container's memory limit in the manifests.
     check_one_config deploy/kubernetes/common/outrigger.yaml \
-        deploy/kubernetes/common/outrigger.yaml || status=1
+        deploy/kubernetes/common/outrigger.yaml --memory-limit 128Mi || status=1
     return $status
 }
 
