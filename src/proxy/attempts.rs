@@ -194,7 +194,7 @@ impl Attempts<'_> {
 
     /// Sends attempt `n` and waits for its response head. `per_try_timeout` starts once the
     /// request body has been handed over: an upload in progress is the client's time, and
-    /// pushes the deadline back (`body::deadline`); a client that stalls its upload for the
+    /// pushes the deadline back (`upload::deadline`); a client that stalls its upload for the
     /// route's `timeout` fails as the client's (`ClientTimeout`), never the upstream's; an
     /// upstream that takes no body bytes for `per_try_timeout` is a `Timeout`.
     async fn send(
@@ -214,7 +214,7 @@ impl Attempts<'_> {
             biased;
             result = self.client.request(self.head.request(n, body)) => Ok(result),
             () = per_try_timer => Err(Failure::Timeout),
-            failure = super::body::deadline(upload, self.deadline, self.route.policy.timeout, per_try) => {
+            failure = super::upload::deadline(upload, self.deadline, self.route.policy.timeout, per_try) => {
                 Err(failure)
             }
         }

@@ -6,11 +6,8 @@
 //! hand it to the next attempt, while a body that has started to flow can never be sent
 //! twice.
 //!
-//! A streamed body also reports its [`Upload`]: whether it has been handed over whole and
-//! whether the proxy is waiting for the client to send more. The time a client takes to
-//! upload is the client's, so the per-try timeout starts only once the body is handed over,
-//! and a deadline that passes while the client is still sending is the client's failure,
-//! never the upstream's.
+//! A streamed body also reports its [`Upload`] (see `upload`): whether it has been handed
+//! over whole and whether the proxy is waiting for the client to send more.
 //!
 //! Responses: the upstream's body streams straight through; proxy-made answers are one
 //! chunk. Either way the body carries a guard that keeps the request counted as in flight
@@ -18,20 +15,16 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::sync::Notify;
-use tokio::time::Instant;
 
-use super::failure::Failure;
+use super::upload::Upload;
 use crate::resilience::coalesce::Flight;
 use crate::resilience::store::{Key, ResponseStore, MAX_STORED_BODY};
 use crate::server::watchdog::Active;
@@ -63,128 +56,6 @@ pub struct Streamed {
     pub prefix: VecDeque<Bytes>,
     pub rest: Incoming,
     upload: Arc<Upload>,
-}
-
-/// How far a streamed request body got on its way to the upstream, and who is being
-/// waited for: the client (to send more) or the upstream connection (to take more).
-#[derive(Debug)]
-pub struct Upload {
-    /// The last byte was handed to the upstream connection.
-    done: AtomicBool,
-    base: Instant,
-    /// Milliseconds since `base` when the current wait for the client began; `NOT_WAITING`
-    /// while the last read found data.
-    waiting_since: AtomicU64,
-    /// Milliseconds since `base` of the last time the upstream connection asked for more.
-    last_poll: AtomicU64,
-    /// Milliseconds since `base` when the last byte was handed over.
-    done_at: AtomicU64,
-    finished: Notify,
-}
-
-const NOT_WAITING: u64 = u64::MAX;
-
-impl Default for Upload {
-    fn default() -> Self {
-        Upload {
-            done: AtomicBool::new(false),
-            base: Instant::now(),
-            waiting_since: AtomicU64::new(NOT_WAITING),
-            last_poll: AtomicU64::new(0),
-            done_at: AtomicU64::new(0),
-            finished: Notify::new(),
-        }
-    }
-}
-
-impl Upload {
-    /// Resolves once the whole body has been handed over.
-    pub async fn handed_over(&self) {
-        let finished = self.finished.notified();
-        if !self.done.load(Ordering::Acquire) {
-            finished.await;
-        }
-    }
-
-    /// Whether the upload is unfinished because the client has not sent the rest yet.
-    pub fn waiting_for_client(&self) -> bool {
-        !self.done.load(Ordering::Acquire)
-            && self.waiting_since.load(Ordering::Relaxed) != NOT_WAITING
-    }
-
-    fn now(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64
-    }
-
-    /// Notes one read from the client, asked for by the upstream connection: `pending`
-    /// when the client had nothing yet, `end` when nothing is left to send. One clock
-    /// read per read (a chunk of the body).
-    fn read(&self, pending: bool, end: bool) {
-        let now = self.now();
-        self.last_poll.store(now, Ordering::Relaxed);
-        let since = self.waiting_since.load(Ordering::Relaxed);
-        if pending && since == NOT_WAITING {
-            self.waiting_since.store(now, Ordering::Relaxed);
-        } else if !pending && since != NOT_WAITING {
-            self.waiting_since.store(NOT_WAITING, Ordering::Relaxed);
-        }
-        if end && !self.done.swap(true, Ordering::AcqRel) {
-            self.done_at.store(now, Ordering::Relaxed);
-            self.finished.notify_waiters();
-        }
-    }
-
-    /// While unfinished: the failure if one side stalled too long, else when to look again
-    /// (milliseconds since `base`).
-    fn stalled(&self, client: Duration, upstream: Duration) -> Result<u64, Failure> {
-        let now = self.now();
-        let since = self.waiting_since.load(Ordering::Relaxed);
-        let (from, limit, failure) = if since == NOT_WAITING {
-            let last = self.last_poll.load(Ordering::Relaxed);
-            (last, upstream, Failure::Timeout)
-        } else {
-            (since, client, Failure::ClientTimeout)
-        };
-        let limit = limit.as_millis() as u64;
-        if now.saturating_sub(from) >= limit {
-            return Err(failure);
-        }
-        Ok(from + limit)
-    }
-}
-
-/// Resolves when a request's overall deadline has passed, with whose failure it is.
-///
-/// An upload is the client's time: while a streamed body is on its way the deadline does
-/// not run, and it is pushed back by as long as the upload took. Each side is bounded
-/// instead: a client that sends nothing for the route's `timeout` (`client_stall`) fails
-/// as the client's (`ClientTimeout`, 408), an upstream connection that takes nothing for
-/// `per_try_timeout` (`upstream_stall`) as the upstream's (`Timeout`).
-pub async fn deadline(
-    upload: Option<&Upload>,
-    deadline: Instant,
-    client_stall: Duration,
-    upstream_stall: Duration,
-) -> Failure {
-    let Some(upload) = upload else {
-        tokio::time::sleep_until(deadline).await;
-        return Failure::Timeout;
-    };
-    while !upload.done.load(Ordering::Acquire) {
-        // A stall that ends only moves the answer later: waking at the earlier time and
-        // looking again is enough, so no timer is set per chunk.
-        let next = match upload.stalled(client_stall, upstream_stall) {
-            Ok(next) => upload.base + Duration::from_millis(next),
-            Err(failure) => return failure,
-        };
-        tokio::select! {
-            () = tokio::time::sleep_until(next) => {}
-            () = upload.handed_over() => {}
-        }
-    }
-    let took = Duration::from_millis(upload.done_at.load(Ordering::Relaxed));
-    tokio::time::sleep_until(deadline + took).await;
-    Failure::Timeout
 }
 
 impl Prepared {

@@ -29,6 +29,7 @@ pub mod respond;
 pub mod runtime;
 pub mod tunnel;
 pub mod upgrade;
+pub mod upload;
 pub mod upstream;
 
 use std::net::SocketAddr;
