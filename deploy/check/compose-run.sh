@@ -41,6 +41,13 @@ headers() { curl -s -D - -o /dev/null "$1"; }
 
 wait_or_show_logs "outrigger /ready" status_is 200 http://127.0.0.1:9901/ready
 wait_or_show_logs "the upstream to be healthy" status_is 200 http://127.0.0.1:9901/health
+# The Compose healthcheck: `outrigger probe` inside the scratch image (no curl there).
+if ! output=$("${compose[@]}" exec outrigger /usr/local/bin/outrigger probe \
+    http://127.0.0.1:9901/ready 2>&1); then
+    echo "FAIL: outrigger probe inside the container (the Compose healthcheck): $output"
+    exit 1
+fi
+echo "ok: outrigger probe answers 0 inside the scratch image (the Compose healthcheck)"
 for i in $(seq 20); do
     curl -s -o /dev/null "http://127.0.0.1:8080/conversations/$((i % 2))"
     curl -s -o /dev/null http://127.0.0.1:8080/feed
