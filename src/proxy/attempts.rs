@@ -203,7 +203,16 @@ impl Attempts<'_> {
         body: super::body::UpstreamBody,
     ) -> Result<Result<Response<Incoming>, super::upstream::ClientError>, Failure> {
         let per_try = self.route.policy.retry.per_try_timeout;
-        let upload = self.body.upload();
+        let request = self.client.request(self.head.request(n, body));
+        let Some(upload) = self.body.upload() else {
+            // A body held whole (or none) is handed over at once: one timer, the sooner of
+            // the per-try timeout and the deadline, as cheap as a plain `timeout`.
+            let until = (Instant::now() + per_try).min(self.deadline);
+            return tokio::time::timeout_at(until, request)
+                .await
+                .map_err(|_| Failure::Timeout);
+        };
+        let upload = Some(upload);
         let per_try_timer = async {
             if let Some(upload) = upload {
                 upload.handed_over().await;
@@ -212,7 +221,7 @@ impl Attempts<'_> {
         };
         tokio::select! {
             biased;
-            result = self.client.request(self.head.request(n, body)) => Ok(result),
+            result = request => Ok(result),
             () = per_try_timer => Err(Failure::Timeout),
             failure = super::upload::deadline(upload, self.deadline, self.route.policy.timeout, per_try) => {
                 Err(failure)
