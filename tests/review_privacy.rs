@@ -87,3 +87,21 @@ async fn vary_matches_every_line_of_a_repeated_header() {
     assert_eq!(body, "two tenants", "a second line was ignored");
     assert!(headers.get("x-outrigger-cache").is_none());
 }
+
+#[tokio::test]
+async fn a_match_header_named_in_connection_does_not_pick_that_routes_cache() {
+    let backend = Backend::start().await;
+    backend.script([respond("for nobody", &[]), respond("for acme", &[])]);
+    let yaml =
+        "routes:\n  - name: acme\n    match: { path_prefix: /, headers: { x-tenant: acme } }\n    \
+                cache: { ttl: 60s }\n";
+    let sidecar = Sidecar::in_front_of(&backend, yaml).await;
+    let url = sidecar.url("/report");
+
+    let hidden = [("x-tenant", "acme"), ("connection", "x-tenant")];
+    assert_eq!(send(get_with(&url, &hidden)).await.2, "for nobody");
+
+    let (_, headers, body) = send(get_with(&url, &[("x-tenant", "acme")])).await;
+    assert_eq!(body, "for acme", "acme got the answer meant for no tenant");
+    assert!(headers.get("x-outrigger-cache").is_none());
+}

@@ -57,6 +57,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The headers as the upstream will see them end to end: borrowed as they are when the
+/// request names nothing in `Connection` (the common case, no copy), else a copy without
+/// the hop-by-hop headers. Route matching reads this, so a header the upstream never
+/// receives cannot pick a route (and that route's store) either.
+pub fn end_to_end(headers: &HeaderMap) -> std::borrow::Cow<'_, HeaderMap> {
+    if !headers.contains_key(header::CONNECTION) {
+        return std::borrow::Cow::Borrowed(headers);
+    }
+    let mut stripped = headers.clone();
+    strip_hop_by_hop(&mut stripped);
+    std::borrow::Cow::Owned(stripped)
+}
+
 /// Sets `X-Forwarded-For` (appending the client to any earlier hops), `X-Forwarded-Proto`
 /// and `X-Forwarded-Host`, and appends this hop to a `Forwarded` the client sent.
 pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {

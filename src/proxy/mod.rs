@@ -136,7 +136,10 @@ impl Proxy {
         let started = Instant::now();
         let rt = self.runtime.load_full();
         let request_id = headers::request_id(req.headers());
-        let (route, state) = rt.route(req.method(), req.uri().path(), req.headers());
+        // Routes match on what the upstream will receive: not on a header `Connection` names.
+        let route_headers = headers::end_to_end(req.headers());
+        let (route, state) = rt.route(req.method(), req.uri().path(), &route_headers);
+        drop(route_headers);
         let method = req.method().clone();
         let version = req.version();
         let path = req.uri().path().to_owned();
