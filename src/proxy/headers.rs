@@ -57,6 +57,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether the client's `TE` offers `trailers`, the one `TE` value HTTP/2 allows and the
+/// one a gRPC server insists on. `TE` is hop-by-hop, so it is stripped with the rest; the
+/// request head puts back `te: trailers` alone when this is true (nothing else of `TE`:
+/// transfer codings are this hop's business).
+pub fn offers_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| {
+            let name = token.split(';').next().unwrap_or("").trim();
+            name.eq_ignore_ascii_case("trailers")
+        })
+}
+
 /// The headers as the upstream will see them end to end: borrowed as they are when the
 /// request names nothing in `Connection` (the common case, no copy), else a copy without
 /// the hop-by-hop headers. Route matching reads this, so a header the upstream never
@@ -326,6 +342,16 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h[header::TRAILER], "x-checksum");
         assert!(!h.contains_key(header::TE));
+    }
+
+    #[test]
+    fn only_trailers_is_offered_from_te() {
+        let mut h = HeaderMap::new();
+        assert!(!offers_trailers(&h));
+        h.insert(header::TE, HeaderValue::from_static("gzip;q=0.5, Trailers"));
+        assert!(offers_trailers(&h));
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailersx"));
+        assert!(!offers_trailers(&h));
     }
 
     #[test]

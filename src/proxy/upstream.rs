@@ -12,7 +12,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderValue, HOST, TE};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, Method, Request, Response, Uri};
@@ -187,7 +187,11 @@ impl Head {
     ) -> Result<Head, BadHead> {
         let mut headers = std::mem::take(&mut parts.headers);
         let client_host = client_host(&parts.uri, &headers)?;
+        let trailers = headers::offers_trailers(&headers);
         headers::strip_hop_by_hop(&mut headers);
+        if trailers {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        }
         headers::join_cookies(&mut headers);
         headers::set_forwarded(&mut headers, peer.ip(), client_host.as_ref());
         headers::add_via(&mut headers, parts.version);
