@@ -25,6 +25,7 @@ mkdir -p "$OUT"
 need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
 need wrk wrk; need nginx nginx-light; need haproxy haproxy; need curl curl; need python3 python3
 cargo build --release --quiet
+cargo build --release --quiet --example floor   # bench/peers/floor.rs, the minimal hyper proxy
 BIN=target/release/outrigger
 ulimit -n "$(ulimit -Hn)"   # the hard limit here is 20000 descriptors
 
@@ -95,6 +96,9 @@ backend be
 HAP
 haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 & PIDS+=($!); HAPROXY_PID=$!
 
+# The floor: a minimal hyper proxy (bench/peers/floor.rs), one current-thread runtime.
+target/release/examples/floor 127.0.0.1:18209 "$ORIGIN" & PIDS+=($!); FLOOR_PID=$!
+
 start_outrigger() { # name port yaml-extra log-level [upstream] [binary]
   printf 'listen: 127.0.0.1:%s\nadmin_listen: 127.0.0.1:%s\nlimits: { max_concurrent_requests: 40000 }\nupstream: { url: "http://%s", pool_max_idle: 128 }\n%s' \
     "$2" $(($2 + 100)) "${5:-$ORIGIN}" "$3" > "$WORK/$1.yaml"
@@ -117,7 +121,7 @@ start_outrigger fallback 18206 "defaults:
   circuit_breaker: { min_requests: 1, open_duration: 1h }
   fallback: { status: 200, body: ok }
 " warn 127.0.0.1:18099
-GET_TARGETS="direct nginx haproxy outrigger-off outrigger-on outrigger-on+log"
+GET_TARGETS="direct nginx haproxy floor outrigger-off outrigger-on outrigger-on+log"
 if [ -n "$BASELINE" ]; then
   start_outrigger before 18208 "defaults:
   retry: { attempts: 3 }
@@ -128,8 +132,8 @@ fi
 sleep 0.3
 NGINX_WORKER=$(pgrep -P "$NGINX_MASTER" | head -1)
 
-declare -A PORT=([direct]=18080 [nginx]=18201 [haproxy]=18202 [outrigger-off]=18203 [outrigger-on]=18204 [outrigger-on+log]=18205 [outrigger-fallback]=18206)
-declare -A PID=([direct]="" [nginx]=$NGINX_WORKER [haproxy]=$HAPROXY_PID [outrigger-off]=$PID_off [outrigger-on]=$PID_on [outrigger-on+log]=$PID_onlog [outrigger-fallback]=$PID_fallback)
+declare -A PORT=([direct]=18080 [nginx]=18201 [haproxy]=18202 [floor]=18209 [outrigger-off]=18203 [outrigger-on]=18204 [outrigger-on+log]=18205 [outrigger-fallback]=18206)
+declare -A PID=([direct]="" [nginx]=$NGINX_WORKER [haproxy]=$HAPROXY_PID [floor]=$FLOOR_PID [outrigger-off]=$PID_off [outrigger-on]=$PID_on [outrigger-on+log]=$PID_onlog [outrigger-fallback]=$PID_fallback)
 if [ -n "$BASELINE" ]; then PORT[outrigger-before]=18208; PID[outrigger-before]=$PID_before; fi
 
 for t in "${!PORT[@]}"; do

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Work per proxied request, counted rather than timed, so the figures repeat whatever else
+# the machine is doing: instructions (valgrind's callgrind) and heap allocations (valgrind's
+# DHAT) of the proxy process, for outrigger with resilience off and on, the minimal hyper
+# proxy of bench/peers/floor.rs, and nginx. Each target runs twice, with N1 and N2 sequential
+# GETs on one keep-alive connection; per request = (count at N2 - count at N1) / (N2 - N1),
+# which cancels start-up and shutdown.
+#
+#   bash bench/per_request.sh            # N1=500 N2=2500, about 3 minutes
+#   BIN=/path/to/old/outrigger bash bench/per_request.sh   # the same for another binary
+#
+# Prints a table, writes bench/results/per_request.tsv and rewrites its block of
+# docs/benchmarks.md (bench/report.py carries the block over when compare.sh regenerates). All traffic stays on 127.0.0.1;
+# every process started here is stopped by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N1=${N1:-500}
+N2=${N2:-2500}
+OUT=bench/results
+mkdir -p "$OUT"
+
+need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
+need valgrind valgrind; need nginx nginx-light; need curl curl; need python3 python3
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet
+  BIN=target/release/outrigger
+fi
+cargo build --release --quiet --example floor
+FLOOR=target/release/examples/floor
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+ORIGIN=127.0.0.1:18380
+cat > "$WORK/origin.conf" <<NGINX
+worker_processes 1;
+pid $WORK/origin.pid;
+error_log $WORK/origin-error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  server { listen $ORIGIN; location = /small { return 200 "ok"; } }
+}
+NGINX
+nginx -c "$WORK/origin.conf" -g 'daemon off;' & PIDS+=($!)
+
+# nginx as the proxy: one process (no master), so valgrind sees all of its work.
+cat > "$WORK/nginx.conf" <<NGINX
+master_process off;
+daemon off;
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  upstream origin { server $ORIGIN; keepalive 16; }
+  server {
+    listen 127.0.0.1:18381;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGINX
+
+# The configurations of bench/compare.sh's outrigger-off and outrigger-on.
+outrigger_yaml() { # file defaults
+  printf 'listen: 127.0.0.1:18382\nadmin_listen: 127.0.0.1:18482\nlimits: { max_concurrent_requests: 40000 }\nupstream: { url: "http://%s", pool_max_idle: 128 }\n%s' \
+    "$ORIGIN" "$2" > "$1"
+}
+outrigger_yaml "$WORK/off.yaml" "defaults:
+  retry: { attempts: 1 }
+  circuit_breaker: { enabled: false }
+"
+outrigger_yaml "$WORK/on.yaml" "defaults:
+  retry: { attempts: 3 }
+  stale_if_error: { max_age: 5m }
+"
+
+cat > "$WORK/drive.py" <<'PY'
+import http.client, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+for _ in range(600):  # wait (up to 60 s under valgrind) for the proxy to listen
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/small"); r = conn.getresponse(); r.read()
+        if r.status == 200: break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit(f"nothing answers on {port}")
+for _ in range(n - 1):
+    conn.request("GET", "/small")
+    r = conn.getresponse()
+    body = r.read()
+    assert r.status == 200 and body == b"ok", (r.status, body)
+PY
+
+# count TOOL TARGET N: prints the tool's total for one run of TARGET with N requests.
+count() {
+  local tool=$1 target=$2 n=$3 port cmd
+  case $target in
+    nginx) port=18381; cmd=(nginx -c "$WORK/nginx.conf") ;;
+    floor) port=18382; cmd=("$FLOOR" 127.0.0.1:18382 "$ORIGIN") ;;
+    outrigger-off) port=18382; cmd=("$BIN" --config "$WORK/off.yaml" --threads 1 --log-level warn) ;;
+    outrigger-on) port=18382; cmd=("$BIN" --config "$WORK/on.yaml" --threads 1 --log-level warn) ;;
+  esac
+  local log="$WORK/$tool-$target-$n.log" out="$WORK/$tool-$target-$n.out"
+  case $tool in
+    callgrind) valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" 2>"$log" >/dev/null & ;;
+    dhat) valgrind --tool=dhat --dhat-out-file="$out" "${cmd[@]}" 2>"$log" >/dev/null & ;;
+  esac
+  local pid=$!
+  python3 "$WORK/drive.py" "$port" "$n"
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  case $tool in
+    callgrind) awk '/^totals:/ {print $2}' "$out" ;;
+    dhat) awk '/Total:/ {gsub(",", ""); print $(NF-1); exit}' "$log" ;;   # blocks allocated
+  esac
+}
+
+TSV="$OUT/per_request.tsv"
+printf 'target\tinstructions_per_req\tallocations_per_req\n' > "$TSV"
+printf '%-15s %22s %22s\n' target instructions/request allocations/request
+for target in floor outrigger-off outrigger-on nginx; do
+  i1=$(count callgrind "$target" "$N1"); i2=$(count callgrind "$target" "$N2")
+  a1=$(count dhat "$target" "$N1"); a2=$(count dhat "$target" "$N2")
+  ipr=$(awk -v a="$i1" -v b="$i2" -v n=$((N2 - N1)) 'BEGIN {printf "%.0f", (b - a) / n}')
+  apr=$(awk -v a="$a1" -v b="$a2" -v n=$((N2 - N1)) 'BEGIN {printf "%.1f", (b - a) / n}')
+  [ "$target" = nginx ] && apr="$apr (malloc only; nginx pools)"
+  printf '%s\t%s\t%s\n' "$target" "$ipr" "$apr" >> "$TSV"
+  printf '%-15s %22s %22s\n' "$target" "$ipr" "$apr"
+done
+python3 - "$TSV" docs/benchmarks.md "$N1" "$N2" "$(git rev-parse --short HEAD)" <<'PY'
+import csv, sys
+tsv, md, n1, n2, rev = sys.argv[1:6]
+rows = list(csv.DictReader(open(tsv), delimiter="\t"))
+floor = next((float(r["instructions_per_req"]) for r in rows if r["target"] == "floor"), None)
+block = ["<!-- BEGIN per-request -->", "## Work per request, counted (bench/per_request.sh)", "",
+         f"Instructions (valgrind callgrind) and heap allocations (valgrind DHAT) of the proxy process per",
+         f"proxied GET of 2 bytes, one keep-alive connection, from the difference between runs of {n1} and {n2}",
+         f"requests (start-up cancels out). User-space only: the kernel's share is not counted. These",
+         f"counts repeat from run to run whatever the machine is doing, so a regression shows here first.",
+         f"Commit {rev}.", "",
+         "| target | instructions/request | x floor | allocations/request |", "| --- | --- | --- | --- |"]
+for r in rows:
+    ratio = f"{float(r['instructions_per_req']) / floor:.2f}" if floor else ""
+    block.append(f"| {r['target']} | {int(float(r['instructions_per_req'])):,} | {ratio} | {r['allocations_per_req']} |")
+block.append("<!-- END per-request -->")
+text = open(md).read()
+b, e = "<!-- BEGIN per-request -->", "<!-- END per-request -->"
+if b in text and e in text:
+    text = text[:text.index(b)] + "\n".join(block) + text[text.index(e) + len(e):]
+else:
+    text = text.rstrip("\n") + "\n\n" + "\n".join(block) + "\n"
+open(md, "w").write(text)
+PY
+echo "wrote $TSV and docs/benchmarks.md's per-request block ($N1 and $N2 requests per run, one keep-alive connection)"
