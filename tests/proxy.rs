@@ -87,12 +87,7 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
     let (_, headers, _) = send(req).await;
 
     let seen = &backend.received()[0];
-    for name in [
-        "x-private",
-        "keep-alive",
-        "proxy-connection",
-        "upgrade",
-    ] {
+    for name in ["x-private", "keep-alive", "proxy-connection", "upgrade"] {
         assert_eq!(seen.header(name), None, "{name} was forwarded");
     }
     // TE is hop-by-hop: only the proxy's own `te: trailers` goes on, as the client offered
