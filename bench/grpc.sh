@@ -42,10 +42,12 @@ error_log $WORK/nginx-error.log;
 events { worker_connections 4096; }
 http {
   access_log off;
+  keepalive_requests 1000000;
+  # Keep-alive to the server, as outrigger's pool does (without it nginx connects per call).
+  upstream grpc_server { server $SERVER; keepalive 64; }
   server {
     listen $NGINX http2;
-    http2_max_requests 1000000;
-    location / { grpc_pass grpc://$SERVER; }
+    location / { grpc_pass grpc://grpc_server; }
   }
 }
 NGINX
