@@ -21,7 +21,7 @@
 //! Modules:
 //! - [`config`]: the YAML file, validated into types that cannot hold a bad value.
 //! - [`app`]: wires the listeners, the proxy and the admin endpoints; the shutdown sequence.
-//! - [`proxy`]: the request path, top to bottom.
+//! - [`proxy`]: the request path, top to bottom; `proxy::grpc` is what a gRPC call adds to it.
 //! - [`resilience`]: backoff, retry budget, retry rules; no I/O.
 //! - [`admin`]: the admin endpoints.
 //! - [`metrics`]: the Prometheus registry.

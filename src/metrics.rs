@@ -40,6 +40,8 @@ pub struct Metrics {
     pub faults_injected: IntCounterVec,
     /// route
     pub stale_responses: IntCounterVec,
+    /// route, grpc_status
+    pub grpc_responses: IntCounterVec,
     /// route: 0 closed, 1 half-open, 2 open
     pub circuit_state: IntGaugeVec,
     /// route, to
@@ -207,6 +209,12 @@ impl Metrics {
                 "outrigger_stale_responses_total",
                 "Stale copies served because the upstream failed.",
                 &["route"],
+            ),
+            grpc_responses: counter(
+                &r,
+                "outrigger_grpc_responses_total",
+                "gRPC calls answered, by grpc-status (0-16, or other).",
+                &["route", "grpc_status"],
             ),
             circuit_state: gauge(
                 &r,

@@ -222,6 +222,8 @@ pub struct RawFallback {
     pub body: Option<String>,
     pub body_file: Option<PathBuf>,
     pub when: Option<Vec<Condition>>,
+    /// The answer for gRPC calls (SPEC §7.7).
+    pub grpc: Option<super::grpc::RawGrpcFallback>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -317,6 +319,9 @@ pub enum Condition {
     Any5xx,
     /// One status from 400 to 599.
     Status(u16),
+    /// A trailers-only gRPC answer with this `grpc-status` (`grpc-unavailable`, ...):
+    /// retry conditions only (SPEC §7.7).
+    Grpc(u8),
 }
 
 #[derive(Deserialize)]
@@ -342,12 +347,26 @@ impl TryFrom<ConditionText> for Condition {
             "overloaded" => Condition::Overloaded,
             "rate-limited" => Condition::RateLimited,
             "5xx" => Condition::Any5xx,
+            other if other.starts_with("grpc-") => match crate::proxy::grpc::code_named(other) {
+                Some(code) => Condition::Grpc(code),
+                None => return Err(format!("`{other}` is not a known condition (gRPC ones: grpc-unavailable, grpc-resource-exhausted, grpc-deadline-exceeded, grpc-cancelled, grpc-internal)")),
+            },
             other => match other.parse::<u16>() {
                 Ok(code) if (400..=599).contains(&code) => Condition::Status(code),
                 Ok(_) => return Err(format!("status {other} is not a failure (use 400-599)")),
                 Err(_) => return Err(format!("`{other}` is not a known condition")),
             },
         })
+    }
+}
+
+impl Condition {
+    /// The condition as written in the config, for messages.
+    pub fn label(self) -> String {
+        match self {
+            Condition::Grpc(code) => crate::proxy::grpc::condition_name(code).to_owned(),
+            other => format!("{other:?}"),
+        }
     }
 }
 

@@ -191,6 +191,8 @@ pub struct Fallback {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub when: Vec<Condition>,
+    /// The answer for gRPC calls instead of the HTTP one (`fallback.grpc`).
+    pub grpc: Option<super::grpc::GrpcFallback>,
 }
 
 /// Serving the last good response when the upstream fails.

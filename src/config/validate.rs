@@ -60,6 +60,7 @@ pub fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
     }
 
     super::reach::warn_unreachable(&routes, &mut warnings);
+    super::grpc::warn_routes(upstream.http2, &default_route, &routes, &mut warnings);
     Ok(Config {
         source: None,
         listen,
@@ -692,6 +693,10 @@ const FRAMING_HEADERS: [&str; 7] = [
 ];
 
 fn fallback(raw: RawFallback, at: &str, dir: &Path) -> Result<Fallback, ConfigError> {
+    let grpc = super::grpc::fallback(raw.grpc, at, dir)?;
+    if let Some(when) = &raw.when {
+        super::grpc::refuse_in_fallback(when, at)?;
+    }
     let body = match (raw.body, raw.body_file) {
         (Some(_), Some(_)) => return Err(field_err(at, "give `body` or `body_file`, not both")),
         (Some(text), None) => Bytes::from(text),
@@ -734,6 +739,7 @@ fn fallback(raw: RawFallback, at: &str, dir: &Path) -> Result<Fallback, ConfigEr
                 Condition::Status(504),
             ]
         }),
+        grpc,
     })
 }
 

@@ -84,7 +84,7 @@ impl Attempts<'_> {
                 Ok(resp) if retry::retries_status(policy, resp.status()) => {
                     Some(Reason::Status(resp.status()))
                 }
-                Ok(_) => None,
+                Ok(resp) => super::grpc::retry_reason(policy, resp),
                 Err(f) => Some(Reason::Failure(*f)),
             };
             let Some(reason) = reason else {
@@ -175,11 +175,9 @@ impl Attempts<'_> {
             Err(f) => f.reason(),
         };
         if let Some(permit) = permit {
-            permit.record(
-                result
-                    .as_ref()
-                    .map_or(true, |r| r.status().is_server_error()),
-            );
+            permit.record(result.as_ref().map_or(true, |r| {
+                r.status().is_server_error() || super::grpc::breaker_failure(r)
+            }));
         }
         self.metrics
             .upstream_attempts

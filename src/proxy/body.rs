@@ -215,7 +215,12 @@ pub struct ResponseBody {
     /// Tells the connection's watchdog whether the client keeps taking this body
     /// (`send_timeout`); dropped with the body, it ends the request for `idle_timeout`.
     sending: Option<Active>,
+    /// Shown the trailers as they pass (gRPC counts its status there).
+    on_trailers: Option<TrailerHook>,
 }
+
+/// What sees a response's trailers go by.
+pub type TrailerHook = Box<dyn FnMut(&HeaderMap) + Send + Sync>;
 
 /// A copy of a response body in the making, stored once the body completed.
 pub struct Tee {
@@ -292,6 +297,8 @@ impl Drop for Tee {
 enum Inner {
     Upstream(Incoming),
     Full(Option<Bytes>),
+    /// One chunk, then trailers (a gRPC fallback's message and status).
+    Trailed(Option<Bytes>, Option<HeaderMap>),
 }
 
 impl ResponseBody {
@@ -303,6 +310,7 @@ impl ResponseBody {
             tee: None,
             _guard: None,
             sending: None,
+            on_trailers: None,
         }
     }
 
@@ -313,6 +321,7 @@ impl ResponseBody {
             tee: None,
             _guard: None,
             sending: None,
+            on_trailers: None,
         }
     }
 
@@ -323,7 +332,21 @@ impl ResponseBody {
             tee: Some(tee),
             _guard: None,
             sending: None,
+            on_trailers: None,
         }
+    }
+
+    /// One chunk followed by trailers.
+    pub fn full_with_trailers(bytes: Bytes, trailers: HeaderMap) -> ResponseBody {
+        let mut body = ResponseBody::full(Bytes::new());
+        body.inner = Inner::Trailed(Some(bytes), Some(trailers));
+        body
+    }
+
+    /// Shows the trailers to `hook` as they pass.
+    pub fn on_trailers(mut self, hook: TrailerHook) -> ResponseBody {
+        self.on_trailers = Some(hook);
+        self
     }
 
     /// Attaches a guard that lives as long as the body.
@@ -346,6 +369,13 @@ impl ResponseBody {
         let body = match &mut self.inner {
             Inner::Upstream(body) => body,
             Inner::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Trailed(bytes, trailers) => {
+                let frame = match bytes.take() {
+                    Some(b) => Some(Frame::data(b)),
+                    None => trailers.take().map(Frame::trailers),
+                };
+                return Poll::Ready(frame.map(Ok));
+            }
         };
         let polled = Pin::new(&mut *body).poll_frame(cx);
         if let Some(tee) = &mut self.tee {
@@ -380,6 +410,11 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = this.poll_inner(cx);
+        if let (Some(hook), Poll::Ready(Some(Ok(frame)))) = (&mut this.on_trailers, &polled) {
+            if let Some(trailers) = frame.trailers_ref() {
+                hook(trailers);
+            }
+        }
         if this.sending.is_some() {
             // A frame handed out waits for the client (unless it was the last: the body is
             // dropped then); pending waits for the upstream.
@@ -395,6 +430,7 @@ impl Body for ResponseBody {
         match &self.inner {
             Inner::Upstream(body) => body.is_end_stream(),
             Inner::Full(bytes) => bytes.is_none(),
+            Inner::Trailed(bytes, trailers) => bytes.is_none() && trailers.is_none(),
         }
     }
 
@@ -404,6 +440,7 @@ impl Body for ResponseBody {
             Inner::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            Inner::Trailed(..) => SizeHint::default(),
         }
     }
 }

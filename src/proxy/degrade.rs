@@ -12,7 +12,6 @@ use super::runtime::RouteState;
 use super::Outcome;
 use crate::config::Route;
 use crate::metrics::Metrics;
-use crate::resilience::fallback;
 
 /// Header with the age in seconds of a stale copy served on failure.
 pub static STALE: HeaderName = HeaderName::from_static("x-outrigger-stale");
@@ -36,6 +35,7 @@ pub fn answer(
     let stale_worthy = match failed.reason {
         Reason::Failure(_) => true,
         Reason::Status(s) => s.is_server_error(),
+        Reason::Grpc(_) => false,
     };
     if let (true, Some(store), Some(key)) = (stale_worthy, &state.store, failed.stale_key) {
         if let Some((stored, age)) = store.stale(key, failed.headers) {
@@ -56,7 +56,11 @@ pub fn answer(
             return Some((resp, Outcome::Stale));
         }
     }
-    let resp = fallback::answer(route.policy.fallback.as_ref()?, failed.reason)?;
+    let resp = super::grpc::fallback(
+        route.policy.fallback.as_ref()?,
+        failed.reason,
+        failed.headers,
+    )?;
     metrics
         .fallbacks
         .with_label_values(&[&route.name, &failed.reason.to_string()])

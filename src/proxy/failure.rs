@@ -192,6 +192,8 @@ pub fn chain(err: &(dyn StdError + 'static)) -> String {
 pub enum Reason {
     Failure(Failure),
     Status(StatusCode),
+    /// A trailers-only gRPC answer with this `grpc-status`, listed in `retry.when`.
+    Grpc(u8),
 }
 
 impl fmt::Display for Reason {
@@ -199,6 +201,7 @@ impl fmt::Display for Reason {
         match self {
             Reason::Failure(failure) => f.write_str(failure.reason()),
             Reason::Status(s) => write!(f, "status-{}", s.as_u16()),
+            Reason::Grpc(code) => f.write_str(super::grpc::condition_name(*code)),
         }
     }
 }

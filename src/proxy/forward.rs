@@ -149,7 +149,9 @@ impl Proxy {
         let limit = ctx.rt.config.limits.request_body_buffer;
         // Over HTTP/2 a refused stream may be resent whatever the method, so small bodies
         // are kept for that case too.
-        let keep = may_resend || ctx.rt.config.upstream.http2;
+        // Not for gRPC: a streaming call's body may never end while it waits for answers.
+        let keep =
+            may_resend || (ctx.rt.config.upstream.http2 && !super::grpc::is_grpc(&head.headers));
         let prepared = body::prepare(body, &head.headers, keep, limit);
         let body = match tokio::time::timeout_at(ctx.deadline, prepared).await {
             Ok(Ok(body)) => body,

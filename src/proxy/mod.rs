@@ -21,6 +21,7 @@ pub mod connect;
 pub mod degrade;
 pub mod failure;
 pub mod forward;
+pub mod grpc;
 pub mod h2pool;
 pub mod h2settings;
 pub mod headers;
@@ -143,6 +144,7 @@ impl Proxy {
         let method = req.method().clone();
         let version = req.version();
         let path = req.uri().path().to_owned();
+        let grpc = grpc::is_grpc(req.headers());
 
         let guard = self.admit(rt.config.limits.max_concurrent_requests);
         let (mut resp, outcome, attempts) = if method == Method::CONNECT {
@@ -160,7 +162,12 @@ impl Proxy {
                 state,
                 peer,
                 request_id: &request_id,
-                deadline: started + route.policy.timeout,
+                deadline: started
+                    + if grpc {
+                        grpc::cap(route.policy.timeout, req.headers())
+                    } else {
+                        route.policy.timeout
+                    },
             };
             let answer = if upgrade::is_upgrade(&req) {
                 self.upgrade(&ctx, req).await
@@ -170,6 +177,9 @@ impl Proxy {
             (answer.resp, answer.outcome, answer.attempts)
         };
 
+        if grpc {
+            resp = grpc::answer(resp, &route.name, &self.metrics);
+        }
         // The upstream may speak HTTP/1.0; the client gets the version it asked in.
         *resp.version_mut() = version;
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;

@@ -13,14 +13,17 @@ use super::failure::Failure;
 
 /// The answer when the upstream gave none.
 pub fn failure(failure: Failure) -> Response<ResponseBody> {
-    json(
+    let mut resp = json(
         failure.status(),
         format!(
             "{{\"error\":\"{}\",\"reason\":\"{}\"}}",
             failure,
             failure.reason()
         ),
-    )
+    );
+    // Read by `grpc::answer`, which gives a gRPC call the gRPC form of this answer.
+    resp.extensions_mut().insert(failure);
+    resp
 }
 
 /// The answer to a request the proxy will not forward (malformed, CONNECT, ...).
