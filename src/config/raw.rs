@@ -201,6 +201,7 @@ pub enum Jitter {
 pub struct RawBudget {
     pub ratio: Option<f64>,
     pub min_per_second: Option<u32>,
+    pub adaptive: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

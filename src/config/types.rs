@@ -171,6 +171,8 @@ pub struct BudgetPolicy {
     /// In `[0, 1000]`: retries per first attempt.
     pub ratio: f64,
     pub min_per_second: u32,
+    /// SPEC §7.1: room follows the retry yield (`ratio` then has no effect).
+    pub adaptive: bool,
 }
 
 /// Circuit breaker parameters.

@@ -481,6 +481,7 @@ fn merge_retry(route: Option<RawRetry>, defaults: Option<&RawRetry>) -> RawRetry
         budget: Some(RawBudget {
             ratio: rg.ratio.or(dg.ratio),
             min_per_second: rg.min_per_second.or(dg.min_per_second),
+            adaptive: rg.adaptive.or(dg.adaptive),
         }),
     }
 }
@@ -575,7 +576,7 @@ fn retry(raw: RawRetry, at: &str) -> Result<RetryPolicy, ConfigError> {
     )?;
     let b = raw.backoff.unwrap_or_default();
     let backoff = Backoff {
-        base: dur(b.base, 100),
+        base: dur(b.base, 10),
         max: dur(b.max, 2000),
         jitter: b.jitter.unwrap_or(Jitter::Full),
     };
@@ -642,6 +643,7 @@ fn retry(raw: RawRetry, at: &str) -> Result<RetryPolicy, ConfigError> {
         budget: BudgetPolicy {
             ratio,
             min_per_second: g.min_per_second.unwrap_or(10),
+            adaptive: g.adaptive.unwrap_or(true),
         },
     })
 }

@@ -87,6 +87,10 @@ impl Attempts<'_> {
                 Ok(_) => None,
                 Err(f) => Some(Reason::Failure(*f)),
             };
+            if n > 1 && !result.as_ref().is_err_and(|f| f.is_client()) {
+                // What the adaptive budget learns from: did this retry end the request well?
+                self.budget.record_retry(reason.is_none());
+            }
             let Some(reason) = reason else {
                 return self.finish(result, n, None);
             };
@@ -269,7 +273,7 @@ impl Attempts<'_> {
             return Err(Some("deadline"));
         }
         let permit = self.admit().map_err(|()| Some("circuit-open"))?;
-        if !self.budget.try_retry() {
+        if !self.budget.try_retry(policy.attempts) {
             return Err(Some("budget"));
         }
         if let Some((limiter, key)) = self.limiter {

@@ -110,6 +110,7 @@ fn retire_removed(config: &Config, old: &HashMap<&str, &RouteState>, metrics: &M
             b.retire();
         }
         let _ = metrics.circuit_state.remove_label_values(&[name]);
+        let _ = metrics.retry_yield.remove_label_values(&[name]);
     }
 }
 

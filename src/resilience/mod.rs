@@ -13,3 +13,4 @@ pub mod rate_limit;
 pub mod retry;
 pub mod store;
 pub mod window;
+pub mod yield_budget;
