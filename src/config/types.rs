@@ -140,6 +140,8 @@ pub struct Policy {
     pub cache: Option<CachePolicy>,
     pub rate_limit: Option<RateLimitPolicy>,
     pub fault: Option<FaultPolicy>,
+    /// SPEC §7.2; `None`: no hedging.
+    pub hedge: Option<super::hedge::HedgePolicy>,
 }
 
 /// When and how a failed attempt is tried again.

@@ -52,6 +52,9 @@ pub fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
         let merged = merge_policy(overrides, &defaults);
         let policy = policy(&merged, &at, dir)?;
         warn_if_attempts_do_not_fit(&name, &policy, &mut warnings);
+        if policy.hedge.is_some() {
+            super::hedge::warn_if_never_resent(&at, &name, &matcher, &policy.retry, &mut warnings);
+        }
         routes.push(Route {
             name,
             matcher,
@@ -456,6 +459,7 @@ fn merge_policy(route: RawPolicy, defaults: &RawPolicy) -> RawPolicy {
         cache: route.cache.or_else(|| defaults.cache.clone()),
         rate_limit: route.rate_limit.or_else(|| defaults.rate_limit.clone()),
         fault: route.fault.or_else(|| defaults.fault.clone()),
+        hedge: route.hedge.or_else(|| defaults.hedge.clone()),
     }
 }
 
@@ -550,6 +554,7 @@ fn policy(raw: &RawPolicy, at: &str, dir: &Path) -> Result<Policy, ConfigError> 
         cache,
         rate_limit,
         fault,
+        hedge: raw.hedge.clone().flatten().map(Into::into),
     })
 }
 

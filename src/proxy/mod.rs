@@ -24,6 +24,7 @@ pub mod forward;
 pub mod h2pool;
 pub mod h2settings;
 pub mod headers;
+pub mod hedge;
 pub mod probe;
 pub mod respond;
 pub mod runtime;

@@ -8,6 +8,7 @@ pub mod circuit;
 pub mod coalesce;
 pub mod fallback;
 pub mod fault;
+pub mod hedge;
 pub mod lru;
 pub mod rate_limit;
 pub mod retry;

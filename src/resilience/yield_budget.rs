@@ -262,8 +262,11 @@ mod tests {
                 }
                 let y = b.yield_now(now);
                 prop_assert!(y > 0.0 && y <= 1.0);
-                // Over any 10 s span ending now (the window is coarser, so use 11 s of
-                // requests to stay on the safe side of bucket edges).
+                // Checked at each grant: the window then covers at least the last 9 s
+                // and at most the last 11 s.
+                if log.last().is_none_or(|e| e.0 != now || e.2 == 0) {
+                    continue;
+                }
                 let since = now.checked_sub(Duration::from_secs(9)).unwrap_or(start);
                 let wide = now.checked_sub(Duration::from_secs(11)).unwrap_or(start);
                 let granted: u64 = log.iter().filter(|e| e.0 >= since).map(|e| e.2).sum();
