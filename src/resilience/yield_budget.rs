@@ -7,23 +7,27 @@
 //! the room. Over a sliding 10 s window:
 //!
 //! ```text
-//! y       = (S + 1) / (S + F + 1)             S, F: retries that succeeded / failed
+//! y       = (S + 1) / (S + F + 1)             S, F: of the last 32 retries of the last
+//!                                             10 s, those that succeeded / failed
 //! allowed = ((attempts - 1) * R + min_per_second * 10) * y^2
-//!                                             R: first attempts
+//!                                             R: first attempts in the last 10 s
 //! a retry is granted when  T + 1 <= allowed    T: retries granted
 //!                  or when  no retry was granted in the last second (a probe)
 //! ```
 //!
+//! - The yield looks at the last [`OUTCOMES`] retries only (and none older than the
+//!   window): when a flaky backend goes down, 20 failed retries outweigh the hundreds of
+//!   successes of the seconds before, so the budget shuts within a fraction of a second
+//!   instead of waiting for them to leave a 10 s window.
 //! - The prior (one imagined success) makes a route with no recent retries trust them
 //!   (`y = 1`): the first failures of a healthy backend are retried at once.
 //! - Under 20% random 503s the yield is about 0.8, so `y^2 = 0.64` and the room is about
 //!   1.3 retries per request with 3 attempts: every retry `attempts` allows goes through
 //!   (only 0.24 are needed).
-//! - In an outage every retry fails: with `T` retries in the window `y = 1 / (T + 1)`, and
-//!   the room balances where `T (T + 1)^2 = 2R + 10 m`. At 100 req/s (R = 1000, m = 10)
-//!   that is about 12 retries per 10 s: 1.2% more load, a trickle of probes that keep
-//!   measuring. Squaring the yield is what makes this trickle grow with the cube root of
-//!   traffic, not its square root.
+//! - In an outage every retry fails: once 32 have failed `y = 1/33`, `y^2 < 0.001`, and the
+//!   room is `(2R + 10 m) / 1089`: 2 retries per 10 s at 100 req/s (R = 1000, m = 10), so
+//!   what goes through is the probe below, about 1% more load. Squaring the yield is what
+//!   makes the room vanish rather than linger at a few percent.
 //! - Whatever the room, one retry a second is granted when none was in the last second
 //!   (unless `min_per_second` is 0): a probe. Without it, a burst of concurrent failures at
 //!   the start of an outage could leave `T` above the room until those failures age out,
@@ -38,6 +42,7 @@
 //! `attempts` allows per first attempt plus the `min_per_second` floor. This is a pure
 //! state machine: the caller passes `now`, so tests need no clock and no sockets.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -47,6 +52,9 @@ use super::window::Window;
 /// The window both static and adaptive budgets count over.
 pub const WINDOW: Duration = Duration::from_secs(10);
 
+/// How many recent retry outcomes the yield is computed from.
+pub const OUTCOMES: usize = 32;
+
 /// With no room left, one retry a second still goes through (when `min_per_second > 0`).
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -55,8 +63,8 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 pub struct YieldBudget {
     /// (first attempts, retries granted) over the window.
     traffic: Window,
-    /// (retries that succeeded, retries that failed) over the window.
-    outcomes: Window,
+    /// The last [`OUTCOMES`] retry outcomes (when, succeeded), oldest first.
+    outcomes: VecDeque<(Instant, bool)>,
     /// When the last retry was granted: a probe is due a second later.
     last_grant: Option<Instant>,
 }
@@ -66,7 +74,7 @@ impl YieldBudget {
     pub fn new(now: Instant) -> YieldBudget {
         YieldBudget {
             traffic: Window::new(WINDOW, now),
-            outcomes: Window::new(WINDOW, now),
+            outcomes: VecDeque::with_capacity(OUTCOMES),
             last_grant: None,
         }
     }
@@ -79,14 +87,23 @@ impl YieldBudget {
     /// Records how a granted retry ended: `true` when its answer was final (not a failure
     /// the policy retries).
     pub fn record_outcome(&mut self, now: Instant, succeeded: bool) {
-        self.outcomes
-            .add(now, u64::from(succeeded), u64::from(!succeeded));
+        if self.outcomes.len() == OUTCOMES {
+            self.outcomes.pop_front();
+        }
+        self.outcomes.push_back((now, succeeded));
     }
 
     /// The yield the budget believes now, in `(0, 1]`.
     pub fn yield_now(&mut self, now: Instant) -> f64 {
-        let (succeeded, failed) = self.outcomes.sums(now);
-        (succeeded as f64 + 1.0) / ((succeeded + failed) as f64 + 1.0)
+        while self
+            .outcomes
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= WINDOW)
+        {
+            self.outcomes.pop_front();
+        }
+        let succeeded = self.outcomes.iter().filter(|(_, ok)| *ok).count();
+        (succeeded as f64 + 1.0) / (self.outcomes.len() as f64 + 1.0)
     }
 
     /// How many retries the window allows now (not yet reduced by those granted).
@@ -195,6 +212,21 @@ mod tests {
     }
 
     #[test]
+    fn an_outage_right_after_flakiness_shuts_the_room_at_once() {
+        let now = Instant::now();
+        let mut b = YieldBudget::new(now);
+        drive(&mut b, now, 10, 100, 0.2, 0.8);
+        let down = now + Duration::from_secs(10);
+        let (requests, retries) = drive(&mut b, down, 10, 100, 1.0, 0.0);
+        // SPEC §7.1 row 3: at most 1.05 during the outage part, though the window is still
+        // full of the flaky period's successful retries.
+        assert!(
+            retries as f64 <= 0.05 * requests as f64,
+            "{retries} retries for {requests} requests"
+        );
+    }
+
+    #[test]
     fn room_comes_back_within_one_window() {
         let now = Instant::now();
         let mut b = YieldBudget::new(now);
@@ -277,17 +309,21 @@ mod tests {
             }
         }
 
-        /// The yield is the share of recorded outcomes that succeeded, with one success of
-        /// prior, while they are all inside the window.
+        /// The yield is the share of the last OUTCOMES outcomes that succeeded, with one
+        /// success of prior, while they are all inside the window.
         #[test]
-        fn yield_estimate_matches_the_outcomes(ok in 0u64..500, bad in 0u64..500) {
+        fn yield_estimate_matches_the_outcomes(
+            outcomes in proptest::collection::vec(any::<bool>(), 0..200),
+        ) {
             let now = Instant::now();
             let mut b = YieldBudget::new(now);
-            for _ in 0..ok { b.record_outcome(now, true); }
-            for _ in 0..bad { b.record_outcome(now, false); }
+            for ok in &outcomes { b.record_outcome(now, *ok); }
             let y = b.yield_now(now + Duration::from_secs(5));
-            let expected = (ok as f64 + 1.0) / ((ok + bad) as f64 + 1.0);
+            let recent = &outcomes[outcomes.len().saturating_sub(OUTCOMES)..];
+            let good = recent.iter().filter(|ok| **ok).count();
+            let expected = (good as f64 + 1.0) / (recent.len() as f64 + 1.0);
             prop_assert!((y - expected).abs() < 1e-12);
+            prop_assert_eq!(b.yield_now(now + WINDOW), 1.0);
         }
 
         /// In a full outage the retries granted over any run stay a small share of
