@@ -13,6 +13,7 @@
 #
 #   bash bench/retry-harness.sh            # full run, about 6 minutes
 #   SECONDS_SCALE=0.25 bash bench/retry-harness.sh   # smoke run (phases 4x shorter)
+#   TOOLS=debug bash bench/retry-harness.sh           # backend and load generator unoptimised
 #
 # Product defaults for both proxies, breaker off (SPEC §7.1 measures it so): haproxy with
 # `retries 2` and `retry-on 503 conn-failure`, outrigger with its built-in retry policy
@@ -27,10 +28,18 @@ mkdir -p "$OUT"
 
 command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; }
 command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 >/dev/null; }
-cargo build --release --quiet --bin outrigger --example flaky_backend --example retry_load
+# TOOLS=debug uses debug builds of the backend and the load generator (they skip compiling
+# the dev-dependencies in release); outrigger itself is always the release build.
+TOOLS=${TOOLS:-release}
+cargo build --release --quiet --bin outrigger
+if [ "$TOOLS" = release ]; then
+  cargo build --release --quiet --example flaky_backend --example retry_load
+else
+  cargo build --quiet --example flaky_backend --example retry_load
+fi
 BIN=target/release/outrigger
-BACKEND_BIN=target/release/examples/flaky_backend
-LOAD=target/release/examples/retry_load
+BACKEND_BIN=target/$TOOLS/examples/flaky_backend
+LOAD=target/$TOOLS/examples/retry_load
 
 BACKEND=127.0.0.1:18181
 HAPROXY=127.0.0.1:18182
@@ -60,7 +69,7 @@ wait_port "$BACKEND"
 
 cat > "$WORK/haproxy.cfg" <<CFG
 global
-  maxconn 20000
+  maxconn 4096
   nbthread 1
 defaults
   mode http
@@ -137,4 +146,4 @@ run outage 100 "$BOTH" "20:fail=100,slow=0"
 run flap 100 "$BOTH" "10:fail=20,slow=0" "10:fail=100,slow=0" "15:fail=0,slow=0"
 run slow-tail 200 "haproxy outrigger outrigger+hedge" "20:fail=0,slow=5,slow_ms=300"
 
-python3 bench/retry-report.py "$TSV" docs/resilience.md
+TOOLS=$TOOLS python3 bench/retry-report.py "$TSV" docs/resilience.md
