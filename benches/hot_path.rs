@@ -102,7 +102,7 @@ fn bookkeeping(c: &mut Criterion) {
         b.iter(|| budget.record_request())
     });
     c.bench_function("budget: try a retry", |b| {
-        b.iter(|| black_box(budget.try_retry()))
+        b.iter(|| black_box(budget.try_retry(policy.retry.attempts)))
     });
     let metrics = Metrics::new();
     let to = |s| metrics.circuit_transitions.with_label_values(&["bench", s]);

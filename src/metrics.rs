@@ -9,8 +9,8 @@ use std::sync::Mutex;
 
 use http::Method;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric, registered in one registry.
@@ -56,6 +56,10 @@ pub struct Metrics {
     pub shed: IntCounter,
     /// result
     pub config_reloads: IntCounterVec,
+    /// route: the retry yield the adaptive budget believes (SPEC §7.1), set at each scrape.
+    pub retry_yield: GaugeVec,
+    /// route, result (`won`, `lost`, `skipped`): hedged attempts (SPEC §7.2).
+    pub hedges: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -72,6 +76,14 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
+}
+
+fn float_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
     registry
         .register(Box::new(g.clone()))
         .expect("metric names are unique");
@@ -235,6 +247,18 @@ impl Metrics {
             .expect("metric definition is valid"),
             upstream_up_registered: Mutex::new(false),
             config_reloads: reloads(&r),
+            retry_yield: float_gauge(
+                &r,
+                "outrigger_retry_yield",
+                "Share of the route's recent retries that succeeded, as the adaptive retry budget believes it (0 to 1).",
+                &["route"],
+            ),
+            hedges: counter(
+                &r,
+                "outrigger_hedges_total",
+                "Hedged attempts, by result: won (its answer was used), lost (cancelled), skipped (max_ratio or open circuit).",
+                &["route", "result"],
+            ),
             in_flight,
             tunnels_open,
             shed,

@@ -437,8 +437,10 @@ async fn outage_attempts(budget: &str, requests: usize) -> usize {
 
 #[tokio::test]
 async fn the_budget_caps_retries_during_a_full_outage() {
-    let with_budget = outage_attempts("{ ratio: 0.2, min_per_second: 0 }", 200).await;
-    let without = outage_attempts("{ ratio: 1000, min_per_second: 0 }", 200).await;
+    // The static rule of SPEC §2 (adaptive is the default since §7.1).
+    let with_budget =
+        outage_attempts("{ ratio: 0.2, min_per_second: 0, adaptive: false }", 200).await;
+    let without = outage_attempts("{ ratio: 1000, min_per_second: 0, adaptive: false }", 200).await;
     assert_eq!(
         without, 600,
         "no effective budget: every request tried 3 times"
@@ -485,7 +487,7 @@ async fn the_budget_holds_while_the_backend_flaps() {
             Action::Status(503)
         }
     }));
-    let yaml = "defaults:\n  retry:\n    attempts: 3\n    backoff: { base: 1ms, max: 2ms, jitter: none }\n    budget: { ratio: 0.2, min_per_second: 0 }\n  circuit_breaker: { enabled: false }\n";
+    let yaml = "defaults:\n  retry:\n    attempts: 3\n    backoff: { base: 1ms, max: 2ms, jitter: none }\n    budget: { ratio: 0.2, min_per_second: 0, adaptive: false }\n  circuit_breaker: { enabled: false }\n";
     let sidecar = Sidecar::in_front_of(&backend, yaml).await;
     for i in 0..600 {
         get(&sidecar.url(&format!("/flap/{i}"))).await;

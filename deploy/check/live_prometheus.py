@@ -106,13 +106,14 @@ defaults:
 routes:
   - name: conversations
     match: {{ path_prefix: /conversations }}
-    retry: {{ budget: {{ ratio: 0.05, min_per_second: 1 }} }}
+    retry: {{ budget: {{ ratio: 0.05, min_per_second: 1, adaptive: false }} }}
     stale_if_error: {{ max_age: 5m }}
   - name: feed
     match: {{ path_prefix: /feed }}
     fallback: {{ status: 200, headers: {{ content-type: application/json }}, body: '{{"items": []}}' }}
   - name: orders
     match: {{ path_prefix: /orders }}
+    hedge: {{ delay: 20ms, max_ratio: 0.5 }}
   - name: counted
     match: {{ path_prefix: /counted }}
     circuit_breaker: {{ enabled: false }}

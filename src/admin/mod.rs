@@ -109,6 +109,15 @@ fn metrics(app: &App) -> Response<ResponseBody> {
     // Asking each breaker brings its gauge up to date, so a route that went idle while its
     // circuit was open reads half-open once open_duration has passed, not "open" forever.
     app.proxy.runtime().circuit_states().for_each(drop);
+    // The yield is read now, so a route that went quiet after an outage shows its window
+    // emptying, not the last value a retry left behind.
+    for (route, state) in app.proxy.runtime().routes_with_state() {
+        let gauge = &app.metrics.retry_yield;
+        match state.budget.retry_yield() {
+            Some(y) => gauge.with_label_values(&[&route.name]).set(y),
+            None => drop(gauge.remove_label_values(&[&route.name])),
+        }
+    }
     let mut resp = Response::new(ResponseBody::full(app.metrics.render()));
     resp.headers_mut().insert(
         CONTENT_TYPE,

@@ -15,6 +15,7 @@
 
 pub mod client_cert;
 pub mod grpc;
+pub mod hedge;
 pub mod memory;
 pub mod path;
 pub mod raw;

@@ -112,6 +112,8 @@ pub struct RawPolicy {
     pub rate_limit: Option<Option<RawRateLimit>>,
     #[serde(default, deserialize_with = "explicit_null")]
     pub fault: Option<Option<RawFault>>,
+    #[serde(default, deserialize_with = "explicit_null")]
+    pub hedge: Option<Option<super::hedge::RawHedge>>,
 }
 
 /// One entry of `routes`.
@@ -134,6 +136,8 @@ pub struct RawRoute {
     pub rate_limit: Option<Option<RawRateLimit>>,
     #[serde(default, deserialize_with = "explicit_null")]
     pub fault: Option<Option<RawFault>>,
+    #[serde(default, deserialize_with = "explicit_null")]
+    pub hedge: Option<Option<super::hedge::RawHedge>>,
 }
 
 impl RawRoute {
@@ -148,6 +152,7 @@ impl RawRoute {
             cache: self.cache,
             rate_limit: self.rate_limit,
             fault: self.fault,
+            hedge: self.hedge,
         };
         (self.name, self.matcher, policy)
     }
@@ -201,6 +206,7 @@ pub enum Jitter {
 pub struct RawBudget {
     pub ratio: Option<f64>,
     pub min_per_second: Option<u32>,
+    pub adaptive: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -140,6 +140,8 @@ pub struct Policy {
     pub cache: Option<CachePolicy>,
     pub rate_limit: Option<RateLimitPolicy>,
     pub fault: Option<FaultPolicy>,
+    /// SPEC §7.2; `None`: no hedging.
+    pub hedge: Option<super::hedge::HedgePolicy>,
 }
 
 /// When and how a failed attempt is tried again.
@@ -171,6 +173,8 @@ pub struct BudgetPolicy {
     /// In `[0, 1000]`: retries per first attempt.
     pub ratio: f64,
     pub min_per_second: u32,
+    /// SPEC §7.1: room follows the retry yield (`ratio` then has no effect).
+    pub adaptive: bool,
 }
 
 /// Circuit breaker parameters.

@@ -52,6 +52,9 @@ pub fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
         let merged = merge_policy(overrides, &defaults);
         let policy = policy(&merged, &at, dir)?;
         warn_if_attempts_do_not_fit(&name, &policy, &mut warnings);
+        if policy.hedge.is_some() {
+            super::hedge::warn_if_never_resent(&at, &name, &matcher, &policy.retry, &mut warnings);
+        }
         routes.push(Route {
             name,
             matcher,
@@ -457,6 +460,7 @@ fn merge_policy(route: RawPolicy, defaults: &RawPolicy) -> RawPolicy {
         cache: route.cache.or_else(|| defaults.cache.clone()),
         rate_limit: route.rate_limit.or_else(|| defaults.rate_limit.clone()),
         fault: route.fault.or_else(|| defaults.fault.clone()),
+        hedge: route.hedge.or_else(|| defaults.hedge.clone()),
     }
 }
 
@@ -482,6 +486,7 @@ fn merge_retry(route: Option<RawRetry>, defaults: Option<&RawRetry>) -> RawRetry
         budget: Some(RawBudget {
             ratio: rg.ratio.or(dg.ratio),
             min_per_second: rg.min_per_second.or(dg.min_per_second),
+            adaptive: rg.adaptive.or(dg.adaptive),
         }),
     }
 }
@@ -550,6 +555,7 @@ fn policy(raw: &RawPolicy, at: &str, dir: &Path) -> Result<Policy, ConfigError> 
         cache,
         rate_limit,
         fault,
+        hedge: raw.hedge.clone().flatten().map(Into::into),
     })
 }
 
@@ -576,7 +582,7 @@ fn retry(raw: RawRetry, at: &str) -> Result<RetryPolicy, ConfigError> {
     )?;
     let b = raw.backoff.unwrap_or_default();
     let backoff = Backoff {
-        base: dur(b.base, 100),
+        base: dur(b.base, 10),
         max: dur(b.max, 2000),
         jitter: b.jitter.unwrap_or(Jitter::Full),
     };
@@ -643,6 +649,7 @@ fn retry(raw: RawRetry, at: &str) -> Result<RetryPolicy, ConfigError> {
         budget: BudgetPolicy {
             ratio,
             min_per_second: g.min_per_second.unwrap_or(10),
+            adaptive: g.adaptive.unwrap_or(true),
         },
     })
 }

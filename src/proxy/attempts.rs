@@ -66,6 +66,8 @@ pub struct Attempts<'a> {
     /// Whether the method or an idempotency key allows sending the request again.
     pub may_resend: bool,
     pub deadline: Instant,
+    /// The route's hedging state, when it hedges (`proxy::hedge`).
+    pub hedge: Option<&'a std::sync::Mutex<crate::resilience::hedge::HedgeState>>,
 }
 
 impl Attempts<'_> {
@@ -78,8 +80,17 @@ impl Attempts<'_> {
         };
         self.budget.record_request();
         let mut n: u32 = 1;
+        // Attempts the first step made: 1, or 2 when it was hedged (`proxy::hedge`).
+        let mut first_made = 1;
         loop {
-            let result = self.attempt(n, permit).await;
+            let retry = n > first_made;
+            let result = if n == 1 {
+                let (result, made) = self.first_attempt(permit).await;
+                (n, first_made) = (made, made);
+                result
+            } else {
+                self.attempt(n, permit).await
+            };
             let reason = match &result {
                 Ok(resp) if retry::retries_status(policy, resp.status()) => {
                     Some(Reason::Status(resp.status()))
@@ -87,8 +98,12 @@ impl Attempts<'_> {
                 Ok(resp) => super::grpc::retry_reason(policy, resp),
                 Err(f) => Some(Reason::Failure(*f)),
             };
+            if retry && !result.as_ref().is_err_and(|f| f.is_client()) {
+                // What the adaptive budget learns from: did this retry end the request well?
+                self.budget.record_retry(reason.is_none());
+            }
             let Some(reason) = reason else {
-                return self.finish(result, n, None);
+                return self.finish(result, n, n > first_made, None);
             };
             let wanted = match &result {
                 Ok(_) => true,
@@ -118,14 +133,14 @@ impl Attempts<'_> {
                     if let Some(why) = skipped {
                         self.skipped(n, why);
                     }
-                    return self.finish(result, n, Some(reason));
+                    return self.finish(result, n, n > first_made, Some(reason));
                 }
             }
         }
     }
 
     /// Leave from the breaker for one attempt: `Ok(None)` without a breaker, `Err` while open.
-    fn admit(&self) -> Result<Option<Permit<'_>>, ()> {
+    pub(super) fn admit(&self) -> Result<Option<Permit<'_>>, ()> {
         match self.breaker {
             None => Ok(None),
             Some(breaker) => breaker.admit().map(Some).ok_or(()),
@@ -141,7 +156,7 @@ impl Attempts<'_> {
     }
 
     /// One attempt, with its own timeout and metrics; its result goes to the breaker.
-    async fn attempt(
+    pub(super) async fn attempt(
         &self,
         n: u32,
         permit: Option<Permit<'_>>,
@@ -267,7 +282,7 @@ impl Attempts<'_> {
             return Err(Some("deadline"));
         }
         let permit = self.admit().map_err(|()| Some("circuit-open"))?;
-        if !self.budget.try_retry() {
+        if !self.budget.try_retry(policy.attempts) {
             return Err(Some("budget"));
         }
         if let Some((limiter, key)) = self.limiter {
@@ -283,9 +298,10 @@ impl Attempts<'_> {
         &self,
         result: Result<Response<Incoming>, Failure>,
         attempts: u32,
+        retried: bool,
         reason: Option<Reason>,
     ) -> Finished {
-        if attempts > 1 {
+        if retried {
             let label = if reason.is_none() {
                 "success"
             } else {

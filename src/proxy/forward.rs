@@ -230,6 +230,7 @@ impl Proxy {
             body,
             may_resend,
             deadline: ctx.deadline,
+            hedge: ctx.state.hedge.as_deref(),
         };
         let finished = attempts.run().await;
         let n = finished.attempts;

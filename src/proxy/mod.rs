@@ -25,6 +25,7 @@ pub mod grpc;
 pub mod h2pool;
 pub mod h2settings;
 pub mod headers;
+pub mod hedge;
 pub mod probe;
 pub mod respond;
 pub mod runtime;

@@ -11,7 +11,7 @@
 //! `outrigger_upstream_up` goes when the health check does.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::{HeaderMap, Method};
 
@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::resilience::budget::RetryBudget;
 use crate::resilience::circuit::{Breaker, BreakerMetrics, State};
 use crate::resilience::coalesce::Coalescer;
+use crate::resilience::hedge::HedgeState;
 use crate::resilience::rate_limit::RateLimiter;
 use crate::resilience::store::{ResponseStore, StorePolicy};
 
@@ -41,6 +42,8 @@ pub struct RouteState {
     pub limiter: Option<Arc<RateLimiter>>,
     /// Cache misses in flight, for `cache.coalesce`.
     pub coalescer: Arc<Coalescer>,
+    /// Hedge ratio and latency samples, when the route hedges (SPEC §7.2).
+    pub hedge: Option<Arc<Mutex<HedgeState>>>,
 }
 
 impl Runtime {
@@ -110,6 +113,7 @@ fn retire_removed(config: &Config, old: &HashMap<&str, &RouteState>, metrics: &M
             b.retire();
         }
         let _ = metrics.circuit_state.remove_label_values(&[name]);
+        let _ = metrics.retry_yield.remove_label_values(&[name]);
     }
 }
 
@@ -157,12 +161,22 @@ impl RouteState {
                 Some(s) if *s.policy() == p => Arc::clone(s),
                 _ => Arc::new(ResponseStore::new(p)),
             });
+        let hedge = policy.hedge.map(|p| {
+            let kept = old
+                .and_then(|o| o.hedge.as_ref())
+                .filter(|h| h.lock().is_ok_and(|h| h.policy() == p));
+            kept.map_or_else(
+                || Arc::new(Mutex::new(HedgeState::new(p, tokio::time::Instant::now()))),
+                Arc::clone,
+            )
+        });
         RouteState {
             budget,
             breaker,
             store,
             limiter,
             coalescer: old.map_or_else(Default::default, |o| Arc::clone(&o.coalescer)),
+            hedge,
         }
     }
 }

@@ -182,6 +182,8 @@ impl Proxy {
             body,
             may_resend: false,
             deadline: ctx.deadline,
+            // An upgrade is never sent twice.
+            hedge: None,
         };
         let finished = attempts.run().await;
         let n = finished.attempts;

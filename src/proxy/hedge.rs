@@ -1,0 +1,124 @@
+//! Hedged first attempts (SPEC §7.2): when the first attempt has no response headers after
+//! the route's delay, a second identical attempt starts, and whichever brings headers first
+//! is used. The other is dropped, which closes its HTTP/1 connection or resets its HTTP/2
+//! stream, so the upstream can stop working on it.
+//!
+//! Only the first attempt is hedged, at most once, and only for a request that may be sent
+//! twice (method or idempotency key) whose body is held whole (or absent): a streamed body
+//! can be read once. The hedge is attempt 2 in every respect: `x-outrigger-attempt: 2`, one
+//! more in `x-outrigger-attempts`, a breaker leave of its own (no hedge while the breaker is
+//! open), the route's rate-limit token, and `outrigger_upstream_attempts_total` when it
+//! finishes. Retries still follow when both fail. An attempt that fails without headers
+//! does not win: the other one is awaited.
+//!
+//! Why not `tower::hedge`: it wraps a whole `Service` call, clones the request itself and
+//! keeps its own latency histogram and budget, so it would sit outside our attempt loop,
+//! hide the hedge from the breaker, the retry budget, the per-attempt header and metrics,
+//! and need a second copy of the body logic. Here the hedge is one more call to the same
+//! `attempt` function the loop uses, which keeps all of that in one place.
+
+use std::sync::Mutex;
+
+use http::Response;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::attempts::Attempts;
+use super::failure::Failure;
+use crate::resilience::circuit::Permit;
+use crate::resilience::hedge::HedgeState;
+
+type Attempt = Result<Response<Incoming>, Failure>;
+
+impl Attempts<'_> {
+    /// The first attempt, hedged when the route hedges and the request allows it. Returns
+    /// its result and how many attempts were made (1, or 2 with a hedge).
+    pub(super) async fn first_attempt(&self, permit: Option<Permit<'_>>) -> (Attempt, u32) {
+        let Some(hedge) = self.hedge else {
+            return (self.attempt(1, permit).await, 1);
+        };
+        let started = Instant::now();
+        let delay = with(hedge, |h| {
+            h.record_first_attempt(started);
+            h.delay(started)
+        })
+        .flatten();
+        let first = self.attempt(1, permit);
+        let Some(delay) = delay.filter(|_| self.may_hedge()) else {
+            let result = first.await;
+            sample(hedge, started, &result);
+            return (result, 1);
+        };
+        tokio::pin!(first);
+        tokio::select! {
+            biased;
+            result = &mut first => {
+                sample(hedge, started, &result);
+                return (result, 1);
+            }
+            () = tokio::time::sleep_until((started + delay).min(self.deadline)) => {}
+        }
+        let Some(permit) = self.hedge_leave(hedge) else {
+            self.count_hedge("skipped");
+            let result = first.await;
+            sample(hedge, started, &result);
+            return (result, 1);
+        };
+        let second = self.attempt(2, permit);
+        tokio::pin!(second);
+        // The first headers win; a failure without headers waits for the other attempt.
+        let (result, hedge_won) = tokio::select! {
+            r = &mut first => match r {
+                Ok(resp) => (Ok(resp), false),
+                Err(_) => ((&mut second).await, true),
+            },
+            r = &mut second => match r {
+                Ok(resp) => (Ok(resp), true),
+                Err(_) => ((&mut first).await, false),
+            },
+        };
+        // The original took at least this long: a lower bound keeps the p95 honest.
+        sample(hedge, started, &result);
+        let won = hedge_won && result.is_ok();
+        self.count_hedge(if won { "won" } else { "lost" });
+        (result, 2)
+    }
+
+    /// A hedge needs a request that may be sent twice and a body that can be.
+    fn may_hedge(&self) -> bool {
+        self.may_resend
+            && self.route.policy.retry.attempts > 1
+            && self.body.upload().is_none()
+            && self.body.for_attempt().is_some()
+    }
+
+    /// Leave for a hedge: `max_ratio`, the breaker and the rate limit must all allow it.
+    fn hedge_leave(&self, hedge: &Mutex<HedgeState>) -> Option<Option<Permit<'_>>> {
+        let permit = self.admit().ok()?;
+        if !with(hedge, |h| h.try_hedge(Instant::now()))? {
+            return None;
+        }
+        if let Some((limiter, key)) = self.limiter {
+            limiter.take(key).ok()?;
+        }
+        Some(permit)
+    }
+
+    fn count_hedge(&self, result: &str) {
+        self.metrics
+            .hedges
+            .with_label_values(&[&self.route.name, result])
+            .inc();
+    }
+}
+
+fn with<T>(hedge: &Mutex<HedgeState>, f: impl FnOnce(&mut HedgeState) -> T) -> Option<T> {
+    hedge.lock().ok().map(|mut h| f(&mut h))
+}
+
+/// Feeds `delay: auto` with the time to headers of a successful first attempt.
+fn sample(hedge: &Mutex<HedgeState>, started: Instant, result: &Attempt) {
+    if result.as_ref().is_ok_and(|r| !r.status().is_server_error()) {
+        with(hedge, |h| h.record_latency(started.elapsed()));
+    }
+}
