@@ -34,9 +34,20 @@ impl Attempts<'_> {
     /// The first attempt, hedged when the route hedges and the request allows it. Returns
     /// its result and how many attempts were made (1, or 2 with a hedge).
     pub(super) async fn first_attempt(&self, permit: Option<Permit<'_>>) -> (Attempt, u32) {
-        let Some(hedge) = self.hedge else {
-            return (self.attempt(1, permit).await, 1);
-        };
+        match self.hedge {
+            None => (self.attempt(1, permit).await, 1),
+            // Boxed: the hedged path holds two attempts at once, and a future's size is
+            // that of its largest state. Inline, every request of every route would carry
+            // (and hyper keep per connection, even idle) room for a second attempt.
+            Some(hedge) => Box::pin(self.hedged(hedge, permit)).await,
+        }
+    }
+
+    async fn hedged(
+        &self,
+        hedge: &Mutex<HedgeState>,
+        permit: Option<Permit<'_>>,
+    ) -> (Attempt, u32) {
         let started = Instant::now();
         let delay = with(hedge, |h| {
             h.record_first_attempt(started);
