@@ -112,6 +112,8 @@ pub struct RawPolicy {
     pub rate_limit: Option<Option<RawRateLimit>>,
     #[serde(default, deserialize_with = "explicit_null")]
     pub fault: Option<Option<RawFault>>,
+    #[serde(default, deserialize_with = "explicit_null")]
+    pub concurrency: Option<Option<super::concurrency::RawConcurrency>>,
 }
 
 /// One entry of `routes`.
@@ -134,6 +136,8 @@ pub struct RawRoute {
     pub rate_limit: Option<Option<RawRateLimit>>,
     #[serde(default, deserialize_with = "explicit_null")]
     pub fault: Option<Option<RawFault>>,
+    #[serde(default, deserialize_with = "explicit_null")]
+    pub concurrency: Option<Option<super::concurrency::RawConcurrency>>,
 }
 
 impl RawRoute {
@@ -148,6 +152,7 @@ impl RawRoute {
             cache: self.cache,
             rate_limit: self.rate_limit,
             fault: self.fault,
+            concurrency: self.concurrency,
         };
         (self.name, self.matcher, policy)
     }

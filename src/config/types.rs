@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
+pub use super::concurrency::ConcurrencyPolicy;
 pub use super::raw::{Condition, HostHeader, Jitter};
 
 /// A loaded, validated configuration.
@@ -140,6 +141,8 @@ pub struct Policy {
     pub cache: Option<CachePolicy>,
     pub rate_limit: Option<RateLimitPolicy>,
     pub fault: Option<FaultPolicy>,
+    /// The adaptive concurrency limit (SPEC §7.3), when the route has one.
+    pub concurrency: Option<ConcurrencyPolicy>,
 }
 
 /// When and how a failed attempt is tried again.

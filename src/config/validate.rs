@@ -456,6 +456,7 @@ fn merge_policy(route: RawPolicy, defaults: &RawPolicy) -> RawPolicy {
         cache: route.cache.or_else(|| defaults.cache.clone()),
         rate_limit: route.rate_limit.or_else(|| defaults.rate_limit.clone()),
         fault: route.fault.or_else(|| defaults.fault.clone()),
+        concurrency: route.concurrency.or_else(|| defaults.concurrency.clone()),
     }
 }
 
@@ -534,6 +535,13 @@ fn policy(raw: &RawPolicy, at: &str, dir: &Path) -> Result<Policy, ConfigError> 
         Some(f) => Some(fault(f, &format!("{at}.fault"))?),
         None => None,
     };
+    let concurrency = match raw.concurrency.clone().flatten() {
+        Some(c) => Some(super::concurrency::validate(
+            c,
+            &format!("{at}.concurrency"),
+        )?),
+        None => None,
+    };
     Ok(Policy {
         timeout,
         retry: retry(
@@ -549,6 +557,7 @@ fn policy(raw: &RawPolicy, at: &str, dir: &Path) -> Result<Policy, ConfigError> 
         cache,
         rate_limit,
         fault,
+        concurrency,
     })
 }
 

@@ -22,6 +22,7 @@ use crate::resilience::budget::RetryBudget;
 use crate::resilience::circuit::{Breaker, BreakerMetrics, State};
 use crate::resilience::coalesce::Coalescer;
 use crate::resilience::rate_limit::RateLimiter;
+use crate::resilience::slots::ConcurrencyLimit;
 use crate::resilience::store::{ResponseStore, StorePolicy};
 
 /// A configuration in force.
@@ -41,6 +42,8 @@ pub struct RouteState {
     pub limiter: Option<Arc<RateLimiter>>,
     /// Cache misses in flight, for `cache.coalesce`.
     pub coalescer: Arc<Coalescer>,
+    /// The adaptive concurrency limit, when the route has one (`concurrency_state`).
+    pub concurrency: Option<Arc<ConcurrencyLimit>>,
 }
 
 impl Runtime {
@@ -110,6 +113,7 @@ fn retire_removed(config: &Config, old: &HashMap<&str, &RouteState>, metrics: &M
             b.retire();
         }
         let _ = metrics.circuit_state.remove_label_values(&[name]);
+        super::concurrency_state::retire(state.concurrency.as_deref(), name, metrics);
     }
 }
 
@@ -163,6 +167,7 @@ impl RouteState {
             store,
             limiter,
             coalescer: old.map_or_else(Default::default, |o| Arc::clone(&o.coalescer)),
+            concurrency: super::concurrency_state::carry(route, old, metrics),
         }
     }
 }
