@@ -12,12 +12,19 @@
 //!   `0.9 ×` at once. A drop cuts only if its attempt started after the last cut: the burst
 //!   of 503s that one overload produces is one signal, not twenty (TCP's "once per round
 //!   trip"), so a single overload does not collapse the limit to `min`.
-//! - **Latency**: at the end of a window without drops, the window's mean latency is
-//!   compared with the *baseline*, the best the route has seen. Above
-//!   `1.5 × baseline + 2 ms` the limit is cut to `0.9 ×`; otherwise, if the window used at
-//!   least half the limit, it grows by 1.
+//! - **Latency**: at the end of a window without drops, the window's *low latency* (its
+//!   10th percentile) is compared with the *baseline*, the best low latency the route has
+//!   seen. Above `1.5 × baseline + 2 ms` the limit is cut to `0.9 ×`; otherwise, if the
+//!   window used at least half the limit, it grows by 1.
 //!
-//! The baseline drops at once to a better window mean and rises towards a worse one only
+//! A low percentile rather than the mean: queueing in front of the upstream delays every
+//! request, the quickest too, so it moves the low percentile as much as the mean; but the
+//! first window of a route that starts above its capacity already holds queued requests,
+//! and its mean would make that queue the baseline, while its quickest requests still show
+//! the unloaded latency. Comparing the same statistic window to window keeps a route that
+//! mixes fast and slow answers from looking congested.
+//!
+//! The baseline drops at once to a better window and rises towards a worse one only
 //! slowly (time constant [`BASELINE_DRIFT`]), so a backend that really became slower is
 //! re-learnt within about a minute without the periodic "pin the concurrency low and
 //! re-measure" probes of Envoy's gradient filter, which its users see as 503 bursts.
@@ -37,14 +44,14 @@ use std::time::{Duration, Instant};
 
 /// The factor a drop or a latency excess applies.
 pub const DECREASE: f64 = 0.9;
-/// A window's mean may be this many times the baseline ...
+/// A window's low latency may be this many times the baseline ...
 pub const TOLERANCE: f64 = 1.5;
 /// ... plus this much (jitter of a fast, local upstream) before it counts as queueing.
 pub const SLACK: Duration = Duration::from_millis(2);
 /// How slowly the baseline rises towards worse latencies (time constant).
 pub const BASELINE_DRIFT: Duration = Duration::from_secs(60);
 /// The fewest judged attempts in a window, so that a small limit is not judged on one.
-const MIN_WINDOW: u32 = 4;
+const MIN_WINDOW: usize = 4;
 
 /// The bounds a route configured; `min <= initial <= max`, `min >= 1` (validated).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +99,8 @@ pub struct Controller {
     bounds: Bounds,
     /// The limit, kept fractional so that repeated cuts decay smoothly.
     limit: f64,
-    /// The best window mean seen, drifting slowly towards worse ones; `None` before the first.
+    /// The best window low latency seen, drifting slowly towards worse ones; `None` before
+    /// the first window.
     baseline: Option<f64>,
     /// When the baseline last moved (or the first window ended).
     baseline_at: Option<Instant>,
@@ -102,13 +110,26 @@ pub struct Controller {
 }
 
 /// What the current window has seen.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Window {
-    samples: u32,
-    /// Sum of latencies, seconds.
-    total: f64,
+    /// Latencies of the judged attempts, seconds (at most `max(limit, MIN_WINDOW)`).
+    latencies: Vec<f64>,
     /// Whether the attempts used at least half the limit.
     busy: bool,
+}
+
+impl Window {
+    /// The window's low latency: its 10th percentile.
+    fn low(&mut self) -> f64 {
+        let k = self.latencies.len() / 10;
+        let (_, low, _) = self.latencies.select_nth_unstable_by(k, f64::total_cmp);
+        *low
+    }
+
+    fn clear(&mut self) {
+        self.latencies.clear();
+        self.busy = false;
+    }
 }
 
 impl Controller {
@@ -151,10 +172,10 @@ impl Controller {
             Outcome::Success => {
                 let limit = self.limit();
                 let w = &mut self.window;
-                w.samples += 1;
-                w.total += now.saturating_duration_since(started).as_secs_f64();
+                w.latencies
+                    .push(now.saturating_duration_since(started).as_secs_f64());
                 w.busy |= in_flight * 2 >= limit;
-                if w.samples >= (limit as u32).max(MIN_WINDOW) {
+                if w.latencies.len() >= limit.max(MIN_WINDOW) {
                     self.judge(now);
                 }
             }
@@ -163,36 +184,37 @@ impl Controller {
 
     /// Ends a window without drops: cut on queueing, grow when the limit was used.
     fn judge(&mut self, now: Instant) {
-        let window = std::mem::take(&mut self.window);
-        let mean = window.total / f64::from(window.samples);
-        let baseline = self.baseline.unwrap_or(mean);
-        if mean > baseline * TOLERANCE + SLACK.as_secs_f64() {
+        let low = self.window.low();
+        let busy = self.window.busy;
+        self.window.clear();
+        let baseline = self.baseline.unwrap_or(low);
+        if low > baseline * TOLERANCE + SLACK.as_secs_f64() {
             self.cut(now);
-        } else if window.busy {
+        } else if busy {
             self.limit = (self.limit + 1.0).min(self.bounds.max as f64);
         }
-        self.learn(mean, now);
+        self.learn(low, now);
     }
 
-    /// Moves the baseline: at once down to a better mean, slowly up towards a worse one.
-    fn learn(&mut self, mean: f64, now: Instant) {
+    /// Moves the baseline: at once down to a better window, slowly up towards a worse one.
+    fn learn(&mut self, low: f64, now: Instant) {
         let since = self
             .baseline_at
             .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
         self.baseline_at = Some(now);
         self.baseline = Some(match self.baseline {
-            Some(b) if mean > b => {
+            Some(b) if low > b => {
                 let share = (since.as_secs_f64() / BASELINE_DRIFT.as_secs_f64()).min(1.0);
-                b + (mean - b) * share
+                b + (low - b) * share
             }
-            _ => mean,
+            _ => low,
         });
     }
 
     fn cut(&mut self, now: Instant) {
         self.limit = (self.limit * DECREASE).max(self.bounds.min as f64);
         self.last_cut = Some(now);
-        self.window = Window::default();
+        self.window.clear();
     }
 }
 
@@ -293,6 +315,18 @@ mod tests {
         }
         let b = c.baseline().unwrap();
         assert!(b > ms(20) && b < ms(40), "{b:?}");
+    }
+
+    #[test]
+    fn a_first_window_above_capacity_still_learns_the_unloaded_latency() {
+        let mut c = Controller::new(B);
+        let t = Instant::now();
+        // 16 at once to 8 slots of 20 ms: half wait a turn.
+        for i in 0..16 {
+            let latency = if i < 8 { ms(20) } else { ms(40) };
+            c.record(t, t + latency, 16, Outcome::Success);
+        }
+        assert_eq!(c.baseline(), Some(ms(20)));
     }
 
     #[test]
