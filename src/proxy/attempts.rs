@@ -26,6 +26,9 @@ use crate::resilience::rate_limit::RateLimiter;
 use crate::resilience::slots::{ConcurrencyLimit, Slot};
 use crate::resilience::{backoff, retry};
 
+/// What a retry goes ahead with: its backoff, the breaker's leave and a concurrency slot.
+type Retry<'p, 'a> = (Duration, Option<Permit<'p>>, Option<Slot<'a>>);
+
 /// How the attempts ended.
 pub enum Ended {
     /// The upstream answered; this response goes to the client (it may be a final 5xx).
@@ -261,7 +264,7 @@ impl<'a> Attempts<'a> {
         &self,
         n: u32,
         result: &Result<Response<Incoming>, Failure>,
-    ) -> Result<(Duration, Option<Permit<'_>>, Option<Slot<'a>>), Option<&'static str>> {
+    ) -> Result<Retry<'_, 'a>, Option<&'static str>> {
         let policy = &self.route.policy.retry;
         if n >= policy.attempts {
             return Err(None);
