@@ -3,6 +3,7 @@
 #
 #   bash bench/concurrency.sh              # about 6 minutes
 #   SECONDS_RUN=5 SKIP_CPU=1 bash bench/concurrency.sh   # smoke run
+#   PARTS=healthy bash bench/concurrency.sh               # only part 3 (keeps 1 and 2's files)
 #
 # 1. Against the SPEC §7.3 backend (8 slots x 20 ms, 503 at once when 16 already wait),
 #    64 closed-loop clients pausing 50 ms after each answer: direct, haproxy (retries 2,
@@ -22,6 +23,8 @@ cd "$(dirname "$0")/.."
 RUN=${SECONDS_RUN:-20}
 WARMUP=${WARMUP:-3}
 SKIP_CPU=${SKIP_CPU:-}
+PARTS=${PARTS:-side capacity healthy}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 OUT=bench/results/concurrency
 mkdir -p "$OUT"
 
@@ -85,6 +88,7 @@ load() { # name target-port backend-port [admin-port] [warmup] [seconds]
     --timeline "$OUT/$1.timeline.tsv" "${metrics[@]}" | sed "s/^/name=$1 /" | tee -a "$OUT/side-by-side.txt"
 }
 
+if part side; then
 echo "# $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg) cores: $(nproc)" | tee "$OUT/side-by-side.txt"
 
 # 1. Side by side.
@@ -96,14 +100,20 @@ B=$(port); backend "$B" 8; P=$(port); haproxy_up "$P" "$B"
 load haproxy "$P" "$B"
 stop "$PROXY_PID"; stop "$BACKEND_PID"
 
-for variant in off on; do
-  extra=""; [ "$variant" = on ] && extra=$'defaults:\n  concurrency: {}\n'
+for variant in off nobreaker on; do
+  case $variant in
+    off) extra="" ;;
+    nobreaker) extra=$'defaults:\n  circuit_breaker: { enabled: false }\n' ;;
+    on) extra=$'defaults:\n  concurrency: {}\n' ;;
+  esac
   B=$(port); backend "$B" 8; P=$(port); A=$(port); outrigger "$P" "$A" "$B" "$extra"
   load "outrigger-$variant" "$P" "$B" "$A"
   stop "$PROXY_PID"; stop "$BACKEND_PID"
 done
+fi
 
 # 2. Capacity 8 -> 16 slots half-way (the backend counts from its own start).
+if part capacity; then
 HALF=$(( (RUN + WARMUP) / 2 + 5 ))
 t0=$(date +%s%N)
 B=$(port); backend "$B" 8 --switch-at "$HALF" --switch-slots 16
@@ -113,38 +123,43 @@ load capacity-change "$P" "$B" "$A" 0 $(( 2 * HALF ))
 # The second of the load's timeline at which the backend switched.
 python3 -c "print('switch_at=%.1f' % ($HALF - ($t1 - $t0) / 1e9))" > "$OUT/capacity-change.switch"
 stop "$PROXY_PID"; stop "$BACKEND_PID"
+fi
 
-# 3. Healthy fast backend: cost per request, concurrency on against off.
-if [ -z "$SKIP_CPU" ]; then
+# 3. Healthy fast backend: cost per request, concurrency on against off. `min: 16` with 8
+# clients: the limit never sheds here, so both variants serve every request upstream.
+if [ -z "$SKIP_CPU" ] && part healthy; then
   : > "$OUT/healthy.tsv"
   B=$(port); backend "$B" 0
-  fast() { # variant seconds [wrapper...]: requests served go to $WORK/n
-    local extra=""; [ "$1" = on ] && extra=$'defaults:\n  concurrency: { max: 4096 }\n'
-    local before after
-    P=$(port); A=$(port); outrigger "$P" "$A" "$B" "$extra" "${@:3}"
+  fast() { # variant seconds requests [wrapper...]: upstream requests served go to $WORK/n
+    local extra=""; [ "$1" = on ] && extra=$'defaults:\n  concurrency: { min: 16, max: 4096 }\n'
+    local before after count=()
+    [ "$3" != 0 ] && count=(--requests "$3")
+    P=$(port); A=$(port); outrigger "$P" "$A" "$B" "$extra" "${@:4}"
     sleep 1
     before=$(curl -s "http://127.0.0.1:$B/__count")
-    "$TOOL" load --target "http://127.0.0.1:$P/work" --clients 8 --pause-ms 0 --warmup 0 --seconds "$2" >/dev/null
+    "$TOOL" load --target "http://127.0.0.1:$P/work" --clients 8 --pause-ms 0 --warmup 0 --seconds "$2" "${count[@]}" >"$WORK/fast.txt"
     after=$(curl -s "http://127.0.0.1:$B/__count")
     echo $(( after - before )) > "$WORK/n"
+    grep -q ' failed_pct=0.0 ' "$WORK/fast.txt" || { echo "healthy run had failures: $(cat "$WORK/fast.txt")" >&2; exit 1; }
   }
   cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }
   # Interleaved rounds, CPU ticks of the outrigger process per request.
   for round in 1 2 3; do
     for variant in off on; do
-      fast "$variant" 5; n=$(cat "$WORK/n")
+      fast "$variant" 5 0; n=$(cat "$WORK/n")
       ticks=$(cpu_of "$PROXY_PID"); stop "$PROXY_PID"
       printf 'cpu\t%s\t%s\t%s\t%s\n' "$round" "$variant" "$n" "$ticks" | tee -a "$OUT/healthy.tsv"
     done
   done
-  # Callgrind: instructions of the whole process, at two lengths, so startup cancels out.
-  for secs in 4 12; do
+  # Callgrind: instructions of the whole process for two counts of requests, so that
+  # start-up and shutdown cancel out.
+  for requests in 2000 6000; do
     for variant in off on; do
-      cg="$WORK/cg-$variant-$secs.out"
-      fast "$variant" "$secs" valgrind --tool=callgrind --callgrind-out-file="$cg"; n=$(cat "$WORK/n")
+      cg="$WORK/cg-$variant-$requests.out"
+      fast "$variant" 120 "$requests" valgrind --tool=callgrind --callgrind-out-file="$cg"; n=$(cat "$WORK/n")
       stop "$PROXY_PID"
       ir=$(awk '/^summary:|^totals:/ {print $2; exit}' "$cg")
-      printf 'callgrind\t%s\t%s\t%s\t%s\n' "$secs" "$variant" "$n" "$ir" | tee -a "$OUT/healthy.tsv"
+      printf 'callgrind\t%s\t%s\t%s\t%s\n' "$requests" "$variant" "$n" "$ir" | tee -a "$OUT/healthy.tsv"
     done
   done
   stop "$BACKEND_PID"

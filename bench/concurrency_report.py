@@ -16,7 +16,8 @@ BEGIN, END = "<!-- BEGIN issue-15 -->", "<!-- END issue-15 -->"
 NAMES = {
     "direct": "direct to the backend",
     "haproxy": "haproxy 2.6, `retries 2`, `retry-on 503 conn-failure`",
-    "outrigger-off": "outrigger, defaults (3 attempts, budget, breaker)",
+    "outrigger-off": "outrigger, defaults (3 attempts, retry budget, breaker)",
+    "outrigger-nobreaker": "outrigger, defaults but `circuit_breaker: { enabled: false }`",
     "outrigger-on": "outrigger, defaults + `concurrency: {}`",
 }
 
@@ -89,7 +90,10 @@ def capacity_change(results):
     pre, post = statistics.median(before), statistics.median(after)
     goal = pre + 0.9 * (post - pre)
     reached = next((sec for sec, _, _, l in tl if sec >= s and l is not None and l >= goal), None)
+    ok_goal = statistics.mean(ok_before) + 0.9 * (statistics.mean(ok_after) - statistics.mean(ok_before))
+    ok_reached = next((sec for sec, ok, _, _ in tl if sec >= s and ok >= ok_goal), None)
     return {
+        "ok_follow": None if ok_reached is None else ok_reached - switch,
         "switch": switch,
         "pre": pre,
         "post": post,
@@ -137,7 +141,7 @@ def block(results):
     )
     out += ["", "| setup | successful answers/s | p99 of successful (ms) | failed | upstream requests per client request |",
             "|---|---:|---:|---:|---:|"]
-    for name in ["direct", "haproxy", "outrigger-off", "outrigger-on"]:
+    for name in ["direct", "haproxy", "outrigger-off", "outrigger-nobreaker", "outrigger-on"]:
         r = rows.get(name)
         if r:
             out.append(
@@ -159,16 +163,20 @@ def block(results):
                 f"second {cc['switch']:.0f} (`|`). The limit's median over the 8 s before was "
                 f"{cc['pre']:.0f}, over the last 8 s {cc['post']:.0f}; it reached 90% of the way "
                 f"{follow} after the switch. Successful answers/s: {cc['ok_before']:.0f} before, "
-                f"{cc['ok_after']:.0f} at the end.", "", "```", cc["chart"], "```"]
+                f"{cc['ok_after']:.0f} at the end, 90% of the way "
+                f"{'never' if cc['ok_follow'] is None else '%.0f s' % cc['ok_follow']} after the switch.",
+                "", "```", cc["chart"], "```"]
     h = healthy(results)
     if h:
-        out += ["", "**Healthy fast backend** (answers at once; 8 clients without pause):", ""]
+        out += ["", "**Healthy fast backend** (answers at once; 8 clients without pause; "
+                "`concurrency: { min: 16, max: 4096 }` so that nothing is shed and both variants "
+                "send every request upstream):", ""]
         cg = h["callgrind"]
         if "on" in cg and "off" in cg:
             ratio = cg["on"][0] / cg["off"][0] - 1
             out.append(
                 "- callgrind, instructions of the outrigger process per request (the difference "
-                "between a short and a long run, so start-up cancels): off "
+                "between runs of 2,000 and 6,000 requests, so start-up cancels): off "
                 f"{cg['off'][0]:,.0f}, on {cg['on'][0]:,.0f} ({ratio:+.1%})."
             )
         cpu = h["cpu"]

@@ -66,6 +66,9 @@ enum Command {
         warmup: u64,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Stop after this many requests in all (shared evenly by the clients), if sooner.
+        #[arg(long)]
+        requests: Option<usize>,
         /// The backend's `/__count` URL, to count upstream requests.
         #[arg(long)]
         count: Option<String>,
@@ -101,6 +104,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             pause_ms,
             warmup,
             seconds,
+            requests,
             count,
             metrics,
             timeline,
@@ -111,6 +115,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 pause: Duration::from_millis(pause_ms),
                 warmup: Duration::from_secs(warmup),
                 measure: Duration::from_secs(seconds),
+                quota: requests.map(|n| n.div_ceil(clients)),
                 count,
                 metrics,
                 timeline,
@@ -216,6 +221,8 @@ struct LoadSettings {
     pause: Duration,
     warmup: Duration,
     measure: Duration,
+    /// Requests per client, when the run is counted rather than timed.
+    quota: Option<usize>,
     count: Option<String>,
     metrics: Option<String>,
     timeline: Option<std::path::PathBuf>,
@@ -238,16 +245,23 @@ async fn load(s: LoadSettings) -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..s.clients {
         let target = Arc::clone(&target);
         let pause = s.pause;
-        clients.push(tokio::spawn(client(target, pause, start, stop)));
+        let quota = s.quota.unwrap_or(usize::MAX);
+        clients.push(tokio::spawn(client(target, pause, start, stop, quota)));
     }
     let scraper = tokio::spawn(scrape(s.metrics.clone(), start, stop));
     tokio::time::sleep(s.warmup).await;
     let before = upstream_count(s.count.as_deref()).await;
-    tokio::time::sleep(s.measure).await;
-    let after = upstream_count(s.count.as_deref()).await;
     let mut samples = Vec::new();
+    if s.quota.is_none() {
+        tokio::time::sleep(s.measure).await;
+    }
+    let mut after = upstream_count(s.count.as_deref()).await;
     for c in clients {
         samples.extend(c.await?);
+    }
+    if s.quota.is_some() {
+        // A counted run ends when its clients do.
+        after = upstream_count(s.count.as_deref()).await;
     }
     let limits = scraper.await?;
     report(&s, &samples, before.zip(after), &limits)
@@ -259,11 +273,12 @@ async fn client(
     pause: Duration,
     start: Instant,
     stop: Instant,
+    quota: usize,
 ) -> Vec<Sample> {
     let mut samples = Vec::new();
     let authority = target.authority().expect("target has host:port").clone();
     let mut sender = None;
-    while Instant::now() < stop {
+    while Instant::now() < stop && samples.len() < quota {
         let began = Instant::now();
         if sender.is_none() {
             sender = connect(authority.as_str()).await;
