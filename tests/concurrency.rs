@@ -215,7 +215,7 @@ async fn a_retry_needs_a_free_slot() {
     let backend = Backend::start().await;
     backend.on_path(
         "/slow",
-        Action::Delay(Duration::from_millis(500), Box::new(Action::Status(200))),
+        Action::Delay(Duration::from_secs(2), Box::new(Action::Status(200))),
     );
     backend.script([Action::Status(503), Action::Status(200)]);
     let yaml = format!(
@@ -225,7 +225,17 @@ async fn a_retry_needs_a_free_slot() {
     let sidecar = Sidecar::start(&yaml).await;
     let url = sidecar.url("/slow");
     let slow = tokio::spawn(async move { get(&url).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    within(async {
+        while metric(
+            &sidecar.metrics().await,
+            "outrigger_upstream_in_flight",
+            &[("route", "default")],
+        ) < 1.0
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     // The 503 cuts the limit to 1, which `/slow` holds: the retry is skipped, and the
     // upstream's own 503 is the answer.
     let (status, headers, _) = get(&sidecar.url("/r")).await;
