@@ -60,6 +60,12 @@ pub struct Metrics {
     pub retry_yield: GaugeVec,
     /// route, result (`won`, `lost`, `skipped`): hedged attempts (SPEC §7.2).
     pub hedges: IntCounterVec,
+    /// route: the adaptive concurrency limit now (issue 15)
+    pub concurrency_limit: IntGaugeVec,
+    /// route: attempts in flight to the upstream, on routes with `concurrency`
+    pub upstream_in_flight: IntGaugeVec,
+    /// route: requests that found no slot within `queue_timeout`
+    pub concurrency_rejected: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -258,6 +264,24 @@ impl Metrics {
                 "outrigger_hedges_total",
                 "Hedged attempts, by result: won (its answer was used), lost (cancelled), skipped (max_ratio or open circuit).",
                 &["route", "result"],
+            ),
+            concurrency_limit: gauge(
+                &r,
+                "outrigger_concurrency_limit",
+                "Adaptive limit on attempts in flight to the upstream, per route.",
+                &["route"],
+            ),
+            upstream_in_flight: gauge(
+                &r,
+                "outrigger_upstream_in_flight",
+                "Attempts in flight to the upstream, per route with a concurrency limit.",
+                &["route"],
+            ),
+            concurrency_rejected: counter(
+                &r,
+                "outrigger_concurrency_rejected_total",
+                "Requests that found no concurrency slot within queue_timeout (answered overloaded).",
+                &["route"],
             ),
             in_flight,
             tunnels_open,

@@ -14,6 +14,7 @@
 //! [`Overrides`] and lays it over the file.
 
 pub mod client_cert;
+pub mod concurrency;
 pub mod grpc;
 pub mod hedge;
 pub mod memory;

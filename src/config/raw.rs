@@ -114,6 +114,7 @@ pub struct RawPolicy {
     pub fault: Option<Option<RawFault>>,
     #[serde(default, deserialize_with = "explicit_null")]
     pub hedge: Option<Option<super::hedge::RawHedge>>,
+    pub concurrency: Option<Option<super::concurrency::RawConcurrency>>,
 }
 
 /// One entry of `routes`.
@@ -138,6 +139,7 @@ pub struct RawRoute {
     pub fault: Option<Option<RawFault>>,
     #[serde(default, deserialize_with = "explicit_null")]
     pub hedge: Option<Option<super::hedge::RawHedge>>,
+    pub concurrency: Option<Option<super::concurrency::RawConcurrency>>,
 }
 
 impl RawRoute {
@@ -153,6 +155,7 @@ impl RawRoute {
             rate_limit: self.rate_limit,
             fault: self.fault,
             hedge: self.hedge,
+            concurrency: self.concurrency,
         };
         (self.name, self.matcher, policy)
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
+pub use super::concurrency::ConcurrencyPolicy;
 pub use super::raw::{Condition, HostHeader, Jitter};
 
 /// A loaded, validated configuration.
@@ -142,6 +143,8 @@ pub struct Policy {
     pub fault: Option<FaultPolicy>,
     /// SPEC §7.2; `None`: no hedging.
     pub hedge: Option<super::hedge::HedgePolicy>,
+    /// The adaptive concurrency limit (SPEC §7.3), when the route has one.
+    pub concurrency: Option<ConcurrencyPolicy>,
 }
 
 /// When and how a failed attempt is tried again.

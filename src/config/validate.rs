@@ -461,6 +461,7 @@ fn merge_policy(route: RawPolicy, defaults: &RawPolicy) -> RawPolicy {
         rate_limit: route.rate_limit.or_else(|| defaults.rate_limit.clone()),
         fault: route.fault.or_else(|| defaults.fault.clone()),
         hedge: route.hedge.or_else(|| defaults.hedge.clone()),
+        concurrency: route.concurrency.or_else(|| defaults.concurrency.clone()),
     }
 }
 
@@ -540,6 +541,13 @@ fn policy(raw: &RawPolicy, at: &str, dir: &Path) -> Result<Policy, ConfigError> 
         Some(f) => Some(fault(f, &format!("{at}.fault"))?),
         None => None,
     };
+    let concurrency = match raw.concurrency.clone().flatten() {
+        Some(c) => Some(super::concurrency::validate(
+            c,
+            &format!("{at}.concurrency"),
+        )?),
+        None => None,
+    };
     Ok(Policy {
         timeout,
         retry: retry(
@@ -556,6 +564,7 @@ fn policy(raw: &RawPolicy, at: &str, dir: &Path) -> Result<Policy, ConfigError> 
         rate_limit,
         fault,
         hedge: raw.hedge.clone().flatten().map(Into::into),
+        concurrency,
     })
 }
 

@@ -21,8 +21,13 @@ use crate::config::Route;
 use crate::metrics::{status_class, Metrics};
 use crate::resilience::budget::RetryBudget;
 use crate::resilience::circuit::{Breaker, Permit};
+use crate::resilience::concurrency::Outcome;
 use crate::resilience::rate_limit::RateLimiter;
+use crate::resilience::slots::{ConcurrencyLimit, Slot};
 use crate::resilience::{backoff, retry};
+
+/// What a retry goes ahead with: its backoff, the breaker's leave and a concurrency slot.
+type Retry<'p, 'a> = (Duration, Option<Permit<'p>>, Option<Slot<'a>>);
 
 /// How the attempts ended.
 pub enum Ended {
@@ -60,6 +65,8 @@ pub struct Attempts<'a> {
     pub breaker: Option<&'a Breaker>,
     /// The route's rate limiter and this request's bucket: retries take tokens too.
     pub limiter: Option<(&'a RateLimiter, &'a [u8])>,
+    /// The route's concurrency limit: every attempt holds a slot until its headers arrive.
+    pub slots: Option<&'a ConcurrencyLimit>,
     pub metrics: &'a Metrics,
     pub head: Head,
     pub body: Prepared,
@@ -70,10 +77,14 @@ pub struct Attempts<'a> {
     pub hedge: Option<&'a std::sync::Mutex<crate::resilience::hedge::HedgeState>>,
 }
 
-impl Attempts<'_> {
+impl<'a> Attempts<'a> {
     /// Runs attempts until one is final.
     pub async fn run(self) -> Finished {
         let policy = &self.route.policy.retry;
+        let Ok(mut slot) = self.slot().await else {
+            // No slot within `queue_timeout`: shed like a request over the process limit.
+            return Finished::without_attempt(Failure::Overloaded);
+        };
         let Ok(mut permit) = self.admit() else {
             // Open: the upstream is not asked at all.
             return Finished::without_attempt(Failure::CircuitOpen);
@@ -85,11 +96,11 @@ impl Attempts<'_> {
         loop {
             let retry = n > first_made;
             let result = if n == 1 {
-                let (result, made) = self.first_attempt(permit).await;
+                let (result, made) = self.first_attempt(permit, slot).await;
                 (n, first_made) = (made, made);
                 result
             } else {
-                self.attempt(n, permit).await
+                self.attempt(n, permit, slot).await
             };
             let reason = match &result {
                 Ok(resp) if retry::retries_status(policy, resp.status()) => {
@@ -115,7 +126,7 @@ impl Attempts<'_> {
                 Err(None)
             };
             match next {
-                Ok((wait, next_permit)) => {
+                Ok((wait, next_permit, next_slot)) => {
                     let backoff_ms = wait.as_millis() as u64;
                     warn!(route = %self.route.name, attempt = n, reason = %reason, backoff_ms, "upstream attempt failed; retrying");
                     let reason = reason.to_string();
@@ -125,6 +136,7 @@ impl Attempts<'_> {
                         .inc();
                     drop(result);
                     tokio::time::sleep(wait).await;
+                    slot = next_slot.map(Slot::restarted);
                     permit = next_permit;
                     n += 1;
                 }
@@ -147,6 +159,15 @@ impl Attempts<'_> {
         }
     }
 
+    /// A concurrency slot for the first attempt, waiting up to `queue_timeout`: `Ok(None)`
+    /// without a limit, `Err` when none came free.
+    async fn slot(&self) -> Result<Option<Slot<'a>>, ()> {
+        match self.slots {
+            None => Ok(None),
+            Some(slots) => slots.acquire().await.map(Some).ok_or(()),
+        }
+    }
+
     fn skipped(&self, n: u32, why: &'static str) {
         debug!(route = %self.route.name, attempt = n, skipped = why, "retry skipped");
         self.metrics
@@ -160,6 +181,7 @@ impl Attempts<'_> {
         &self,
         n: u32,
         permit: Option<Permit<'_>>,
+        slot: Option<Slot<'_>>,
     ) -> Result<Response<Incoming>, Failure> {
         let Some(body) = self.body.for_attempt() else {
             // Guarded by `next_backoff`: an attempt is only made when the body is available.
@@ -181,6 +203,12 @@ impl Attempts<'_> {
             }
             Ok(Ok(resp)) => Ok(resp),
         };
+        if let Some(slot) = slot {
+            slot.finish(result.as_ref().map_or_else(
+                |f| Outcome::of_failure(*f),
+                |r| Outcome::of_status(r.status()),
+            ));
+        }
         if result.as_ref().is_err_and(|f| f.is_client()) {
             // The client's body broke, not the upstream: nothing to count against it.
             return result;
@@ -242,14 +270,14 @@ impl Attempts<'_> {
         }
     }
 
-    /// The wait before retry `n` and the breaker's leave for it (taken now, so a breaker
-    /// that opens during the backoff cannot swallow the answer in hand), or why there is no
-    /// retry (`None`: nothing to count).
+    /// The wait before retry `n` and the breaker's leave and concurrency slot for it (taken
+    /// now, so a breaker that opens or a limit that fills during the backoff cannot swallow
+    /// the answer in hand), or why there is no retry (`None`: nothing to count).
     fn next_backoff(
         &self,
         n: u32,
         result: &Result<Response<Incoming>, Failure>,
-    ) -> Result<(Duration, Option<Permit<'_>>), Option<&'static str>> {
+    ) -> Result<Retry<'_, 'a>, Option<&'static str>> {
         let policy = &self.route.policy.retry;
         if n >= policy.attempts {
             return Err(None);
@@ -282,6 +310,11 @@ impl Attempts<'_> {
             return Err(Some("deadline"));
         }
         let permit = self.admit().map_err(|()| Some("circuit-open"))?;
+        // No free slot: the limit is a budget the backend set, as the rate limit is.
+        let slot = match self.slots {
+            Some(slots) => Some(slots.try_acquire().ok_or(Some("budget"))?),
+            None => None,
+        };
         if !self.budget.try_retry(policy.attempts) {
             return Err(Some("budget"));
         }
@@ -291,7 +324,7 @@ impl Attempts<'_> {
                 return Err(Some("budget"));
             }
         }
-        Ok((wait, permit))
+        Ok((wait, permit, slot))
     }
 
     fn finish(

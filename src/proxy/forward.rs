@@ -225,6 +225,7 @@ impl Proxy {
             budget: &ctx.state.budget,
             breaker: ctx.state.breaker.as_deref(),
             limiter: limiter.zip(limiter_key.as_deref()),
+            slots: ctx.state.concurrency.as_deref(),
             metrics: &self.metrics,
             head,
             body,

@@ -27,19 +27,24 @@ use super::attempts::Attempts;
 use super::failure::Failure;
 use crate::resilience::circuit::Permit;
 use crate::resilience::hedge::HedgeState;
+use crate::resilience::slots::Slot;
 
 type Attempt = Result<Response<Incoming>, Failure>;
 
 impl Attempts<'_> {
     /// The first attempt, hedged when the route hedges and the request allows it. Returns
     /// its result and how many attempts were made (1, or 2 with a hedge).
-    pub(super) async fn first_attempt(&self, permit: Option<Permit<'_>>) -> (Attempt, u32) {
+    pub(super) async fn first_attempt(
+        &self,
+        permit: Option<Permit<'_>>,
+        slot: Option<Slot<'_>>,
+    ) -> (Attempt, u32) {
         match self.hedge {
-            None => (self.attempt(1, permit).await, 1),
+            None => (self.attempt(1, permit, slot).await, 1),
             // Boxed: the hedged path holds two attempts at once, and a future's size is
             // that of its largest state. Inline, every request of every route would carry
             // (and hyper keep per connection, even idle) room for a second attempt.
-            Some(hedge) => Box::pin(self.hedged(hedge, permit)).await,
+            Some(hedge) => Box::pin(self.hedged(hedge, permit, slot)).await,
         }
     }
 
@@ -47,6 +52,7 @@ impl Attempts<'_> {
         &self,
         hedge: &Mutex<HedgeState>,
         permit: Option<Permit<'_>>,
+        slot: Option<Slot<'_>>,
     ) -> (Attempt, u32) {
         let started = Instant::now();
         let delay = with(hedge, |h| {
@@ -54,7 +60,7 @@ impl Attempts<'_> {
             h.delay(started)
         })
         .flatten();
-        let first = self.attempt(1, permit);
+        let first = self.attempt(1, permit, slot);
         let Some(delay) = delay.filter(|_| self.may_hedge()) else {
             let result = first.await;
             sample(hedge, started, &result);
@@ -69,13 +75,13 @@ impl Attempts<'_> {
             }
             () = tokio::time::sleep_until((started + delay).min(self.deadline)) => {}
         }
-        let Some(permit) = self.hedge_leave(hedge) else {
+        let Some((permit, slot)) = self.hedge_leave(hedge) else {
             self.count_hedge("skipped");
             let result = first.await;
             sample(hedge, started, &result);
             return (result, 1);
         };
-        let second = self.attempt(2, permit);
+        let second = self.attempt(2, permit, slot);
         tokio::pin!(second);
         // The first headers win; a failure without headers waits for the other attempt.
         let (result, hedge_won) = tokio::select! {
@@ -103,16 +109,25 @@ impl Attempts<'_> {
             && self.body.for_attempt().is_some()
     }
 
-    /// Leave for a hedge: `max_ratio`, the breaker and the rate limit must all allow it.
-    fn hedge_leave(&self, hedge: &Mutex<HedgeState>) -> Option<Option<Permit<'_>>> {
+    /// Leave for a hedge: `max_ratio`, the breaker, a free concurrency slot (never waited
+    /// for: a hedge is extra load) and the rate limit must all allow it.
+    #[allow(clippy::type_complexity)]
+    fn hedge_leave(
+        &self,
+        hedge: &Mutex<HedgeState>,
+    ) -> Option<(Option<Permit<'_>>, Option<Slot<'_>>)> {
         let permit = self.admit().ok()?;
+        let slot = match self.slots {
+            Some(slots) => Some(slots.try_acquire()?),
+            None => None,
+        };
         if !with(hedge, |h| h.try_hedge(Instant::now()))? {
             return None;
         }
         if let Some((limiter, key)) = self.limiter {
             limiter.take(key).ok()?;
         }
-        Some(permit)
+        Some((permit, slot))
     }
 
     fn count_hedge(&self, result: &str) {

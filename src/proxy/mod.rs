@@ -17,6 +17,7 @@
 pub mod attempts;
 pub mod body;
 pub mod coalesced;
+pub mod concurrency_state;
 pub mod connect;
 pub mod degrade;
 pub mod failure;

@@ -23,6 +23,7 @@ use crate::resilience::circuit::{Breaker, BreakerMetrics, State};
 use crate::resilience::coalesce::Coalescer;
 use crate::resilience::hedge::HedgeState;
 use crate::resilience::rate_limit::RateLimiter;
+use crate::resilience::slots::ConcurrencyLimit;
 use crate::resilience::store::{ResponseStore, StorePolicy};
 
 /// A configuration in force.
@@ -44,6 +45,8 @@ pub struct RouteState {
     pub coalescer: Arc<Coalescer>,
     /// Hedge ratio and latency samples, when the route hedges (SPEC §7.2).
     pub hedge: Option<Arc<Mutex<HedgeState>>>,
+    /// The adaptive concurrency limit, when the route has one (`concurrency_state`).
+    pub concurrency: Option<Arc<ConcurrencyLimit>>,
 }
 
 impl Runtime {
@@ -114,6 +117,7 @@ fn retire_removed(config: &Config, old: &HashMap<&str, &RouteState>, metrics: &M
         }
         let _ = metrics.circuit_state.remove_label_values(&[name]);
         let _ = metrics.retry_yield.remove_label_values(&[name]);
+        super::concurrency_state::retire(state.concurrency.as_deref(), name, metrics);
     }
 }
 
@@ -177,6 +181,7 @@ impl RouteState {
             limiter,
             coalescer: old.map_or_else(Default::default, |o| Arc::clone(&o.coalescer)),
             hedge,
+            concurrency: super::concurrency_state::carry(route, old, metrics),
         }
     }
 }

@@ -177,6 +177,7 @@ impl Proxy {
             budget: &ctx.state.budget,
             breaker: ctx.state.breaker.as_deref(),
             limiter: ctx.state.limiter.as_deref().zip(limiter_key.as_deref()),
+            slots: ctx.state.concurrency.as_deref(),
             metrics: &self.metrics,
             head,
             body,

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod capacity;
 pub mod opsrust;
 pub mod process;
 pub mod review_conn;
