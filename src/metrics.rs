@@ -54,6 +54,8 @@ pub struct Metrics {
     pub shed: IntCounter,
     /// result
     pub config_reloads: IntCounterVec,
+    /// `outrigger_shared_store_*` (SPEC §7.4).
+    pub shared: crate::shared::SharedMetrics,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -230,6 +232,7 @@ impl Metrics {
             in_flight,
             tunnels_open,
             shed,
+            shared: crate::shared::SharedMetrics::register(&r),
             registry: r,
         }
     }
