@@ -540,3 +540,50 @@ fn scope_shared_without_redis_is_a_config_error_naming_the_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("scope") && err.contains(":4:"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_redis_each_replica_limits_to_its_share() {
+    let redis = Redis::start().await;
+    let backend = Backend::start().await;
+    backend.set_default(ok("q"));
+    let shared = shared_block(&redis, "50ms");
+    let namespace = shared
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("namespace: "))
+        .expect("namespace")
+        .to_owned();
+    let yaml = format!(
+        "{shared}defaults:\n  retry: {{ attempts: 1 }}\n  rate_limit: {{ rate: 40/s, burst: 4, scope: shared }}\n"
+    );
+    let a = Sidecar::in_front_of(&backend, &yaml).await;
+    let b = Sidecar::in_front_of(&backend, &yaml).await;
+    until_up(&a).await;
+    until_up(&b).await;
+    let replicas = format!("{namespace}:replicas");
+    within(async {
+        while redis.query(&["ZCARD", &replicas]).await.ok() != Some(redis::Value::Int(2)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // Both replicas have read the count of 2 at their next announcement.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    redis.freeze();
+    let before = backend.count();
+    let ([admitted, refused, other], elapsed) = drive(&[&a], 4, Duration::from_secs(2)).await;
+    assert_eq!(other, 0);
+    assert!(refused > 0);
+    assert_eq!(backend.count() - before, admitted);
+    // A's share: 20/s and a burst of 2, plus what it had reserved before the freeze.
+    let share = 20.0 * elapsed.as_secs_f64() + 2.0;
+    assert!(
+        (admitted as f64) <= share + 2.0,
+        "admitted {admitted}, share {share:.1} over {elapsed:?}"
+    );
+    assert!(
+        (admitted as f64) >= 0.7 * share,
+        "admitted {admitted}, share {share:.1}"
+    );
+    assert_eq!(up(&a).await, 0.0);
+}
