@@ -81,6 +81,12 @@ impl Health {
         Gate::Probe
     }
 
+    /// A probe that ended without an answer either way (its request was dropped): the
+    /// slot is free again, or no probe would ever run.
+    pub fn abandon(&self) {
+        self.lock().probing = false;
+    }
+
     /// An operation (or probe) succeeded: the link is up.
     pub fn success(&self) {
         let mut s = self.lock();
@@ -140,6 +146,15 @@ mod tests {
         assert_eq!(h.gate(t1 + FIRST_BACKOFF * 2), Gate::Probe);
         h.success();
         assert_eq!(h.gate(t1), Gate::Go);
+    }
+
+    #[test]
+    fn an_abandoned_probe_frees_the_slot() {
+        let t0 = Instant::now();
+        let h = Health::new(t0);
+        assert_eq!(h.gate(t0), Gate::Probe);
+        h.abandon();
+        assert_eq!(h.gate(t0), Gate::Probe, "another caller may probe");
     }
 
     #[test]

@@ -81,11 +81,17 @@ impl Link {
         Fut: Future<Output = RedisResult<T>>,
     {
         let conn = self.conn.load_full()?;
-        if self.health.gate(Instant::now()) == Gate::Skip {
+        let gate = self.health.gate(Instant::now());
+        if gate == Gate::Skip {
             return None;
         }
+        // A request may be dropped mid-probe (its client went away): the guard then frees
+        // the probe slot, or the link could never come back.
+        let mut probe = ProbeGuard((gate == Gate::Probe).then_some(&self.health));
         let start = Instant::now();
-        match tokio::time::timeout_at(deadline, op((*conn).clone())).await {
+        let answer = tokio::time::timeout_at(deadline, op((*conn).clone())).await;
+        probe.0 = None;
+        match answer {
             Ok(Ok(value)) => {
                 self.metrics
                     .duration
@@ -177,6 +183,17 @@ impl Link {
         if was_up && !self.health.is_up() {
             self.metrics.set_up(false);
             tracing::warn!("shared store unavailable; using local state");
+        }
+    }
+}
+
+/// Frees the probe slot if a probe is dropped before it reports.
+struct ProbeGuard<'a>(Option<&'a Health>);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(health) = self.0 {
+            health.abandon();
         }
     }
 }
