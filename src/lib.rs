@@ -26,6 +26,7 @@
 //! - [`admin`]: the admin endpoints.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`server`]: accept loop, lifecycle state, signals.
+//! - [`shared`]: rate limits and stored copies shared by replicas through Redis (`scope: shared`).
 //! - [`logging`]: JSON or text logs; [`access_log`]: the per-request line, written by hand.
 
 #![forbid(unsafe_code)]
@@ -40,3 +41,4 @@ pub mod metrics;
 pub mod proxy;
 pub mod resilience;
 pub mod server;
+pub mod shared;

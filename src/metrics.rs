@@ -66,6 +66,8 @@ pub struct Metrics {
     pub upstream_in_flight: IntGaugeVec,
     /// route: requests that found no slot within `queue_timeout`
     pub concurrency_rejected: IntCounterVec,
+    /// `outrigger_shared_store_*` (SPEC §7.4).
+    pub shared: crate::shared::SharedMetrics,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -286,6 +288,7 @@ impl Metrics {
             in_flight,
             tunnels_open,
             shed,
+            shared: crate::shared::SharedMetrics::register(&r),
             registry: r,
         }
     }

@@ -21,6 +21,7 @@ pub mod memory;
 pub mod path;
 pub mod raw;
 mod reach;
+pub mod shared;
 pub mod types;
 pub mod units;
 pub mod validate;

@@ -29,6 +29,7 @@ pub struct RawConfig {
     pub shutdown: Option<RawShutdown>,
     pub defaults: Option<RawPolicy>,
     pub routes: Option<Vec<RawRoute>>,
+    pub shared: Option<super::shared::RawShared>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,6 +243,7 @@ pub struct RawStale {
     pub max_entries: Option<usize>,
     pub max_bytes: Option<ByteSize>,
     pub key_headers: Option<Vec<String>>,
+    pub scope: Option<super::shared::Scope>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -249,6 +251,7 @@ pub struct RawStale {
 pub struct RawCache {
     pub ttl: Option<ConfigDuration>,
     pub coalesce: Option<bool>,
+    pub scope: Option<super::shared::Scope>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -258,6 +261,7 @@ pub struct RawRateLimit {
     pub burst: Option<u32>,
     pub key: Option<String>,
     pub max_keys: Option<usize>,
+    pub scope: Option<super::shared::Scope>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

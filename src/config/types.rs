@@ -33,6 +33,8 @@ pub struct Config {
     pub default_route: Route,
     /// Things worth telling the operator that are not errors.
     pub warnings: Vec<String>,
+    /// `shared:`, when some state is kept in Redis (SPEC §7.4).
+    pub shared: Option<super::shared::SharedConfig>,
 }
 
 /// Where and how to reach the one backend.
@@ -209,6 +211,7 @@ pub struct StalePolicy {
     pub max_entries: usize,
     pub max_bytes: u64,
     pub key_headers: Vec<HeaderName>,
+    pub scope: super::shared::Scope,
 }
 
 /// The fresh micro-cache.
@@ -216,6 +219,7 @@ pub struct StalePolicy {
 pub struct CachePolicy {
     pub ttl: Duration,
     pub coalesce: bool,
+    pub scope: super::shared::Scope,
 }
 
 /// A token bucket in front of the upstream.
@@ -226,6 +230,7 @@ pub struct RateLimitPolicy {
     pub burst: u32,
     pub key: RateKey,
     pub max_keys: usize,
+    pub scope: super::shared::Scope,
 }
 
 /// What a rate limit counts separately.

@@ -64,6 +64,8 @@ pub fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
 
     super::reach::warn_unreachable(&routes, &mut warnings);
     super::grpc::warn_routes(upstream.http2, &default_route, &routes, &mut warnings);
+    let all: Vec<&Route> = routes.iter().chain([&default_route]).collect();
+    let shared = super::shared::validate(raw.shared, &all)?;
     Ok(Config {
         source: None,
         listen,
@@ -78,6 +80,7 @@ pub fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
         routes,
         default_route,
         warnings,
+        shared,
     })
 }
 
@@ -513,6 +516,7 @@ fn merge_stale(r: RawStale, d: &RawStale) -> RawStale {
         max_entries: r.max_entries.or(d.max_entries),
         max_bytes: r.max_bytes.or(d.max_bytes),
         key_headers: r.key_headers.or_else(|| d.key_headers.clone()),
+        scope: r.scope.or(d.scope),
     }
 }
 
@@ -530,6 +534,7 @@ fn policy(raw: &RawPolicy, at: &str, dir: &Path) -> Result<Policy, ConfigError> 
         Some(c) => Some(CachePolicy {
             ttl: positive(dur(c.ttl, 1000), &format!("{at}.cache.ttl"))?,
             coalesce: c.coalesce.unwrap_or(true),
+            scope: c.scope.unwrap_or_default(),
         }),
         None => None,
     };
@@ -791,6 +796,7 @@ fn stale(raw: RawStale, at: &str) -> Result<StalePolicy, ConfigError> {
         max_entries,
         max_bytes,
         key_headers,
+        scope: raw.scope.unwrap_or_default(),
     })
 }
 
@@ -830,6 +836,7 @@ fn rate_limit(raw: RawRateLimit, at: &str) -> Result<RateLimitPolicy, ConfigErro
         burst,
         key,
         max_keys: raw.max_keys.unwrap_or(100_000).max(1),
+        scope: raw.scope.unwrap_or_default(),
     })
 }
 

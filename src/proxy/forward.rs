@@ -34,6 +34,7 @@ use crate::resilience::coalesce::Flight;
 use crate::resilience::fault::{self, Faults};
 use crate::resilience::retry;
 use crate::resilience::store::{Key, ResponseStore};
+use crate::shared;
 
 /// Header marking an answer from the fresh cache.
 pub static CACHE: HeaderName = HeaderName::from_static("x-outrigger-cache");
@@ -106,6 +107,12 @@ impl Proxy {
         let key = store_key(ctx.state, &head);
         if let Some(answer) = self.cached(ctx, &head, key.as_deref(), "hit") {
             return answer;
+        }
+        // `cache.scope: shared`: a local miss looks in Redis, within `shared.timeout`.
+        if shared::fill_fresh(ctx.state.store.as_ref(), key.as_deref()).await {
+            if let Some(answer) = self.cached(ctx, &head, key.as_deref(), "hit") {
+                return answer;
+            }
         }
         let flight = match self.coalesce(ctx, &head, key.as_ref()).await {
             Joined::Served(answer) => return *answer,
@@ -199,6 +206,7 @@ impl Proxy {
             // a connect timeout. Without either, still try: a wrong probe must not take
             // down a route that works.
             let reason = Reason::Failure(Failure::CircuitOpen);
+            shared::fill_stale(store, key.as_deref(), &request_headers).await;
             if let Some((resp, outcome)) =
                 degrade::answer(ctx.route, ctx.state, &self.metrics, &failed(reason))
             {
@@ -207,7 +215,7 @@ impl Proxy {
             }
         }
         let limiter = ctx.state.limiter.as_deref();
-        let limiter_key = match self.take_token(ctx, &request_headers) {
+        let limiter_key = match self.take_token(ctx, &request_headers).await {
             Ok(key) => key,
             Err(wait) => {
                 let reason = Reason::Failure(Failure::RateLimited);
@@ -251,6 +259,7 @@ impl Proxy {
             Ended::Failed(f) => Reason::Failure(f),
         };
         tell(&flight, reason);
+        shared::fill_stale(store, key.as_deref(), &request_headers).await;
         if let Some((resp, outcome)) =
             degrade::answer(ctx.route, ctx.state, &self.metrics, &failed(reason))
         {
@@ -268,7 +277,7 @@ impl Proxy {
     /// bucket (retries take tokens from it too; `None` without a limit), `Err` with the wait
     /// for the next token, counted. An open circuit turns the request away without a token:
     /// it will not reach the upstream.
-    pub(super) fn take_token(
+    pub(super) async fn take_token(
         &self,
         ctx: &Ctx<'_>,
         headers: &HeaderMap,
@@ -283,7 +292,7 @@ impl Proxy {
             .as_ref()
             .is_some_and(|b| b.state() == State::Open);
         if !open {
-            if let Err(wait) = limiter.take(&key) {
+            if let Err(wait) = limiter.admit(&key).await {
                 self.metrics
                     .rate_limited
                     .with_label_values(&[&ctx.route.name])

@@ -32,6 +32,8 @@ pub struct Runtime {
     pub client: HttpClient,
     /// Per-route state, index-aligned with `config.routes`, `default` last.
     states: Vec<RouteState>,
+    /// The Redis store replicas share, with a `shared:` block (SPEC §7.4).
+    pub shared: Option<Arc<crate::shared::Shared>>,
 }
 
 /// What a route remembers between requests.
@@ -64,13 +66,20 @@ impl Runtime {
         if config.upstream.health_check.is_none() {
             metrics.clear_upstream_up();
         }
+        let prev_shared = previous.and_then(|p| p.shared.as_ref());
+        let shared =
+            crate::shared::for_config(config.shared.as_ref(), prev_shared, &metrics.shared);
         let states = all_routes(&config)
-            .map(|route| RouteState::new(route, old.get(route.name.as_str()).copied(), metrics))
+            .map(|route| {
+                let old = old.get(route.name.as_str()).copied();
+                RouteState::new(route, old, metrics, shared.as_ref())
+            })
             .collect();
         Runtime {
             client: upstream::client(&config.upstream, &config.limits),
             config,
             states,
+            shared,
         }
     }
 
@@ -129,7 +138,12 @@ fn all_routes(config: &Config) -> impl Iterator<Item = &Route> {
 }
 
 impl RouteState {
-    fn new(route: &Route, old: Option<&RouteState>, metrics: &Metrics) -> RouteState {
+    fn new(
+        route: &Route,
+        old: Option<&RouteState>,
+        metrics: &Metrics,
+        shared: Option<&Arc<crate::shared::Shared>>,
+    ) -> RouteState {
         let policy = &route.policy;
         let budget = match old {
             Some(o) if o.budget.policy() == policy.retry.budget => Arc::clone(&o.budget),
@@ -157,13 +171,21 @@ impl RouteState {
                 .rate_limit
                 .as_ref()
                 .map(|p| match old.and_then(|o| o.limiter.as_ref()) {
-                    Some(l) if l.policy() == p => Arc::clone(l),
-                    _ => Arc::new(RateLimiter::new(p.clone())),
+                    Some(l) if l.policy() == p && crate::shared::kept(l, shared) => Arc::clone(l),
+                    _ => Arc::new(
+                        RateLimiter::new(p.clone())
+                            .with_shared(crate::shared::limit_for(shared, route)),
+                    ),
                 });
         let store =
             StorePolicy::for_route(policy).map(|p| match old.and_then(|o| o.store.as_ref()) {
-                Some(s) if *s.policy() == p => Arc::clone(s),
-                _ => Arc::new(ResponseStore::new(p)),
+                Some(s) if *s.policy() == p && crate::shared::store_kept(s, shared, route) => {
+                    Arc::clone(s)
+                }
+                _ => Arc::new(
+                    ResponseStore::new(p)
+                        .with_shared(crate::shared::SharedResponses::for_route(shared, route)),
+                ),
             });
         let hedge = policy.hedge.map(|p| {
             let kept = old

@@ -162,7 +162,7 @@ impl Proxy {
                 return Answer::refused(StatusCode::BAD_REQUEST, message);
             }
         };
-        let limiter_key = match self.take_token(ctx, &head.headers) {
+        let limiter_key = match self.take_token(ctx, &head.headers).await {
             Ok(key) => key,
             Err(wait) => return Answer::new(rate_limited(wait), Outcome::Error, 0),
         };

@@ -12,9 +12,13 @@
 //! arithmetic here saturates instead of panicking, and should a panic ever poison the lock,
 //! the next caller takes the table over as it stands and goes on limiting, rather than
 //! letting every request through.
+//!
+//! With `scope: shared` the buckets live in Redis for all replicas together
+//! (`crate::shared::limiter`); this limiter then only hands requests over to it, and its
+//! own buckets stay empty. The in-memory path takes one `None` check more than before.
 
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -22,12 +26,15 @@ use tokio::time::Instant;
 
 use super::lru::Lru;
 use crate::config::{RateKey, RateLimitPolicy};
+use crate::shared::SharedLimit;
 
 /// One route's limiter.
 #[derive(Debug)]
 pub struct RateLimiter {
     policy: RateLimitPolicy,
     buckets: Mutex<Lru<Vec<u8>, Bucket>>,
+    /// The fleet-wide limiter, with `scope: shared`.
+    shared: Option<Arc<SharedLimit>>,
 }
 
 #[derive(Debug)]
@@ -42,6 +49,27 @@ impl RateLimiter {
         RateLimiter {
             policy,
             buckets: Mutex::new(Lru::default()),
+            shared: None,
+        }
+    }
+
+    /// This limiter, held for all replicas together through `shared`.
+    pub fn with_shared(mut self, shared: Option<Arc<SharedLimit>>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// The fleet-wide limiter, with `scope: shared`.
+    pub fn shared(&self) -> Option<&Arc<SharedLimit>> {
+        self.shared.as_ref()
+    }
+
+    /// Takes one token for a request's first attempt: at once in memory, or through the
+    /// shared limiter (which waits at most `shared.timeout`).
+    pub async fn admit(&self, key: &[u8]) -> Result<(), Duration> {
+        match &self.shared {
+            None => self.take(key),
+            Some(shared) => shared.take(key).await,
         }
     }
 
@@ -64,6 +92,9 @@ impl RateLimiter {
 
     /// Takes one token for `key`, or says how long until one is there.
     pub fn take(&self, key: &[u8]) -> Result<(), Duration> {
+        if let Some(shared) = &self.shared {
+            return shared.take_now(key);
+        }
         let now = Instant::now();
         let mut buckets = self.lock();
         let burst = f64::from(self.policy.burst);
@@ -117,6 +148,7 @@ mod tests {
             burst,
             key,
             max_keys,
+            scope: Default::default(),
         })
     }
 

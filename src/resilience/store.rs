@@ -72,6 +72,16 @@ impl Stored {
         (self.body.len() + headers + 128) as u64
     }
 
+    /// How long it may be served without asking the upstream.
+    pub fn fresh_for(&self) -> Duration {
+        self.fresh_for
+    }
+
+    /// The request headers it varies on, with their values.
+    pub fn vary(&self) -> &[(HeaderName, Vec<HeaderValue>)] {
+        &self.vary
+    }
+
     /// Whether `request` (the headers the upstream would receive) has exactly the values
     /// this copy was stored with, every line of each `Vary` header compared.
     fn varies_with(&self, request: &HeaderMap) -> bool {
@@ -125,6 +135,8 @@ pub struct ResponseStore {
     /// Bytes held by copies still streaming; bounded by `max_bytes` too, so a burst of
     /// concurrent large responses cannot hold more memory than the store may.
     pending: AtomicU64,
+    /// Where copies are also written and looked for, with `scope: shared` (SPEC §7.4).
+    shared: Option<crate::shared::SharedResponses>,
 }
 
 #[derive(Debug, Default)]
@@ -148,7 +160,19 @@ impl ResponseStore {
             policy,
             inner: Mutex::new(Entries::default()),
             pending: AtomicU64::new(0),
+            shared: None,
         }
+    }
+
+    /// This store, also shared through Redis.
+    pub fn with_shared(mut self, shared: Option<crate::shared::SharedResponses>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// The shared side of this store, if it has one.
+    pub fn shared(&self) -> Option<&crate::shared::SharedResponses> {
+        self.shared.as_ref()
     }
 
     /// The policy this store follows.
@@ -241,6 +265,38 @@ impl ResponseStore {
             fresh_for,
             vary,
         });
+        if let Some(shared) = &self.shared {
+            if !self.policy.keep_for(&stored).is_zero() {
+                shared.put(&key, &stored);
+            }
+        }
+        self.keep(key, stored);
+    }
+
+    /// Stores a copy that another replica stored (`scope: shared`), `age` old, under the
+    /// same rules as [`ResponseStore::insert`] but not written back to the shared store.
+    pub fn fill(&self, key: Key, envelope: crate::shared::Envelope, age: Duration) {
+        let Some(stored_at) = Instant::now().checked_sub(age) else {
+            return;
+        };
+        if envelope.body.len() > MAX_STORED_BODY {
+            return;
+        }
+        let fresh_for = self
+            .policy
+            .ttl
+            .map_or(Duration::ZERO, |ttl| fresh_for(ttl, &envelope.headers));
+        let stored = Arc::new(Stored {
+            headers: envelope.headers,
+            body: envelope.body,
+            stored_at,
+            fresh_for,
+            vary: envelope.vary,
+        });
+        self.keep(key, stored);
+    }
+
+    fn keep(&self, key: Key, stored: Arc<Stored>) {
         if self.policy.keep_for(&stored).is_zero() {
             return;
         }

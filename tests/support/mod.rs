@@ -7,6 +7,7 @@ pub mod backend;
 pub mod capacity;
 pub mod opsrust;
 pub mod process;
+pub mod redis_server;
 pub mod review_conn;
 pub mod review_headers;
 pub mod servers;
