@@ -96,7 +96,10 @@ async fn the_limit_settles_near_capacity_and_the_rest_is_shed_as_overloaded() {
     // all the time.
     // Throughput is the benchmark's business (bench/concurrency.sh), not a timed test's.
     assert!(refused * 10 <= received, "refused {refused} of {received}");
-    assert!(ok > shed / 10, "{ok} answers");
+    // The route keeps serving: at least 30% of what the backend can answer in the run
+    // (4 slots of 50 ms for 4 s: 320). Not a ratio to `shed`: shed answers are instant,
+    // so their count grows with how fast the clients' machine is.
+    assert!(ok * 10 >= 320 * 3, "{ok} answers");
     assert!(
         received < ok + shed + other.len(),
         "fewer upstream requests ({received}) than client requests"

@@ -115,6 +115,7 @@ pub struct RawPolicy {
     pub fault: Option<Option<RawFault>>,
     #[serde(default, deserialize_with = "explicit_null")]
     pub hedge: Option<Option<super::hedge::RawHedge>>,
+    #[serde(default, deserialize_with = "explicit_null")]
     pub concurrency: Option<Option<super::concurrency::RawConcurrency>>,
 }
 
@@ -140,6 +141,7 @@ pub struct RawRoute {
     pub fault: Option<Option<RawFault>>,
     #[serde(default, deserialize_with = "explicit_null")]
     pub hedge: Option<Option<super::hedge::RawHedge>>,
+    #[serde(default, deserialize_with = "explicit_null")]
     pub concurrency: Option<Option<super::concurrency::RawConcurrency>>,
 }
 
