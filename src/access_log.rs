@@ -61,6 +61,9 @@ pub fn record(entry: &Entry<'_>) {
             LogFormat::Json => json(line, prefix, now.subsec_micros(), entry),
             LogFormat::Text => text(line, prefix, now.subsec_micros(), entry),
         }
+        if let Some((trace_id, span_id)) = crate::otel::ids() {
+            trace_ids(line, format, &trace_id, &span_id);
+        }
         line.push('\n');
         // A failed write to stdout cannot be reported anywhere better; the request is served.
         let _ = std::io::stdout().lock().write_all(line.as_bytes());
@@ -86,6 +89,19 @@ fn json(line: &mut String, prefix: &str, micros: u32, e: &Entry<'_>) {
         e.attempts,
         e.duration.as_secs_f64() * 1000.0
     );
+}
+
+/// A traced request's line carries its trace and server span ids (SPEC §7.5).
+fn trace_ids(line: &mut String, format: &LogFormat, trace_id: &str, span_id: &str) {
+    match format {
+        LogFormat::Json => {
+            line.pop(); // the closing brace
+            let _ = write!(line, r#","trace_id":"{trace_id}","span_id":"{span_id}"}}"#);
+        }
+        LogFormat::Text => {
+            let _ = write!(line, " trace_id={trace_id} span_id={span_id}");
+        }
+    }
 }
 
 fn text(line: &mut String, prefix: &str, micros: u32, e: &Entry<'_>) {

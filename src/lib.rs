@@ -37,6 +37,7 @@ pub mod app;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod otel;
 pub mod proxy;
 pub mod resilience;
 pub mod server;

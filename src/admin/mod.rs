@@ -1,11 +1,12 @@
-//! The admin listener: `/health`, `/live`, `/ready`, `/metrics` and `POST /shutdown`
-//! (SPEC §4), routed with a plain `match` on method and path; [`probe`] is their client,
+//! The admin listener: `/health`, `/live`, `/ready`, `/metrics`, `/config` and
+//! `POST /shutdown` (SPEC §4, §7.6), routed with a plain `match` on method and path; [`probe`] is their client,
 //! `outrigger probe URL`.
 //!
 //! It has its own port so that the proxy port never serves these endpoints (a client of
 //! the service must not be able to shut the sidecar down or read its metrics), and so that
 //! probes and scrapes keep working while the proxy port is draining or saturated.
 
+pub mod config_view;
 pub mod descriptors;
 pub mod probe;
 pub mod time;
@@ -42,9 +43,10 @@ pub async fn handle(
             r#"{"status":"not ready"}"#.to_owned(),
         ),
         ("/metrics", true) => metrics(&app),
+        ("/config", true) => json(StatusCode::OK, config_view::render(&app.proxy.config())),
         ("/shutdown", _) if req.method() == Method::POST => shutdown(&app, peer),
         ("/shutdown", _) => not_allowed("POST"),
-        ("/health" | "/live" | "/ready" | "/metrics", false) => not_allowed("GET, HEAD"),
+        ("/health" | "/live" | "/ready" | "/metrics" | "/config", false) => not_allowed("GET, HEAD"),
         _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.to_owned()),
     }
 }

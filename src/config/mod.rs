@@ -18,6 +18,7 @@ pub mod memory;
 pub mod path;
 pub mod raw;
 mod reach;
+pub mod tracing;
 pub mod types;
 pub mod units;
 pub mod validate;

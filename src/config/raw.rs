@@ -29,6 +29,7 @@ pub struct RawConfig {
     pub shutdown: Option<RawShutdown>,
     pub defaults: Option<RawPolicy>,
     pub routes: Option<Vec<RawRoute>>,
+    pub tracing: Option<super::tracing::RawTracing>,
 }
 
 #[derive(Debug, Default, Deserialize)]

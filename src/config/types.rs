@@ -32,6 +32,8 @@ pub struct Config {
     pub default_route: Route,
     /// Things worth telling the operator that are not errors.
     pub warnings: Vec<String>,
+    /// Where spans go (SPEC §7.5); `None`: no spans exported.
+    pub tracing: Option<super::tracing::Tracing>,
 }
 
 /// Where and how to reach the one backend.

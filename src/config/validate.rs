@@ -74,6 +74,7 @@ pub fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
         routes,
         default_route,
         warnings,
+        tracing: super::tracing::validate(raw.tracing)?,
     })
 }
 

@@ -74,11 +74,13 @@ impl Attempts<'_> {
         let policy = &self.route.policy.retry;
         let Ok(mut permit) = self.admit() else {
             // Open: the upstream is not asked at all.
+            crate::otel::event("circuit-open");
             return Finished::without_attempt(Failure::CircuitOpen);
         };
         self.budget.record_request();
         let mut n: u32 = 1;
         loop {
+            crate::otel::attempt_start(n);
             let result = self.attempt(n, permit).await;
             let reason = match &result {
                 Ok(resp) if retry::retries_status(policy, resp.status()) => {
@@ -88,6 +90,7 @@ impl Attempts<'_> {
                 Err(f) => Some(Reason::Failure(*f)),
             };
             let Some(reason) = reason else {
+                crate::otel::attempt_end(&result, None, None);
                 return self.finish(result, n, None);
             };
             let wanted = match &result {
@@ -101,6 +104,7 @@ impl Attempts<'_> {
             };
             match next {
                 Ok((wait, next_permit)) => {
+                    crate::otel::attempt_end(&result, Some(&reason), Some(wait));
                     let backoff_ms = wait.as_millis() as u64;
                     warn!(route = %self.route.name, attempt = n, reason = %reason, backoff_ms, "upstream attempt failed; retrying");
                     let reason = reason.to_string();
@@ -114,6 +118,7 @@ impl Attempts<'_> {
                     n += 1;
                 }
                 Err(skipped) => {
+                    crate::otel::attempt_end(&result, Some(&reason), None);
                     warn!(route = %self.route.name, attempt = n, reason = %reason, "upstream attempt failed; not retrying");
                     if let Some(why) = skipped {
                         self.skipped(n, why);
@@ -203,7 +208,7 @@ impl Attempts<'_> {
         body: super::body::UpstreamBody,
     ) -> Result<Result<Response<Incoming>, super::upstream::ClientError>, Failure> {
         let per_try = self.route.policy.retry.per_try_timeout;
-        let request = self.client.request(self.head.request(n, body));
+        let request = self.client.request(crate::otel::inject(self.head.request(n, body)));
         let Some(upload) = self.body.upload() else {
             // A body held whole (or none) is handed over at once: one timer, the sooner of
             // the per-try timeout and the deadline, as cheap as a plain `timeout`.

@@ -1,0 +1,78 @@
+//! `GET /config` (SPEC §7.6): the configuration in force after overrides and the last
+//! reload, as JSON, with secrets redacted.
+
+mod support;
+
+use serde_json::Value;
+use support::*;
+
+async fn config_json(sidecar: &Sidecar) -> (Value, String) {
+    let (status, headers, body) = get(&format!("http://{}/config", sidecar.admin)).await;
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    (value, body)
+}
+
+#[tokio::test]
+async fn config_shows_what_is_in_force_with_secrets_redacted() {
+    let backend = Backend::start().await;
+    let yaml = "routes:
+  - name: tenant
+    match:
+      path_prefix: /t
+      headers:
+        authorization: Bearer sekrit-token
+        x-tenant: blue
+    stale_if_error:
+      max_age: 60s
+      key_headers: [x-api-key]
+  - name: keyed
+    match:
+      headers:
+        x-api-key: key-value-42
+";
+    let sidecar = Sidecar::in_front_of(&backend, yaml).await;
+    let (config, body) = config_json(&sidecar).await;
+
+    // The command line's overrides, not the file's (absent) addresses.
+    assert_eq!(config["listen"], sidecar.addr.to_string());
+    assert_eq!(config["admin_listen"], "127.0.0.1:0");
+    assert_eq!(config["upstream"]["url"], format!("{}/", backend.url()));
+    // Built-in defaults are shown as in force.
+    assert_eq!(config["defaults"]["retry"]["attempts"], 3);
+    let tenant = &config["routes"][0];
+    assert_eq!(tenant["name"], "tenant");
+    assert_eq!(tenant["match"]["path_prefix"], "/t");
+    assert_eq!(tenant["match"]["headers"]["x-tenant"], "blue");
+    assert_eq!(tenant["match"]["headers"]["authorization"], "[redacted]");
+    assert_eq!(tenant["stale_if_error"]["key_headers"][0], "x-api-key");
+    assert_eq!(config["routes"][1]["match"]["headers"]["x-api-key"], "[redacted]");
+    for secret in ["sekrit-token", "key-value-42"] {
+        assert!(!body.contains(secret), "{secret} leaked: {body}");
+    }
+}
+
+#[tokio::test]
+async fn config_after_a_reload_is_the_reloaded_one_and_a_failed_reload_changes_nothing() {
+    let backend = Backend::start().await;
+    let first = format!("upstream:\n  url: {}\nroutes:\n  - name: before\n", backend.url());
+    let sidecar = Sidecar::start(&first).await;
+    assert_eq!(config_json(&sidecar).await.0["routes"][0]["name"], "before");
+
+    let second = format!(
+        "upstream:\n  url: {}\ndefaults:\n  retry:\n    attempts: 5\nroutes:\n  - name: after\n",
+        backend.url()
+    );
+    std::fs::write(&sidecar.config_path, second).unwrap();
+    sidecar.app.reload().expect("valid reload");
+    let (config, _) = config_json(&sidecar).await;
+    assert_eq!(config["routes"][0]["name"], "after");
+    assert_eq!(config["defaults"]["retry"]["attempts"], 5);
+    // The overrides are laid over the reloaded file too.
+    assert_eq!(config["listen"], sidecar.addr.to_string());
+
+    std::fs::write(&sidecar.config_path, "routes: [{{").unwrap();
+    assert!(sidecar.app.reload().is_err());
+    assert_eq!(config_json(&sidecar).await.0["routes"][0]["name"], "after");
+}
