@@ -47,7 +47,10 @@ async fn config_shows_what_is_in_force_with_secrets_redacted() {
     assert_eq!(tenant["match"]["headers"]["x-tenant"], "blue");
     assert_eq!(tenant["match"]["headers"]["authorization"], "[redacted]");
     assert_eq!(tenant["stale_if_error"]["key_headers"][0], "x-api-key");
-    assert_eq!(config["routes"][1]["match"]["headers"]["x-api-key"], "[redacted]");
+    assert_eq!(
+        config["routes"][1]["match"]["headers"]["x-api-key"],
+        "[redacted]"
+    );
     for secret in ["sekrit-token", "key-value-42"] {
         assert!(!body.contains(secret), "{secret} leaked: {body}");
     }
@@ -56,7 +59,10 @@ async fn config_shows_what_is_in_force_with_secrets_redacted() {
 #[tokio::test]
 async fn config_after_a_reload_is_the_reloaded_one_and_a_failed_reload_changes_nothing() {
     let backend = Backend::start().await;
-    let first = format!("upstream:\n  url: {}\nroutes:\n  - name: before\n", backend.url());
+    let first = format!(
+        "upstream:\n  url: {}\nroutes:\n  - name: before\n",
+        backend.url()
+    );
     let sidecar = Sidecar::start(&first).await;
     assert_eq!(config_json(&sidecar).await.0["routes"][0]["name"], "before");
 

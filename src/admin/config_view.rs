@@ -27,13 +27,24 @@ use crate::proxy::respond::escape_into;
 pub const REDACTED: &str = "[redacted]";
 
 /// Headers whose values are credentials wherever they appear.
-const SECRET_HEADERS: [&str; 4] = ["authorization", "proxy-authorization", "cookie", "set-cookie"];
+const SECRET_HEADERS: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
 
 /// The JSON document `GET /config` answers with.
 pub fn render(config: &Config) -> String {
     let secret = secret_headers(config);
     let mut o = Obj::new();
-    o.str("source", &config.source.as_ref().map_or(String::new(), |p| p.display().to_string()));
+    o.str(
+        "source",
+        &config
+            .source
+            .as_ref()
+            .map_or(String::new(), |p| p.display().to_string()),
+    );
     o.str("listen", &config.listen.to_string());
     o.str("admin_listen", &config.admin_listen.to_string());
     o.num("worker_threads", config.worker_threads);
@@ -83,7 +94,10 @@ fn upstream(config: &Config) -> String {
     o.str("url", &redact_url(&u.url.to_string()));
     o.dur("connect_timeout", u.connect_timeout);
     o.bool("http2", u.http2);
-    o.str("host_header", &format!("{:?}", u.host_header).to_lowercase());
+    o.str(
+        "host_header",
+        &format!("{:?}", u.host_header).to_lowercase(),
+    );
     o.dur("pool_idle_timeout", u.pool_idle_timeout);
     o.num("pool_max_idle", u.pool_max_idle);
     if let Some(tls) = &u.tls {
@@ -213,10 +227,16 @@ fn policy(o: &mut Obj, p: &Policy, secret: &[HeaderName]) {
     if let Some(f) = &p.fault {
         let mut fo = Obj::new();
         if let Some((percent, status)) = f.abort {
-            fo.raw("abort", &format!(r#"{{"percent":{percent},"status":{}}}"#, status.as_u16()));
+            fo.raw(
+                "abort",
+                &format!(r#"{{"percent":{percent},"status":{}}}"#, status.as_u16()),
+            );
         }
         if let Some((percent, d)) = f.delay {
-            fo.raw("delay", &format!(r#"{{"percent":{percent},"duration":"{}"}}"#, duration(d)));
+            fo.raw(
+                "delay",
+                &format!(r#"{{"percent":{percent},"duration":"{}"}}"#, duration(d)),
+            );
         }
         o.raw("fault", &fo.end());
     }

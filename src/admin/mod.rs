@@ -46,7 +46,9 @@ pub async fn handle(
         ("/config", true) => json(StatusCode::OK, config_view::render(&app.proxy.config())),
         ("/shutdown", _) if req.method() == Method::POST => shutdown(&app, peer),
         ("/shutdown", _) => not_allowed("POST"),
-        ("/health" | "/live" | "/ready" | "/metrics" | "/config", false) => not_allowed("GET, HEAD"),
+        ("/health" | "/live" | "/ready" | "/metrics" | "/config", false) => {
+            not_allowed("GET, HEAD")
+        }
         _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.to_owned()),
     }
 }

@@ -82,7 +82,10 @@ pub fn validate(raw: Option<RawTracing>) -> Result<Option<Tracing>, ConfigError>
         .or(raw.service_name)
         .unwrap_or_else(|| "outrigger".to_owned());
     if service_name.is_empty() {
-        return Err(ConfigError::new("tracing.service_name", "must not be empty"));
+        return Err(ConfigError::new(
+            "tracing.service_name",
+            "must not be empty",
+        ));
     }
     Ok(Some(Tracing {
         otlp_endpoint,

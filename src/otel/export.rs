@@ -66,7 +66,11 @@ impl SpanProcessor for Queue {
     }
 }
 
-async fn export<E: SpanExporter>(mut rx: mpsc::Receiver<SpanData>, exporter: E, dropped: IntCounter) {
+async fn export<E: SpanExporter>(
+    mut rx: mpsc::Receiver<SpanData>,
+    exporter: E,
+    dropped: IntCounter,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);

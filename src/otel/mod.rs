@@ -204,7 +204,10 @@ pub fn attempt_end<B, E: Display>(
             span.set_status(Status::error(reason.to_string()));
         }
         if let Some(wait) = backoff {
-            span.set_attribute(KeyValue::new("outrigger.backoff_ms", wait.as_millis() as i64));
+            span.set_attribute(KeyValue::new(
+                "outrigger.backoff_ms",
+                wait.as_millis() as i64,
+            ));
         }
         span.end();
     });
@@ -225,7 +228,10 @@ pub fn finish(status: u16, outcome: &str, attempts: u32) {
         if matches!(outcome, "fallback" | "stale" | "cache") {
             span.add_event(outcome.to_owned(), Vec::new());
         }
-        span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
         span.set_attribute(KeyValue::new("outrigger.outcome", outcome.to_owned()));
         span.set_attribute(KeyValue::new("outrigger.attempts", i64::from(attempts)));
         if status >= 500 {

@@ -208,7 +208,9 @@ impl Attempts<'_> {
         body: super::body::UpstreamBody,
     ) -> Result<Result<Response<Incoming>, super::upstream::ClientError>, Failure> {
         let per_try = self.route.policy.retry.per_try_timeout;
-        let request = self.client.request(crate::otel::inject(self.head.request(n, body)));
+        let request = self
+            .client
+            .request(crate::otel::inject(self.head.request(n, body)));
         let Some(upload) = self.body.upload() else {
             // A body held whole (or none) is handed over at once: one timer, the sooner of
             // the per-try timeout and the deadline, as cheap as a plain `timeout`.

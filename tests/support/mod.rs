@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod opsrust;
+pub mod otlp;
 pub mod process;
 pub mod review_conn;
 pub mod review_headers;
