@@ -279,7 +279,7 @@ fn condition(c: &Condition) -> String {
 /// A duration as the config file spells it: `250ms`, `2s`.
 fn duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
