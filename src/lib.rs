@@ -35,6 +35,7 @@ pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod edge;
 pub mod logging;
 pub mod metrics;
 pub mod otel;

@@ -146,7 +146,7 @@ impl Proxy {
     async fn answer(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
         let started = Instant::now();
         let rt = self.runtime.load_full();
-        let request_id = headers::request_id(req.headers());
+        let request_id = headers::request_id(&req);
         // Routes match on what the upstream will receive: not on a header `Connection` names.
         let route_headers = headers::end_to_end(req.headers());
         let (route, state) = rt.route(req.method(), req.uri().path(), &route_headers);
