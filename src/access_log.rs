@@ -16,8 +16,14 @@ use std::io::Write as _;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::logging::LogFormat;
-use crate::proxy::respond::escape_into;
+use crate::vocab::json::escape_into;
+
+/// How log lines are written: JSON objects, or text for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
 
 static SINK: OnceLock<LogFormat> = OnceLock::new();
 
@@ -53,7 +59,7 @@ pub fn record(entry: &Entry<'_>) {
             .unwrap_or_default();
         if now.as_secs() != *second {
             *second = now.as_secs();
-            *prefix = crate::admin::time::rfc3339(SystemTime::now());
+            *prefix = crate::vocab::time::rfc3339(SystemTime::now());
             prefix.pop(); // the 'Z'; sub-second digits follow
         }
         line.clear();

@@ -8,7 +8,7 @@
 //! knows nothing of the proxy or the admin endpoints.
 //!
 //! The proxy's stack, outermost first:
-//! 1. `map_request(sane_request_id)`: an `x-request-id` that is not 1-128 visible ASCII
+//! 1. `map_request(drop_insane_request_id)`: an `x-request-id` that is not 1-128 visible ASCII
 //!    characters is dropped (SPEC §3), so the next layer makes a new one;
 //! 2. tower-http's `SetRequestIdLayer`: keeps the client's id or generates one
 //!    ([`HexId`], 32 hex digits) and records it on the request for the handler;
@@ -49,7 +49,7 @@ pub fn proxy(
        + Send
        + 'static {
     ServiceBuilder::new()
-        .map_request(sane_request_id)
+        .map_request(drop_insane_request_id)
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), HexId))
         .service_fn(move |req| {
             let proxy = Arc::clone(&proxy);
@@ -59,15 +59,19 @@ pub fn proxy(
 
 /// Drops an `x-request-id` that SPEC §3 does not keep: empty, longer than 128 bytes, or
 /// with anything but visible ASCII.
-fn sane_request_id<B>(mut req: Request<B>) -> Request<B> {
-    let insane = req.headers().get(&REQUEST_ID).is_some_and(|v| {
-        let b = v.as_bytes();
-        b.is_empty() || b.len() > 128 || !b.iter().all(u8::is_ascii_graphic)
-    });
-    if insane {
+fn drop_insane_request_id<B>(mut req: Request<B>) -> Request<B> {
+    if !sane_request_id(&req) {
         req.headers_mut().remove(&REQUEST_ID);
     }
     req
+}
+
+/// Whether the request's `x-request-id`, if any, may be kept (absent counts as sane).
+pub fn sane_request_id<B>(req: &Request<B>) -> bool {
+    req.headers().get(&REQUEST_ID).is_none_or(|v| {
+        let b = v.as_bytes();
+        !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic)
+    })
 }
 
 /// New request ids: 128 random bits as 32 lowercase hex digits.
@@ -138,7 +142,10 @@ mod tests {
             req.headers_mut()
                 .insert(&REQUEST_ID, HeaderValue::from_bytes(v).unwrap());
         }
-        sane_request_id(req).headers().get(&REQUEST_ID).cloned()
+        drop_insane_request_id(req)
+            .headers()
+            .get(&REQUEST_ID)
+            .cloned()
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{Condition, Config, PathMatch, Policy, RateKey, Route};
-use crate::proxy::respond::escape_into;
+use crate::vocab::json::escape_into;
 
 /// What redacted values read as.
 pub const REDACTED: &str = "[redacted]";

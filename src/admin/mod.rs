@@ -79,10 +79,10 @@ pub fn handle(app: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Response
 }
 
 fn health(app: &Admin) -> Response<ResponseBody> {
-    let timestamp = time::rfc3339(SystemTime::now());
+    let timestamp = crate::vocab::time::rfc3339(SystemTime::now());
     let health = &app.proxy.health;
     if health.is_down() {
-        let error = crate::proxy::respond::escape(&health.last_error());
+        let error = crate::vocab::json::escape(&health.last_error());
         let body =
             format!(r#"{{"status":"unhealthy","error":"{error}","timestamp":"{timestamp}"}}"#);
         return json(StatusCode::SERVICE_UNAVAILABLE, body);

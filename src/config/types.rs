@@ -238,6 +238,23 @@ pub struct FaultPolicy {
     pub delay: Option<(f64, Duration)>,
 }
 
+impl Backoff {
+    /// The un-jittered delay before retry `n` (1-based): `min(max, base * 2^(n-1))`.
+    pub fn ceiling(&self, n: u32) -> Duration {
+        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.max)
+    }
+}
+
+impl Limits {
+    /// How many header fields an HTTP/1.1 head may have, in requests and in upstream
+    /// answers: one per 32 bytes of `max_request_header_bytes`, at least hyper's default of
+    /// 100 and at most 1,024 (hyper parses into arrays of this many entries, 32 bytes each).
+    pub fn header_cap(&self) -> usize {
+        (self.max_request_header_bytes / 32).clamp(100, 1024)
+    }
+}
+
 impl Config {
     /// The index of the first configured route that matches, `routes.len()` for `default`.
     /// `path` is the request path as received; it is compared in its normal form (see

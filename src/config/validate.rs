@@ -843,9 +843,7 @@ fn fault(raw: RawFault, at: &str) -> Result<FaultPolicy, ConfigError> {
 fn warn_if_attempts_do_not_fit(name: &str, policy: &Policy, warnings: &mut Vec<String>) {
     let r = &policy.retry;
     let tries = r.per_try_timeout * r.attempts;
-    let backoff: Duration = (1..r.attempts)
-        .map(|n| crate::resilience::backoff::ceiling(&r.backoff, n))
-        .sum();
+    let backoff: Duration = (1..r.attempts).map(|n| r.backoff.ceiling(n)).sum();
     if tries + backoff > policy.timeout {
         warnings.push(format!(
             "route `{name}`: {} attempts x per_try_timeout {} plus backoff {} do not fit in timeout {}; later attempts will be cut short",

@@ -56,7 +56,8 @@ pub fn answer(
             return Some((resp, Outcome::Stale));
         }
     }
-    let resp = fallback::answer(route.policy.fallback.as_ref()?, failed.reason)?;
+    let resp =
+        fallback::answer(route.policy.fallback.as_ref()?, failed.reason)?.map(ResponseBody::full);
     metrics
         .fallbacks
         .with_label_values(&[&route.name, &failed.reason.to_string()])

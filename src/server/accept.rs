@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -23,21 +25,20 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_http::catch_panic::{CatchPanicLayer, ResponseForPanic};
 use tracing::{debug, warn};
 
 use super::drain::{told_to_leave, Drain};
 use super::keep_alive;
-use super::watchdog::{Clock, Expiry};
+use super::watchdog::{Clock, Expiry, Watched};
 use crate::config::Limits;
-use crate::proxy::body::ResponseBody;
 
 /// How many header fields an HTTP/1.1 head may have, in requests and in upstream answers:
 /// one per 32 bytes of `limits.max_request_header_bytes`, at least hyper's default of 100
 /// and at most 1,024 (hyper parses into arrays of this many entries, 32 bytes each).
 pub fn header_cap(limits: &Limits) -> usize {
-    (limits.max_request_header_bytes / 32).clamp(100, 1024)
+    limits.header_cap()
 }
 
 /// How every connection of a listener is served: hyper's builder and the watchdog's limits.
@@ -80,7 +81,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 ///
 /// Returns once the listener is closed; connections already accepted go on, each told to
 /// leave once `drain` begins (which may be before `stop`).
-pub async fn serve<H, S, P>(
+pub async fn serve<H, S, B, P>(
     listener: TcpListener,
     builder: Builder,
     first_bytes: Duration,
@@ -89,12 +90,13 @@ pub async fn serve<H, S, P>(
     stop: impl Future<Output = ()>,
 ) where
     H: Fn(SocketAddr) -> S + Clone + Send + Sync + 'static,
-    S: Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible>
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
-    P: ResponseForPanic<ResponseBody = ResponseBody> + Send + Sync + 'static,
+    B: Watched + Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+    P: ResponseForPanic<ResponseBody = B> + Send + Sync + 'static,
 {
     let builder = Arc::new(builder);
     tokio::pin!(stop);
@@ -158,15 +160,16 @@ struct Connection {
 
 impl Connection {
     /// Serves requests until the client leaves or is told to.
-    async fn serve<H, S, P>(self, handler: Handler<H, P>, first_bytes: Duration)
+    async fn serve<H, S, B, P>(self, handler: Handler<H, P>, first_bytes: Duration)
     where
         H: Fn(SocketAddr) -> S + Clone + Send + Sync + 'static,
-        S: Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible>
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
             + Clone
             + Send
             + 'static,
         S::Future: Send + 'static,
-        P: ResponseForPanic<ResponseBody = ResponseBody> + Send + Sync + 'static,
+        B: Watched + Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+        P: ResponseForPanic<ResponseBody = B> + Send + Sync + 'static,
     {
         let Connection {
             stream,
