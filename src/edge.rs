@@ -12,7 +12,9 @@
 //!    characters is dropped (SPEC §3), so the next layer makes a new one;
 //! 2. tower-http's `SetRequestIdLayer`: keeps the client's id or generates one
 //!    ([`HexId`], 32 hex digits) and records it on the request for the handler;
-//! 3. `Proxy::handle`, the request path, one plain async function.
+//! 3. the request's trace (`otel`), when tracing is on and the request is sampled: the
+//!    request path runs inside it;
+//! 4. `Proxy::handle`, the request path, one plain async function.
 //!
 //! A panic (`CatchPanicLayer`, applied by the accept loop) is answered `500
 //! {"error":"internal error"}` by `proxy::respond`, the one place that makes error
@@ -36,6 +38,11 @@ use crate::proxy::body::ResponseBody;
 use crate::proxy::headers::REQUEST_ID;
 use crate::proxy::{respond, Proxy};
 
+/// The future of one proxied request.
+type Answer = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>,
+>;
+
 /// The proxy listener's service for one connection from `peer`.
 pub fn proxy(
     proxy: Arc<Proxy>,
@@ -51,9 +58,17 @@ pub fn proxy(
     ServiceBuilder::new()
         .map_request(drop_insane_request_id)
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), HexId))
-        .service_fn(move |req| {
+        .service_fn(move |req: Request<Incoming>| {
             let proxy = Arc::clone(&proxy);
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+            let trace = proxy.traces().start(&req, peer);
+            let answer = async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) };
+            // Boxed where it is made: the request path's future is large, and the layers
+            // around it (and tower's `Oneshot`) would otherwise move it several times.
+            let answer: Answer = match trace {
+                None => Box::pin(answer),
+                Some(trace) => Box::pin(crate::otel::scope(trace, answer)),
+            };
+            answer
         })
 }
 

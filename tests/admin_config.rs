@@ -31,6 +31,9 @@ async fn config_shows_what_is_in_force_with_secrets_redacted() {
     match:
       headers:
         x-api-key: key-value-42
+tracing:
+  otlp_endpoint: http://collector:pass-word@127.0.0.1:4318
+  sample_ratio: 0.5
 ";
     let sidecar = Sidecar::in_front_of(&backend, yaml).await;
     let (config, body) = config_json(&sidecar).await;
@@ -51,7 +54,12 @@ async fn config_shows_what_is_in_force_with_secrets_redacted() {
         config["routes"][1]["match"]["headers"]["x-api-key"],
         "[redacted]"
     );
-    for secret in ["sekrit-token", "key-value-42"] {
+    assert_eq!(
+        config["tracing"]["otlp_endpoint"],
+        "http://collector:[redacted]@127.0.0.1:4318"
+    );
+    assert_eq!(config["tracing"]["sample_ratio"], 0.5);
+    for secret in ["sekrit-token", "key-value-42", "pass-word"] {
         assert!(!body.contains(secret), "{secret} leaked: {body}");
     }
 }
@@ -75,6 +83,7 @@ async fn config_after_a_reload_is_the_reloaded_one_and_a_failed_reload_changes_n
     let (config, _) = config_json(&sidecar).await;
     assert_eq!(config["routes"][0]["name"], "after");
     assert_eq!(config["defaults"]["retry"]["attempts"], 5);
+    assert_eq!(config["tracing"], Value::Null);
     // The overrides are laid over the reloaded file too.
     assert_eq!(config["listen"], sidecar.addr.to_string());
 

@@ -57,6 +57,16 @@ pub fn render(config: &Config) -> String {
     let routes: Vec<String> = config.routes.iter().map(|r| route(r, &secret)).collect();
     o.raw("routes", &format!("[{}]", routes.join(",")));
     o.raw("defaults", &route(&config.default_route, &secret));
+    match &config.tracing {
+        None => o.raw("tracing", "null"),
+        Some(t) => {
+            let mut tr = Obj::new();
+            tr.str("otlp_endpoint", &redact_url(&t.otlp_endpoint));
+            tr.float("sample_ratio", t.sample_ratio);
+            tr.str("service_name", &t.service_name);
+            o.raw("tracing", &tr.end());
+        }
+    }
     o.end()
 }
 

@@ -34,7 +34,7 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
@@ -85,18 +85,21 @@ impl Traces {
         let tracer = self.tracer.as_ref()?;
         let parent = TraceContextPropagator::new().extract(&Headers(req.headers()));
         let method = req.method().as_str().to_owned();
-        let attributes = vec![
-            KeyValue::new("http.request.method", method.clone()),
-            KeyValue::new("url.path", req.uri().path().to_owned()),
-            KeyValue::new("url.scheme", "http"),
-            KeyValue::new("network.protocol.version", protocol(req.version())),
-            KeyValue::new("client.address", peer.ip().to_string()),
-        ];
-        let span = tracer
+        let mut span = tracer
             .span_builder(method.clone())
             .with_kind(SpanKind::Server)
-            .with_attributes(attributes)
             .start_with_context(tracer, &parent);
+        // Attributes only for a span the sampler kept: an unsampled request costs the
+        // sampling decision and the ids its upstream still gets, not five allocations.
+        if span.is_recording() {
+            span.set_attributes([
+                KeyValue::new("http.request.method", method.clone()),
+                KeyValue::new("url.path", req.uri().path().to_owned()),
+                KeyValue::new("url.scheme", "http"),
+                KeyValue::new("network.protocol.version", protocol(req.version())),
+                KeyValue::new("client.address", peer.ip().to_string()),
+            ]);
+        }
         Some(RequestTrace {
             tracer: tracer.clone(),
             method,
@@ -154,9 +157,14 @@ pub fn route(name: &str) {
     });
 }
 
-/// Attempt `n` begins: its client span starts, a child of the server span.
+/// Attempt `n` begins: its client span starts, a child of the server span. An unsampled
+/// request makes no attempt spans (nothing would record them); its upstream gets the
+/// server span's context, flagged unsampled.
 pub fn attempt_start(n: u32) {
     with_current(|t| {
+        if !t.server.span().is_recording() {
+            return;
+        }
         let span = t
             .tracer
             .span_builder(t.method.clone())

@@ -135,15 +135,14 @@ impl Proxy {
         Arc::clone(&self.runtime.load().config)
     }
 
-    /// Answers one client request. Never fails: every error becomes a response.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
-        match self.traces.start(&req, peer) {
-            None => self.answer(req, peer).await,
-            Some(trace) => crate::otel::scope(trace, self.answer(req, peer)).await,
-        }
+    /// The tracer of this proxy (inert without `tracing:`); the edge starts each request's
+    /// trace with it.
+    pub fn traces(&self) -> &crate::otel::Traces {
+        &self.traces
     }
 
-    async fn answer(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    /// Answers one client request. Never fails: every error becomes a response.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
         let started = Instant::now();
         let rt = self.runtime.load_full();
         let request_id = headers::request_id(&req);
