@@ -66,7 +66,7 @@ pub fn proxy(
             // around it (and tower's `Oneshot`) would otherwise move it several times.
             let answer: Answer = match trace {
                 None => Box::pin(answer),
-                Some(trace) => Box::pin(crate::otel::scope(trace, answer)),
+                Some(trace) => Box::pin(crate::otel::scope(trace, Box::pin(answer))),
             };
             answer
         })

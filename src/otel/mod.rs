@@ -139,9 +139,13 @@ pub struct RequestTrace {
     attempt: RefCell<Option<Context>>,
 }
 
-/// Runs `fut` (the request path) with `trace` as the current request's trace.
-pub async fn scope<F: std::future::Future>(trace: RequestTrace, fut: F) -> F::Output {
-    CURRENT.scope(trace, fut).await
+/// Runs `fut` (the request path) with `trace` as the current request's trace. Give it a
+/// boxed future: the request path's future is large, and this moves it.
+pub fn scope<F: std::future::Future>(
+    trace: RequestTrace,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> {
+    CURRENT.scope(trace, fut)
 }
 
 fn with_current(f: impl FnOnce(&RequestTrace)) {
