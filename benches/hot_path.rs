@@ -66,14 +66,16 @@ fn header_rewriting(c: &mut Criterion) {
             )
         })
     });
-    c.bench_function("headers: request id kept", |b| {
-        let mut h = client_headers();
-        h.insert("x-request-id", id.clone());
-        b.iter(|| black_box(headers::request_id(&h)))
+    c.bench_function("edge: request id checked (kept)", |b| {
+        let mut req = Request::get("/").body(()).unwrap();
+        *req.headers_mut() = client_headers();
+        req.headers_mut().insert("x-request-id", id.clone());
+        b.iter(|| black_box(outrigger::edge::sane_request_id(black_box(&req))))
     });
-    c.bench_function("headers: request id generated", |b| {
-        let h = client_headers();
-        b.iter(|| black_box(headers::request_id(&h)))
+    c.bench_function("edge: request id generated", |b| {
+        use tower_http::request_id::MakeRequestId;
+        let req = Request::get("/").body(()).unwrap();
+        b.iter(|| black_box(outrigger::edge::HexId.make_request_id(&req)))
     });
 }
 

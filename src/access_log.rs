@@ -16,8 +16,14 @@ use std::io::Write as _;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::logging::LogFormat;
-use crate::proxy::respond::escape_into;
+use crate::vocab::json::escape_into;
+
+/// How log lines are written: JSON objects, or text for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
 
 static SINK: OnceLock<LogFormat> = OnceLock::new();
 
@@ -53,13 +59,16 @@ pub fn record(entry: &Entry<'_>) {
             .unwrap_or_default();
         if now.as_secs() != *second {
             *second = now.as_secs();
-            *prefix = crate::admin::time::rfc3339(SystemTime::now());
+            *prefix = crate::vocab::time::rfc3339(SystemTime::now());
             prefix.pop(); // the 'Z'; sub-second digits follow
         }
         line.clear();
         match format {
             LogFormat::Json => json(line, prefix, now.subsec_micros(), entry),
             LogFormat::Text => text(line, prefix, now.subsec_micros(), entry),
+        }
+        if let Some((trace_id, span_id)) = crate::otel::ids() {
+            trace_ids(line, format, &trace_id, &span_id);
         }
         line.push('\n');
         // A failed write to stdout cannot be reported anywhere better; the request is served.
@@ -86,6 +95,19 @@ fn json(line: &mut String, prefix: &str, micros: u32, e: &Entry<'_>) {
         e.attempts,
         e.duration.as_secs_f64() * 1000.0
     );
+}
+
+/// A traced request's line carries its trace and server span ids (SPEC §7.5).
+fn trace_ids(line: &mut String, format: &LogFormat, trace_id: &str, span_id: &str) {
+    match format {
+        LogFormat::Json => {
+            line.pop(); // the closing brace
+            let _ = write!(line, r#","trace_id":"{trace_id}","span_id":"{span_id}"}}"#);
+        }
+        LogFormat::Text => {
+            let _ = write!(line, " trace_id={trace_id} span_id={span_id}");
+        }
+    }
 }
 
 fn text(line: &mut String, prefix: &str, micros: u32, e: &Entry<'_>) {

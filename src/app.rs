@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::admin;
+use crate::admin::{self, Admin};
 use crate::config::{self, Config, ConfigError, Overrides};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -45,7 +45,9 @@ impl Listeners {
 pub struct App {
     pub proxy: Arc<Proxy>,
     pub metrics: Arc<Metrics>,
-    pub lifecycle: Lifecycle,
+    pub lifecycle: Arc<Lifecycle>,
+    /// What the admin endpoints see: the same proxy, metrics and lifecycle, not the app.
+    admin: Arc<Admin>,
     /// What the command line said; re-applied over the file on every reload.
     overrides: Overrides,
 }
@@ -54,10 +56,18 @@ impl App {
     /// An app for a loaded config.
     pub fn new(config: Config, overrides: Overrides) -> Arc<App> {
         let metrics = Arc::new(Metrics::new());
+        let proxy = Arc::new(Proxy::new(Arc::new(config), Arc::clone(&metrics)));
+        let lifecycle = Arc::new(Lifecycle::default());
+        let admin = Arc::new(Admin {
+            proxy: Arc::clone(&proxy),
+            metrics: Arc::clone(&metrics),
+            lifecycle: Arc::clone(&lifecycle),
+        });
         Arc::new(App {
-            proxy: Arc::new(Proxy::new(Arc::new(config), Arc::clone(&metrics))),
+            proxy,
             metrics,
-            lifecycle: Lifecycle::default(),
+            lifecycle,
+            admin,
             overrides,
         })
     }
@@ -101,10 +111,14 @@ impl App {
         let first_bytes = self.proxy.config().limits.header_read_timeout;
         let admin_drain = Drain::default();
         let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let admin_app = Arc::clone(&self);
+        let admin = Arc::clone(&self.admin);
+        let on_panic = crate::edge::OnPanic::new(&self.metrics, "admin");
         let admin_builder = accept::builder(&self.proxy.config().limits);
         let admin_task = tokio::spawn(async move {
-            let handler = move |req, peer| admin::handle(Arc::clone(&admin_app), req, peer);
+            let handler = accept::Handler {
+                make: move |peer| admin::service(Arc::clone(&admin), peer),
+                on_panic,
+            };
             let stop = async {
                 let _ = admin_stop_rx.await;
             };
@@ -123,9 +137,9 @@ impl App {
 
         let proxy_drain = Drain::default();
         let proxy = Arc::clone(&self.proxy);
-        let handler = move |req, peer| {
-            let proxy = Arc::clone(&proxy);
-            async move { proxy.handle(req, peer).await }
+        let handler = accept::Handler {
+            make: move |peer| crate::edge::proxy(Arc::clone(&proxy), peer),
+            on_panic: crate::edge::OnPanic::new(&self.metrics, "proxy"),
         };
         let stop = async {
             self.lifecycle.stopping().await;

@@ -5,29 +5,40 @@
 //! reports everything on `/health` and `/metrics`.
 //!
 //! ```text
-//!  client ──▶ server::accept ──▶ proxy::Proxy::handle ─────────────────────────▶ upstream
-//!              (h1 + h2c,         1. route + request id          proxy::attempts
-//!               limits,           2. CONNECT / shed (overloaded)  per-try timeout,
-//!               graceful)         3. proxy::upstream: head        classify, retry?
-//!                                 4. body: replayable or once     resilience::{backoff,
-//!                                 5. attempts ────────────────▶     budget, retry}
-//!                                 6. upstream answer streamed, or proxy::respond
-//!                                 7. metrics + access log
+//!  client ──▶ server::accept ──▶ edge (tower) ──▶ proxy::Proxy::handle ─────────────────▶ upstream
+//!              (h1 + h2c,          CatchPanic       1. route + request id   proxy::attempts
+//!               limits,            (outermost,      2. CONNECT / shed       per-try timeout,
+//!               graceful,          500 + count),    3. proxy::upstream      classify, retry?,
+//!               watchdog)          request id       4. body: replayable     one client span
+//!              TowerToHyperService (tower-http      5. attempts ───────▶    each (otel)
+//!                                  SetRequestId)    6. answer streamed, or proxy::respond
+//!                                                   7. metrics, access log, server span end
 //!
-//!  operator ──▶ admin (/health /live /ready /metrics POST /shutdown)
-//!  signals ───▶ server::signals (TERM/INT: drain; HUP: app::App::reload)
+//!  operator ──▶ server::accept ──▶ admin::service (/health /live /ready /metrics /config
+//!                                   POST /shutdown), given proxy, metrics and lifecycle only
+//!  signals ───▶ server::signals (TERM/INT: drain; HUP: the reload function app gives it)
+//!  spans ─────▶ otel::export (bounded queue, own task) ──▶ OTLP/HTTP collector
 //! ```
+//!
+//! Layers, top to bottom (a module imports only from its own layer or below):
+//! `main` → `app` → `edge`, `admin` → `proxy` → `resilience`, `server`, `otel`,
+//! `access_log` → `config`, `metrics`, `vocab`. tower sits only at the edge: the accept
+//! loop takes any `tower::Service` and hands it to hyper; the policy inside stays plain
+//! async functions.
 //!
 //! Modules:
 //! - [`config`]: the YAML file, validated into types that cannot hold a bad value.
 //! - [`app`]: wires the listeners, the proxy and the admin endpoints; the shutdown sequence.
+//! - [`edge`]: the tower/tower-http stacks in front of the handlers (request id, panics).
 //! - [`proxy`]: the request path, top to bottom; `proxy::grpc` is what a gRPC call adds to it.
-//! - [`resilience`]: backoff, retry budget, retry rules; no I/O.
-//! - [`admin`]: the admin endpoints.
+//! - [`resilience`]: backoff, retry budget, retry rules; no I/O, nothing from `proxy`.
+//! - [`admin`]: the admin endpoints, a service of their own.
 //! - [`metrics`]: the Prometheus registry.
-//! - [`server`]: accept loop, lifecycle state, signals.
+//! - [`otel`]: OpenTelemetry spans and their export.
+//! - [`server`]: accept loop (serves whatever service it is given), lifecycle, signals.
 //! - [`shared`]: rate limits and stored copies shared by replicas through Redis (`scope: shared`).
 //! - [`logging`]: JSON or text logs; [`access_log`]: the per-request line, written by hand.
+//! - [`vocab`]: the words every layer shares (REASON, JSON escaping, RFC 3339 time).
 
 #![forbid(unsafe_code)]
 #![warn(rust_2018_idioms, unreachable_pub)]
@@ -36,9 +47,12 @@ pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod edge;
 pub mod logging;
 pub mod metrics;
+pub mod otel;
 pub mod proxy;
 pub mod resilience;
 pub mod server;
 pub mod shared;
+pub mod vocab;

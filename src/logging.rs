@@ -7,12 +7,9 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Json,
-    Text,
-}
+// Defined beside the access log, which writes both formats by hand: `access_log` then
+// needs nothing from here, and this module (which switches it on) depends on it alone.
+pub use crate::access_log::LogFormat;
 
 /// The levels a filter may name, least to most verbose.
 pub const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];

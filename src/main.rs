@@ -271,7 +271,10 @@ async fn serve(config: config::Config, overrides: Overrides) -> ExitCode {
         "outrigger started"
     );
     let app = App::new(config, overrides);
-    if let Err(e) = signals::install(std::sync::Arc::clone(&app)) {
+    let reloader = std::sync::Arc::clone(&app);
+    let reload: signals::Reload =
+        std::sync::Arc::new(move || reloader.reload().map_err(|e| e.to_string()));
+    if let Err(e) = signals::install(std::sync::Arc::clone(&app.lifecycle), reload) {
         eprintln!("cannot install signal handlers: {e}");
         return ExitCode::from(1);
     }

@@ -68,6 +68,8 @@ pub struct Metrics {
     pub concurrency_rejected: IntCounterVec,
     /// `outrigger_shared_store_*` (SPEC §7.4).
     pub shared: crate::shared::SharedMetrics,
+    /// Counters other modules registered with [`Metrics::plain_counter`].
+    extra_counters: Mutex<Vec<(String, IntCounter)>>,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -285,6 +287,7 @@ impl Metrics {
                 "Requests that found no concurrency slot within queue_timeout (answered overloaded).",
                 &["route"],
             ),
+            extra_counters: Mutex::new(Vec::new()),
             in_flight,
             tunnels_open,
             shed,
@@ -313,6 +316,26 @@ impl Metrics {
             if *registered {
                 let _ = self.registry.unregister(Box::new(self.upstream_up.clone()));
                 *registered = false;
+            }
+        }
+    }
+
+    /// A counter without labels registered by a module that owns it (e.g. `otel`); the
+    /// same counter when asked twice (several proxies in one process share the registry).
+    pub fn plain_counter(&self, name: &str, help: &str) -> IntCounter {
+        let counter = IntCounter::new(name, help).expect("a valid metric name");
+        match self.registry.register(Box::new(counter.clone())) {
+            Err(prometheus::Error::AlreadyReg) => self
+                .extra_counters
+                .lock()
+                .ok()
+                .and_then(|m| m.iter().find(|(n, _)| n == name).map(|(_, c)| c.clone()))
+                .unwrap_or(counter),
+            _ => {
+                if let Ok(mut m) = self.extra_counters.lock() {
+                    m.push((name.to_owned(), counter.clone()));
+                }
+                counter
             }
         }
     }

@@ -1,15 +1,17 @@
-//! The admin listener: `/health`, `/live`, `/ready`, `/metrics` and `POST /shutdown`
-//! (SPEC §4), routed with a plain `match` on method and path; [`probe`] is their client,
+//! The admin listener: `/health`, `/live`, `/ready`, `/metrics`, `/config` and
+//! `POST /shutdown` (SPEC §4, §7.6), routed with a plain `match` on method and path; [`probe`] is their client,
 //! `outrigger probe URL`.
 //!
 //! It has its own port so that the proxy port never serves these endpoints (a client of
 //! the service must not be able to shut the sidecar down or read its metrics), and so that
 //! probes and scrapes keep working while the proxy port is draining or saturated.
 
+pub mod config_view;
 pub mod descriptors;
 pub mod probe;
 pub mod time;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -18,42 +20,69 @@ use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::app::App;
+use crate::metrics::Metrics;
 use crate::proxy::body::ResponseBody;
+use crate::proxy::Proxy;
 use crate::resilience::circuit::State;
+use crate::server::lifecycle::Lifecycle;
+
+/// What the admin endpoints read and act on; given by `app`, which this module never sees.
+pub struct Admin {
+    pub proxy: Arc<Proxy>,
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+/// The admin listener's service for one connection from `peer`: the router below, as a
+/// `tower::Service` for the accept loop.
+pub fn service(
+    admin: Arc<Admin>,
+    peer: SocketAddr,
+) -> impl tower::Service<
+    Request<Incoming>,
+    Response = Response<ResponseBody>,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
+       + Send
+       + 'static {
+    tower::service_fn(move |req| {
+        let admin = Arc::clone(&admin);
+        async move { Ok::<_, Infallible>(handle(&admin, req, peer)) }
+    })
+}
 
 /// Answers one admin request.
-pub async fn handle(
-    app: Arc<App>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<ResponseBody> {
+pub fn handle(app: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     match (req.uri().path(), read) {
-        ("/health", true) => health(&app),
+        ("/health", true) => health(app),
         ("/live", true) => json(StatusCode::OK, r#"{"status":"alive"}"#.to_owned()),
         ("/ready", true) if descriptors::scarce() => json(
             StatusCode::SERVICE_UNAVAILABLE,
             r#"{"status":"not ready","reason":"out of file descriptors"}"#.to_owned(),
         ),
-        ("/ready", true) if ready(&app) => json(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
+        ("/ready", true) if ready(app) => json(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
         ("/ready", true) => json(
             StatusCode::SERVICE_UNAVAILABLE,
             r#"{"status":"not ready"}"#.to_owned(),
         ),
-        ("/metrics", true) => metrics(&app),
-        ("/shutdown", _) if req.method() == Method::POST => shutdown(&app, peer),
+        ("/metrics", true) => metrics(app),
+        ("/config", true) => json(StatusCode::OK, config_view::render(&app.proxy.config())),
+        ("/shutdown", _) if req.method() == Method::POST => shutdown(app, peer),
         ("/shutdown", _) => not_allowed("POST"),
-        ("/health" | "/live" | "/ready" | "/metrics", false) => not_allowed("GET, HEAD"),
+        ("/health" | "/live" | "/ready" | "/metrics" | "/config", false) => {
+            not_allowed("GET, HEAD")
+        }
         _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.to_owned()),
     }
 }
 
-fn health(app: &App) -> Response<ResponseBody> {
-    let timestamp = time::rfc3339(SystemTime::now());
+fn health(app: &Admin) -> Response<ResponseBody> {
+    let timestamp = crate::vocab::time::rfc3339(SystemTime::now());
     let health = &app.proxy.health;
     if health.is_down() {
-        let error = crate::proxy::respond::escape(&health.last_error());
+        let error = crate::vocab::json::escape(&health.last_error());
         let body =
             format!(r#"{{"status":"unhealthy","error":"{error}","timestamp":"{timestamp}"}}"#);
         return json(StatusCode::SERVICE_UNAVAILABLE, body);
@@ -93,7 +122,7 @@ fn health(app: &App) -> Response<ResponseBody> {
 
 /// Whether `/ready` answers 200: listeners bound and not draining, and, when the health
 /// check is set to affect readiness, the upstream not known to be down.
-fn ready(app: &App) -> bool {
+fn ready(app: &Admin) -> bool {
     let gate = app
         .proxy
         .runtime()
@@ -105,7 +134,7 @@ fn ready(app: &App) -> bool {
     app.lifecycle.is_ready() && !(gate && app.proxy.health.is_down())
 }
 
-fn metrics(app: &App) -> Response<ResponseBody> {
+fn metrics(app: &Admin) -> Response<ResponseBody> {
     // Asking each breaker brings its gauge up to date, so a route that went idle while its
     // circuit was open reads half-open once open_duration has passed, not "open" forever.
     app.proxy.runtime().circuit_states().for_each(drop);
@@ -126,7 +155,7 @@ fn metrics(app: &App) -> Response<ResponseBody> {
     resp
 }
 
-fn shutdown(app: &App, peer: SocketAddr) -> Response<ResponseBody> {
+fn shutdown(app: &Admin, peer: SocketAddr) -> Response<ResponseBody> {
     if !peer.ip().to_canonical().is_loopback() {
         return json(
             StatusCode::FORBIDDEN,

@@ -22,6 +22,7 @@ pub mod path;
 pub mod raw;
 mod reach;
 pub mod shared;
+pub mod tracing;
 pub mod types;
 pub mod units;
 pub mod validate;

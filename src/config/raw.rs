@@ -30,6 +30,7 @@ pub struct RawConfig {
     pub defaults: Option<RawPolicy>,
     pub routes: Option<Vec<RawRoute>>,
     pub shared: Option<super::shared::RawShared>,
+    pub tracing: Option<super::tracing::RawTracing>,
 }
 
 #[derive(Debug, Default, Deserialize)]

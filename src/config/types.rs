@@ -35,6 +35,8 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// `shared:`, when some state is kept in Redis (SPEC §7.4).
     pub shared: Option<super::shared::SharedConfig>,
+    /// Where spans go (SPEC §7.5); `None`: no spans exported.
+    pub tracing: Option<super::tracing::Tracing>,
 }
 
 /// Where and how to reach the one backend.
@@ -248,6 +250,23 @@ pub struct FaultPolicy {
     pub abort: Option<(f64, StatusCode)>,
     /// Percent of requests delayed by the duration before the upstream call.
     pub delay: Option<(f64, Duration)>,
+}
+
+impl Backoff {
+    /// The un-jittered delay before retry `n` (1-based): `min(max, base * 2^(n-1))`.
+    pub fn ceiling(&self, n: u32) -> Duration {
+        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.max)
+    }
+}
+
+impl Limits {
+    /// How many header fields an HTTP/1.1 head may have, in requests and in upstream
+    /// answers: one per 32 bytes of `max_request_header_bytes`, at least hyper's default of
+    /// 100 and at most 1,024 (hyper parses into arrays of this many entries, 32 bytes each).
+    pub fn header_cap(&self) -> usize {
+        (self.max_request_header_bytes / 32).clamp(100, 1024)
+    }
 }
 
 impl Config {

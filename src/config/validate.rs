@@ -81,6 +81,7 @@ pub fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
         default_route,
         warnings,
         shared,
+        tracing: super::tracing::validate(raw.tracing)?,
     })
 }
 
@@ -871,9 +872,7 @@ fn fault(raw: RawFault, at: &str) -> Result<FaultPolicy, ConfigError> {
 fn warn_if_attempts_do_not_fit(name: &str, policy: &Policy, warnings: &mut Vec<String>) {
     let r = &policy.retry;
     let tries = r.per_try_timeout * r.attempts;
-    let backoff: Duration = (1..r.attempts)
-        .map(|n| crate::resilience::backoff::ceiling(&r.backoff, n))
-        .sum();
+    let backoff: Duration = (1..r.attempts).map(|n| r.backoff.ceiling(n)).sum();
     if tries + backoff > policy.timeout {
         warnings.push(format!(
             "route `{name}`: {} attempts x per_try_timeout {} plus backoff {} do not fit in timeout {}; later attempts will be cut short",

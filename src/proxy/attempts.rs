@@ -87,6 +87,7 @@ impl<'a> Attempts<'a> {
         };
         let Ok(mut permit) = self.admit() else {
             // Open: the upstream is not asked at all.
+            crate::otel::event("circuit-open");
             return Finished::without_attempt(Failure::CircuitOpen);
         };
         self.budget.record_request();
@@ -95,6 +96,7 @@ impl<'a> Attempts<'a> {
         let mut first_made = 1;
         loop {
             let retry = n > first_made;
+            crate::otel::attempt_start(n);
             let result = if n == 1 {
                 let (result, made) = self.first_attempt(permit, slot).await;
                 (n, first_made) = (made, made);
@@ -114,6 +116,7 @@ impl<'a> Attempts<'a> {
                 self.budget.record_retry(reason.is_none());
             }
             let Some(reason) = reason else {
+                crate::otel::attempt_end(&result, None, None);
                 return self.finish(result, n, n > first_made, None);
             };
             let wanted = match &result {
@@ -127,6 +130,7 @@ impl<'a> Attempts<'a> {
             };
             match next {
                 Ok((wait, next_permit, next_slot)) => {
+                    crate::otel::attempt_end(&result, Some(&reason), Some(wait));
                     let backoff_ms = wait.as_millis() as u64;
                     warn!(route = %self.route.name, attempt = n, reason = %reason, backoff_ms, "upstream attempt failed; retrying");
                     let reason = reason.to_string();
@@ -141,6 +145,7 @@ impl<'a> Attempts<'a> {
                     n += 1;
                 }
                 Err(skipped) => {
+                    crate::otel::attempt_end(&result, Some(&reason), None);
                     warn!(route = %self.route.name, attempt = n, reason = %reason, "upstream attempt failed; not retrying");
                     if let Some(why) = skipped {
                         self.skipped(n, why);
@@ -244,7 +249,9 @@ impl<'a> Attempts<'a> {
         body: super::body::UpstreamBody,
     ) -> Result<Result<Response<Incoming>, super::upstream::ClientError>, Failure> {
         let per_try = self.route.policy.retry.per_try_timeout;
-        let request = self.client.request(self.head.request(n, body));
+        let request = self
+            .client
+            .request(crate::otel::inject(self.head.request(n, body)));
         let Some(upload) = self.body.upload() else {
             // A body held whole (or none) is handed over at once: one timer, the sooner of
             // the per-try timeout and the deadline, as cheap as a plain `timeout`.

@@ -400,6 +400,12 @@ impl ResponseBody {
     }
 }
 
+impl crate::server::watchdog::Watched for ResponseBody {
+    fn sending(self, active: Active) -> ResponseBody {
+        ResponseBody::sending(self, active)
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;

@@ -46,6 +46,7 @@ use super::failure::{Failure, Reason};
 use crate::config::{Condition, Fallback, RetryPolicy};
 use crate::metrics::Metrics;
 use crate::resilience::fallback::{self as http_fallback, FALLBACK};
+use crate::vocab::reason::{grpc_condition_name, GRPC_CONDITIONS};
 
 /// `grpc-status`: the call's status code, in the trailers (or the headers when trailers-only).
 pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -61,26 +62,17 @@ pub const RESOURCE_EXHAUSTED: u8 = 8;
 pub const INTERNAL: u8 = 13;
 pub const UNAVAILABLE: u8 = 14;
 
-/// The `retry.when` conditions for gRPC statuses, by name.
-const CONDITIONS: [(&str, u8); 5] = [
-    ("grpc-cancelled", CANCELLED),
-    ("grpc-deadline-exceeded", DEADLINE_EXCEEDED),
-    ("grpc-resource-exhausted", RESOURCE_EXHAUSTED),
-    ("grpc-internal", INTERNAL),
-    ("grpc-unavailable", UNAVAILABLE),
-];
-
 /// The status code a `retry.when` condition such as `grpc-unavailable` names.
 pub fn code_named(name: &str) -> Option<u8> {
-    CONDITIONS.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
+    GRPC_CONDITIONS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, c)| *c)
 }
 
 /// The `retry.when` name of a status code (`grpc-unavailable` for 14).
 pub fn condition_name(code: u8) -> &'static str {
-    CONDITIONS
-        .iter()
-        .find(|(_, c)| *c == code)
-        .map_or("grpc-unknown", |(n, _)| *n)
+    grpc_condition_name(code)
 }
 
 /// Whether a request (or response) is gRPC: `content-type: application/grpc[+proto|...]`.
@@ -229,7 +221,7 @@ pub fn fallback(
 ) -> Option<Response<ResponseBody>> {
     let grpc = match &fallback.grpc {
         Some(grpc) if is_grpc(request) => grpc,
-        _ => return http_fallback::answer(fallback, reason),
+        _ => return http_fallback::answer(fallback, reason).map(|r| r.map(ResponseBody::full)),
     };
     if !http_fallback::listed(&fallback.when, reason) {
         return None;
@@ -338,7 +330,7 @@ mod tests {
 
     #[test]
     fn conditions_round_trip_and_content_types() {
-        for (name, code) in CONDITIONS {
+        for (name, code) in GRPC_CONDITIONS {
             assert_eq!(code_named(name), Some(code));
             assert_eq!(condition_name(code), name);
         }

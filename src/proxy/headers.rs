@@ -257,27 +257,15 @@ fn client_value(client: IpAddr) -> HeaderValue {
     })
 }
 
-/// The client's request id when it is sane (1-128 visible ASCII characters), else a new one.
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    headers
-        .get(&REQUEST_ID)
-        .filter(|v| {
-            let b = v.as_bytes();
-            !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
-        })
-        .cloned()
-        .unwrap_or_else(new_request_id)
-}
-
-fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u128(..);
-    let mut id = [0u8; 32];
-    for byte in id.iter_mut().rev() {
-        *byte = HEX[(n & 0xf) as usize];
-        n >>= 4;
-    }
-    HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
+/// The request id the edge settled on (`edge`: tower-http's `SetRequestIdLayer` keeps the
+/// client's when it is sane, else makes one); empty for a request that bypassed the edge.
+pub fn request_id<B>(req: &http::Request<B>) -> HeaderValue {
+    req.extensions()
+        .get::<tower_http::request_id::RequestId>()
+        .map_or_else(
+            || HeaderValue::from_static(""),
+            |id| id.header_value().clone(),
+        )
 }
 
 #[cfg(test)]
@@ -317,21 +305,6 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop.example");
-    }
-
-    #[test]
-    fn keeps_sane_request_ids_and_replaces_others() {
-        let mut h = HeaderMap::new();
-        h.insert(&REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&h), "abc-123");
-        h.insert(&REQUEST_ID, HeaderValue::from_static("has space"));
-        let made = request_id(&h);
-        assert_eq!(made.len(), 32);
-        assert!(made
-            .to_str()
-            .unwrap()
-            .bytes()
-            .all(|c| c.is_ascii_hexdigit()));
     }
 
     #[test]

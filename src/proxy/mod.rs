@@ -67,6 +67,8 @@ pub struct Proxy {
     pub health: UpstreamHealth,
     /// Upgraded connections (WebSocket) still open.
     pub tunnels: Arc<Tunnels>,
+    /// Spans for the requests `tracing:` samples (SPEC §7.5); inert when it is absent.
+    traces: crate::otel::Traces,
 }
 
 /// How a request was answered: the `outcome` label.
@@ -108,12 +110,14 @@ impl Proxy {
     /// A proxy for this configuration.
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Proxy {
         let tunnels = Arc::new(Tunnels::new(metrics.tunnels_open.clone()));
+        let traces = crate::otel::Traces::new(config.tracing.as_ref(), &metrics);
         Proxy {
             runtime: ArcSwap::from_pointee(Runtime::new(config, None, &metrics)),
             metrics,
             in_flight: Arc::new(AtomicUsize::new(0)),
             health: UpstreamHealth::default(),
             tunnels,
+            traces,
         }
     }
 
@@ -134,15 +138,22 @@ impl Proxy {
         Arc::clone(&self.runtime.load().config)
     }
 
+    /// The tracer of this proxy (inert without `tracing:`); the edge starts each request's
+    /// trace with it.
+    pub fn traces(&self) -> &crate::otel::Traces {
+        &self.traces
+    }
+
     /// Answers one client request. Never fails: every error becomes a response.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
         let started = Instant::now();
         let rt = self.runtime.load_full();
-        let request_id = headers::request_id(req.headers());
+        let request_id = headers::request_id(&req);
         // Routes match on what the upstream will receive: not on a header `Connection` names.
         let route_headers = headers::end_to_end(req.headers());
         let (route, state) = rt.route(req.method(), req.uri().path(), &route_headers);
         drop(route_headers);
+        crate::otel::route(&route.name);
         let method = req.method().clone();
         let version = req.version();
         let path = req.uri().path().to_owned();
@@ -205,6 +216,7 @@ impl Proxy {
             .request_duration
             .with_label_values(&[&route.name, outcome.label()])
             .observe(elapsed.as_secs_f64());
+        crate::otel::finish(status.as_u16(), outcome.label(), attempts);
         crate::access_log::record(&crate::access_log::Entry {
             request_id: request_id.to_str().unwrap_or(""),
             method: method.as_str(),

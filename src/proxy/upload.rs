@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::failure::Failure;
+use crate::vocab::reason::Failure;
 
 /// How far a streamed request body got on its way to the upstream, and who is being
 /// waited for: the client (to send more) or the upstream connection (to take more).

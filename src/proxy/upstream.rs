@@ -121,7 +121,7 @@ pub fn client(upstream: &Upstream, limits: &Limits) -> HttpClient {
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(upstream.pool_idle_timeout)
         .pool_max_idle_per_host(upstream.pool_max_idle)
-        .http1_max_headers(crate::server::accept::header_cap(limits))
+        .http1_max_headers(limits.header_cap())
         .build(connector);
     HttpClient(Protocol::Http1(client))
 }

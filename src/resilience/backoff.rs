@@ -11,9 +11,10 @@ use std::time::Duration;
 use crate::config::{Backoff, Jitter};
 
 /// The un-jittered delay before retry `n` (1-based): `min(max, base * 2^(n-1))`.
+/// (The arithmetic is `Backoff::ceiling`, in `config`, so that config validation can
+/// warn about it without importing this module.)
 pub fn ceiling(backoff: &Backoff, n: u32) -> Duration {
-    let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
-    backoff.base.saturating_mul(factor).min(backoff.max)
+    backoff.ceiling(n)
 }
 
 /// The delay before retry `n`, jittered with `unit`, a random number in `[0, 1)`.

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::store::Key;
-use crate::proxy::failure::Reason;
+use crate::vocab::reason::Reason;
 
 /// How long a follower waits for the leader's body once the leader has the response head.
 pub const BODY_WAIT: Duration = Duration::from_secs(1);
@@ -160,7 +160,7 @@ pub async fn wait(mut rx: watch::Receiver<Landing>, body_wait: Duration) -> Land
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::failure::Failure;
+    use crate::vocab::reason::Failure;
 
     fn lead(c: &Arc<Coalescer>, key: &Key) -> Flight {
         match c.join(key) {

@@ -6,12 +6,12 @@
 //! It always carries `x-outrigger-fallback: REASON` so clients and dashboards can tell a
 //! canned answer from a real one.
 
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::Response;
 
 use crate::config::{Condition, Fallback};
-use crate::proxy::body::ResponseBody;
-use crate::proxy::failure::{Failure, Reason};
+use crate::vocab::reason::{Failure, Reason};
 
 /// Header naming why a fallback was served.
 pub static FALLBACK: HeaderName = HeaderName::from_static("x-outrigger-fallback");
@@ -32,12 +32,13 @@ pub fn listed(when: &[Condition], reason: Reason) -> bool {
     })
 }
 
-/// The fallback's response for this reason, if its `when` matches.
-pub fn answer(fallback: &Fallback, reason: Reason) -> Option<Response<ResponseBody>> {
+/// The fallback's response for this reason, if its `when` matches. The body is the bytes
+/// as configured; the request path wraps them in its own body type.
+pub fn answer(fallback: &Fallback, reason: Reason) -> Option<Response<Bytes>> {
     if !listed(&fallback.when, reason) {
         return None;
     }
-    let mut resp = Response::new(ResponseBody::full(fallback.body.clone()));
+    let mut resp = Response::new(fallback.body.clone());
     *resp.status_mut() = fallback.status;
     *resp.headers_mut() = fallback.headers.clone();
     let value = HeaderValue::from_str(&reason.to_string()).expect("reasons are ASCII labels");

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::config::{Condition, RetryPolicy};
-use crate::proxy::failure::Failure;
+use crate::vocab::reason::Failure;
 
 /// Whether `when` lists this failure.
 pub fn retries_failure(policy: &RetryPolicy, failure: Failure) -> bool {

@@ -15,27 +15,30 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::Body;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower_http::catch_panic::{CatchPanicLayer, ResponseForPanic};
 use tracing::{debug, warn};
 
 use super::drain::{told_to_leave, Drain};
 use super::keep_alive;
-use super::watchdog::{Clock, Expiry};
+use super::watchdog::{Clock, Expiry, Watched};
 use crate::config::Limits;
-use crate::proxy::body::ResponseBody;
 
 /// How many header fields an HTTP/1.1 head may have, in requests and in upstream answers:
 /// one per 32 bytes of `limits.max_request_header_bytes`, at least hyper's default of 100
 /// and at most 1,024 (hyper parses into arrays of this many entries, 32 bytes each).
 pub fn header_cap(limits: &Limits) -> usize {
-    (limits.max_request_header_bytes / 32).clamp(100, 1024)
+    limits.header_cap()
 }
 
 /// How every connection of a listener is served: hyper's builder and the watchdog's limits.
@@ -78,16 +81,22 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 ///
 /// Returns once the listener is closed; connections already accepted go on, each told to
 /// leave once `drain` begins (which may be before `stop`).
-pub async fn serve<H, F>(
+pub async fn serve<H, S, B, P>(
     listener: TcpListener,
     builder: Builder,
     first_bytes: Duration,
-    handler: H,
+    handler: Handler<H, P>,
     drain: &Drain,
     stop: impl Future<Output = ()>,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<ResponseBody>> + Send + 'static,
+    H: Fn(SocketAddr) -> S + Clone + Send + Sync + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Watched + Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+    P: ResponseForPanic<ResponseBody = B> + Send + Sync + 'static,
 {
     let builder = Arc::new(builder);
     tokio::pin!(stop);
@@ -124,6 +133,22 @@ pub async fn serve<H, F>(
     }
 }
 
+/// What serves the requests of a listener: `make` builds the `tower::Service` for the
+/// connection from a peer address, `on_panic` answers a request whose serving panicked.
+pub struct Handler<H, P> {
+    pub make: H,
+    pub on_panic: P,
+}
+
+impl<H: Clone, P: Clone> Clone for Handler<H, P> {
+    fn clone(&self) -> Self {
+        Handler {
+            make: self.make.clone(),
+            on_panic: self.on_panic.clone(),
+        }
+    }
+}
+
 /// One accepted connection, before it is served.
 struct Connection {
     stream: TcpStream,
@@ -135,10 +160,16 @@ struct Connection {
 
 impl Connection {
     /// Serves requests until the client leaves or is told to.
-    async fn serve<H, F>(self, handler: H, first_bytes: Duration)
+    async fn serve<H, S, B, P>(self, handler: Handler<H, P>, first_bytes: Duration)
     where
-        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-        F: Future<Output = Response<ResponseBody>> + Send + 'static,
+        H: Fn(SocketAddr) -> S + Clone + Send + Sync + 'static,
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Watched + Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+        P: ResponseForPanic<ResponseBody = B> + Send + Sync + 'static,
     {
         let Connection {
             stream,
@@ -153,25 +184,32 @@ impl Connection {
         let clock = Clock::new();
         let draining = leave.clone();
         let requests = Arc::clone(&clock);
-        let service = service_fn(move |req| {
+        let inner = (handler.make)(peer);
+        let service = tower::service_fn(move |req| {
             // Counted from here: a request in its handler is not idle.
             let active = requests.start();
             // Only an HTTP/1.0 keep-alive request pays for the clone (no allocation).
             let keep = keep_alive::http10_asked(&req).then(|| draining.clone());
             // Boxed: hyper keeps room for one request future in every connection, so an
             // inline future would cost its full size per idle keep-alive connection.
-            let response = Box::pin(handler(req, peer));
+            let response = Box::pin(inner.clone().oneshot(req));
             async move {
-                let mut response = response.await;
+                let Ok(mut response) = response.await;
                 if keep.is_some_and(|draining| !*draining.borrow()) {
                     keep_alive::confirm(&mut response);
                 }
                 Ok::<_, Infallible>(response.map(|body| body.sending(active)))
             }
         });
-        let conn = builder
-            .http
-            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        // Outermost, so a panic anywhere in serving one request (the handler or the
+        // bookkeeping above) becomes that request's answer; the connection carries on.
+        let service = ServiceBuilder::new()
+            .layer(CatchPanicLayer::custom(handler.on_panic.clone()))
+            .service(service);
+        let conn = builder.http.serve_connection_with_upgrades(
+            TokioIo::new(stream),
+            TowerToHyperService::new(service),
+        );
         tokio::pin!(conn);
         let mut leaving = false;
         let result = loop {

@@ -11,7 +11,10 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
-use crate::app::App;
+use super::lifecycle::Lifecycle;
+
+/// What SIGHUP does: re-read the config; `Err` says why the old one stays.
+pub type Reload = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Installs the process-wide SIGHUP handler at once, before the runtime or the config
 /// exist. The handler stays for the life of the process; [`install`] later listens to it.
@@ -24,25 +27,25 @@ pub fn hold_hangups() -> std::io::Result<()> {
     signal(SignalKind::hangup()).map(drop)
 }
 
-/// Listens for signals for the life of the process.
-pub fn install(app: Arc<App>) -> std::io::Result<()> {
+/// Listens for signals for the life of the process: TERM and INT begin `lifecycle`'s
+/// shutdown, HUP runs `reload` (given, not looked up, so this module needs nothing of `app`).
+pub fn install(lifecycle: Arc<Lifecycle>, reload: Reload) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let stopper = Arc::clone(&app);
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = term.recv() => { info!("SIGTERM: shutting down"); stopper.lifecycle.begin_shutdown(); }
-                _ = int.recv() => { info!("SIGINT: shutting down"); stopper.lifecycle.begin_shutdown(); }
+                _ = term.recv() => { info!("SIGTERM: shutting down"); lifecycle.begin_shutdown(); }
+                _ = int.recv() => { info!("SIGINT: shutting down"); lifecycle.begin_shutdown(); }
             }
         }
     });
     // One reload at a time, in the order asked; hangups during a reload fold into one.
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            let app = Arc::clone(&app);
-            match tokio::task::spawn_blocking(move || app.reload()).await {
+            let reload = Arc::clone(&reload);
+            match tokio::task::spawn_blocking(move || reload()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => error!(error = %e, "config reload failed; the old config stays"),
                 Err(e) => error!(error = %e, "config reload stopped; the old config stays"),

@@ -112,6 +112,14 @@ impl Clock {
     }
 }
 
+/// A response body the watchdog can follow: the accept loop hands it the request's
+/// [`Active`] once the handler answered, and the body reports whether it waits for the
+/// client. The accept loop needs nothing else of a handler's body type.
+pub trait Watched {
+    /// Takes over `active` for the time the body is being sent.
+    fn sending(self, active: Active) -> Self;
+}
+
 /// One request on a connection, carried by its response body.
 #[derive(Debug)]
 pub struct Active {

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod capacity;
 pub mod opsrust;
+pub mod otlp;
 pub mod process;
 pub mod redis_server;
 pub mod review_conn;

@@ -1,0 +1,299 @@
+//! OpenTelemetry traces (SPEC §7.5): a server span per request, a client span per upstream
+//! attempt, exported over OTLP/HTTP protobuf.
+//!
+//! Where it sits: `proxy::Proxy::handle` asks [`Traces::start`] for a [`RequestTrace`]
+//! and, when there is one, runs the request inside [`scope`]; the request path then calls
+//! the free functions of this module ([`route`], [`attempt_start`], [`inject`],
+//! [`attempt_end`], [`event`], [`finish`]), each one line at its step, each a no-op outside
+//! a traced request. The trace rides in a tokio task-local rather than in the request
+//! path's structs, so the policy code keeps its signatures and tracing off costs one
+//! failed task-local lookup per hook.
+//!
+//! Why the OpenTelemetry API directly and not `tracing-opentelemetry`: the bridge turns
+//! every `tracing` span and event into OpenTelemetry work and puts a layer on every event
+//! of the process, traced or not; the access log is written by hand precisely because the
+//! generic `tracing` path was a quarter of a request's cost (see `access_log`). Here an
+//! untraced request never touches OpenTelemetry, and a traced one pays for two spans.
+//!
+//! Sampling is parent-based: a sampled `traceparent` from the client is always followed, an
+//! unsampled one never, and a new trace is sampled with `sample_ratio`. Whatever the
+//! sampler says, the upstream gets a `traceparent` whose parent is the attempt's span, and
+//! the client's `tracestate` with it.
+//!
+//! No header value is ever put on a span: the attributes are the method, path (never the
+//! query), route, status, peer address and the attempt's own facts. Sensitive headers
+//! (`Authorization`, `Cookie`, ...) therefore cannot reach a collector.
+
+pub mod export;
+
+use std::cell::RefCell;
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
+use prometheus::IntCounter;
+
+use crate::config::tracing::Tracing;
+use crate::metrics::Metrics;
+
+tokio::task_local! {
+    static CURRENT: RequestTrace;
+}
+
+/// The tracer of one proxy, or nothing when `tracing:` is absent.
+#[derive(Clone, Default)]
+pub struct Traces {
+    tracer: Option<SdkTracer>,
+    /// Kept so the provider (and its processor) lives as long as the proxy.
+    _provider: Option<SdkTracerProvider>,
+}
+
+impl Traces {
+    /// The tracer for this config; `outrigger_spans_dropped_total` is registered either way
+    /// so dashboards see a zero rather than a missing series.
+    pub fn new(config: Option<&Tracing>, metrics: &Metrics) -> Traces {
+        let dropped = metrics.plain_counter(
+            "outrigger_spans_dropped_total",
+            "Spans not exported: queue full, or the collector unreachable or refusing.",
+        );
+        let Some(config) = config else {
+            return Traces::default();
+        };
+        match provider(config, dropped) {
+            Ok(provider) => Traces {
+                tracer: Some(provider.tracer("outrigger")),
+                _provider: Some(provider),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "the OTLP exporter could not be built; no spans will be exported");
+                Traces::default()
+            }
+        }
+    }
+
+    /// A trace for this request, when tracing is on: its server span is started, a child of
+    /// the client's `traceparent` if it sent one.
+    pub fn start<B>(&self, req: &Request<B>, peer: SocketAddr) -> Option<RequestTrace> {
+        let tracer = self.tracer.as_ref()?;
+        let parent = TraceContextPropagator::new().extract(&Headers(req.headers()));
+        let method = req.method().as_str().to_owned();
+        let mut span = tracer
+            .span_builder(method.clone())
+            .with_kind(SpanKind::Server)
+            .start_with_context(tracer, &parent);
+        // Attributes only for a span the sampler kept: an unsampled request costs the
+        // sampling decision and the ids its upstream still gets, not five allocations.
+        if span.is_recording() {
+            span.set_attributes([
+                KeyValue::new("http.request.method", method.clone()),
+                KeyValue::new("url.path", req.uri().path().to_owned()),
+                KeyValue::new("url.scheme", "http"),
+                KeyValue::new("network.protocol.version", protocol(req.version())),
+                KeyValue::new("client.address", peer.ip().to_string()),
+            ]);
+        }
+        Some(RequestTrace {
+            tracer: tracer.clone(),
+            method,
+            server: parent.with_span(span),
+            attempt: RefCell::new(None),
+        })
+    }
+}
+
+fn provider(config: &Tracing, dropped: IntCounter) -> Result<SdkTracerProvider, String> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(format!("{}/v1/traces", config.otlp_endpoint))
+        .with_timeout(Duration::from_secs(5))
+        .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resource = Resource::builder()
+        .with_service_name(config.service_name.clone())
+        .build();
+    opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_ratio)));
+    Ok(SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_resource(resource)
+        .with_span_processor(export::Queue::start(exporter, dropped))
+        .build())
+}
+
+/// One request's spans: the server span and the attempt in progress.
+pub struct RequestTrace {
+    tracer: SdkTracer,
+    method: String,
+    server: Context,
+    attempt: RefCell<Option<Context>>,
+}
+
+/// Runs `fut` (the request path) with `trace` as the current request's trace. Give it a
+/// boxed future: the request path's future is large, and this moves it.
+pub fn scope<F: std::future::Future>(
+    trace: RequestTrace,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> {
+    CURRENT.scope(trace, fut)
+}
+
+fn with_current(f: impl FnOnce(&RequestTrace)) {
+    let _ = CURRENT.try_with(f);
+}
+
+/// The route was chosen: the server span is named and labelled after it.
+pub fn route(name: &str) {
+    with_current(|t| {
+        let span = t.server.span();
+        span.update_name(format!("{} {name}", t.method));
+        span.set_attribute(KeyValue::new("http.route", name.to_owned()));
+    });
+}
+
+/// Attempt `n` begins: its client span starts, a child of the server span. An unsampled
+/// request makes no attempt spans (nothing would record them); its upstream gets the
+/// server span's context, flagged unsampled.
+pub fn attempt_start(n: u32) {
+    with_current(|t| {
+        if !t.server.span().is_recording() {
+            return;
+        }
+        let span = t
+            .tracer
+            .span_builder(t.method.clone())
+            .with_kind(SpanKind::Client)
+            .with_attributes(vec![
+                KeyValue::new("http.request.method", t.method.clone()),
+                KeyValue::new("outrigger.attempt", i64::from(n)),
+                KeyValue::new("http.request.resend_count", i64::from(n.saturating_sub(1))),
+            ])
+            .start_with_context(&t.tracer, &t.server);
+        if let Some(old) = t.attempt.replace(Some(t.server.with_span(span))) {
+            old.span().end();
+        }
+    });
+}
+
+/// Puts the current attempt's (else the server span's) context in the upstream request.
+pub fn inject<B>(mut req: Request<B>) -> Request<B> {
+    with_current(|t| {
+        let attempt = t.attempt.borrow();
+        let cx = attempt.as_ref().unwrap_or(&t.server);
+        TraceContextPropagator::new().inject_context(cx, &mut HeadersMut(req.headers_mut()));
+    });
+    req
+}
+
+/// The attempt ended: its status, the REASON when it failed and the backoff chosen.
+pub fn attempt_end<B, E: Display>(
+    result: &Result<Response<B>, E>,
+    reason: Option<&dyn Display>,
+    backoff: Option<Duration>,
+) {
+    with_current(|t| {
+        let Some(cx) = t.attempt.borrow_mut().take() else {
+            return;
+        };
+        let span = cx.span();
+        if let Ok(resp) = result {
+            let status = i64::from(resp.status().as_u16());
+            span.set_attribute(KeyValue::new("http.response.status_code", status));
+        }
+        if let Some(reason) = reason {
+            span.set_attribute(KeyValue::new("outrigger.reason", reason.to_string()));
+            span.set_attribute(KeyValue::new("error.type", reason.to_string()));
+            span.set_status(Status::error(reason.to_string()));
+        }
+        if let Some(wait) = backoff {
+            span.set_attribute(KeyValue::new(
+                "outrigger.backoff_ms",
+                wait.as_millis() as i64,
+            ));
+        }
+        span.end();
+    });
+}
+
+/// Something the request path decided without the upstream: `circuit-open`, ...
+pub fn event(name: &'static str) {
+    with_current(|t| t.server.span().add_event(name, Vec::new()));
+}
+
+/// The answer is decided: outcome events, status, and the server span ends.
+pub fn finish(status: u16, outcome: &str, attempts: u32) {
+    with_current(|t| {
+        if let Some(cx) = t.attempt.borrow_mut().take() {
+            cx.span().end();
+        }
+        let span = t.server.span();
+        if matches!(outcome, "fallback" | "stale" | "cache") {
+            span.add_event(outcome.to_owned(), Vec::new());
+        }
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        span.set_attribute(KeyValue::new("outrigger.outcome", outcome.to_owned()));
+        span.set_attribute(KeyValue::new("outrigger.attempts", i64::from(attempts)));
+        if status >= 500 {
+            span.set_status(Status::error(format!("{status}")));
+        }
+        span.end();
+    });
+}
+
+/// The current request's trace and server span ids (hex), when it is traced and sampled.
+pub fn ids() -> Option<(String, String)> {
+    CURRENT
+        .try_with(|t| {
+            let cx = t.server.span().span_context().clone();
+            cx.is_sampled()
+                .then(|| (cx.trace_id().to_string(), cx.span_id().to_string()))
+        })
+        .ok()
+        .flatten()
+}
+
+fn protocol(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        _ => "1.1",
+    }
+}
+
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+struct HeadersMut<'a>(&'a mut HeaderMap);
+
+impl Injector for HeadersMut<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}

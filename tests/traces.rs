@@ -1,0 +1,226 @@
+//! OpenTelemetry traces (SPEC §7.5), checked by a real OTLP/HTTP receiver that decodes what
+//! arrives with the OpenTelemetry protobuf definitions.
+
+mod support;
+
+use std::time::Duration;
+
+use outrigger::config::{self, Overrides};
+use support::otlp::{Collector, ReceivedSpan};
+use support::*;
+
+const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+
+fn tracing_yaml(endpoint: &str, ratio: f64) -> String {
+    format!(
+        "tracing:\n  otlp_endpoint: {endpoint}\n  sample_ratio: {ratio}\n  service_name: edge-test\n"
+    )
+}
+
+/// Waits until the collector holds at least `n` spans of `trace_id`.
+async fn spans_of(collector: &Collector, trace_id: &str, n: usize) -> Vec<ReceivedSpan> {
+    within(async {
+        loop {
+            let spans: Vec<_> = collector
+                .spans()
+                .into_iter()
+                .filter(|s| s.trace_id == trace_id)
+                .collect();
+            if spans.len() >= n {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_sampled_request_gives_a_server_span_and_one_client_span_per_attempt() {
+    let collector = Collector::start().await;
+    let backend = Backend::start().await;
+    backend.script([
+        Action::Status(503),
+        Action::Respond {
+            status: 200,
+            headers: vec![("set-cookie".into(), "sid=set-cookie-secret".into())],
+            body: b"ok".to_vec(),
+        },
+    ]);
+    let yaml = format!(
+        "{}routes:\n  - name: api\n    match:\n      path_prefix: /api\n",
+        tracing_yaml(&collector.endpoint(), 0.0)
+    );
+    let sidecar = Sidecar::in_front_of(&backend, &yaml).await;
+    let parent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    let req = get_with(
+        &sidecar.url("/api/items?token=query-secret"),
+        &[
+            ("traceparent", &parent),
+            ("tracestate", "vendor=kept"),
+            ("authorization", "Bearer authorization-secret"),
+            ("proxy-authorization", "Basic proxy-secret"),
+            ("cookie", "sid=cookie-secret"),
+        ],
+    );
+    let (status, headers, _) = send(req).await;
+    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(headers["x-outrigger-attempts"], "2");
+
+    // sample_ratio 0, but the client's sampled parent is followed.
+    let spans = spans_of(&collector, CLIENT_TRACE, 3).await;
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let server = spans.iter().find(|s| s.kind == 2).expect("a server span");
+    assert_eq!(server.parent_span_id, CLIENT_SPAN);
+    assert_eq!(server.name, "GET api");
+    assert_eq!(server.service_name, "edge-test");
+    let attr = |s: &ReceivedSpan, k: &str| s.attributes.get(k).cloned().unwrap_or_default();
+    assert_eq!(attr(server, "http.route"), "api");
+    assert_eq!(attr(server, "http.request.method"), "GET");
+    assert_eq!(attr(server, "http.response.status_code"), "200");
+    assert_eq!(attr(server, "url.path"), "/api/items");
+    assert_eq!(attr(server, "outrigger.attempts"), "2");
+
+    let mut clients: Vec<_> = spans.iter().filter(|s| s.kind == 3).collect();
+    clients.sort_by_key(|s| attr(s, "outrigger.attempt"));
+    assert_eq!(clients.len(), 2);
+    for c in &clients {
+        assert_eq!(
+            c.parent_span_id, server.span_id,
+            "attempt spans are children"
+        );
+    }
+    assert_eq!(attr(clients[0], "outrigger.attempt"), "1");
+    assert_eq!(attr(clients[0], "outrigger.reason"), "status-503");
+    assert_eq!(attr(clients[0], "http.response.status_code"), "503");
+    assert!(!attr(clients[0], "outrigger.backoff_ms").is_empty());
+    assert_eq!(
+        clients[0].status_code, 2,
+        "a failed attempt is an error span"
+    );
+    assert_eq!(attr(clients[1], "outrigger.attempt"), "2");
+    assert_eq!(attr(clients[1], "outrigger.reason"), "");
+    assert_eq!(attr(clients[1], "http.response.status_code"), "200");
+
+    // The upstream saw each attempt's own span as its parent, in the client's trace.
+    let seen = backend.received();
+    assert_eq!(seen.len(), 2);
+    for (r, span) in seen.iter().zip(&clients) {
+        let expected = format!("00-{CLIENT_TRACE}-{}-01", span.span_id);
+        assert_eq!(r.header("traceparent"), Some(expected.as_str()));
+        assert_eq!(r.header("tracestate"), Some("vendor=kept"));
+    }
+
+    for secret in [
+        "authorization-secret",
+        "proxy-secret",
+        "cookie-secret",
+        "set-cookie-secret",
+        "query-secret",
+    ] {
+        assert!(
+            !collector.saw_bytes(secret.as_bytes()),
+            "{secret} reached the collector"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unsampled_requests_export_nothing_and_fallbacks_are_span_events() {
+    let collector = Collector::start().await;
+    let backend = Backend::start().await;
+    backend.set_default(Action::Status(503));
+    let yaml = format!(
+        "{}defaults:\n  retry:\n    attempts: 1\n  fallback:\n    status: 200\n    body: canned\n",
+        tracing_yaml(&collector.endpoint(), 0.0)
+    );
+    let sidecar = Sidecar::in_front_of(&backend, &yaml).await;
+    // No parent and ratio 0: not sampled, yet the upstream still gets a trace context.
+    let (status, _, _) = get(&sidecar.url("/quiet")).await;
+    assert_eq!(status, http::StatusCode::OK);
+    let quiet = backend.received()[0]
+        .header("traceparent")
+        .map(str::to_owned);
+    assert!(
+        quiet.as_deref().is_some_and(|t| t.ends_with("-00")),
+        "{quiet:?}"
+    );
+
+    let parent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    let (status, headers, body) =
+        send(get_with(&sidecar.url("/loud"), &[("traceparent", &parent)])).await;
+    assert_eq!((status, body.as_str()), (http::StatusCode::OK, "canned"));
+    assert_eq!(headers["x-outrigger-fallback"], "status-503");
+    let spans = spans_of(&collector, CLIENT_TRACE, 2).await;
+    let server = spans.iter().find(|s| s.kind == 2).unwrap();
+    assert_eq!(server.events, ["fallback"]);
+    assert_eq!(server.attributes["outrigger.outcome"], "fallback");
+    // Spans are exported in the order they ended: the unsampled request's would be here.
+    assert!(collector.spans().iter().all(|s| s.trace_id == CLIENT_TRACE));
+}
+
+#[tokio::test]
+async fn a_refusing_or_absent_collector_costs_requests_nothing_and_drops_are_counted() {
+    let collector = Collector::start().await;
+    collector.refuse();
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let backend = Backend::start().await;
+    for endpoint in [collector.endpoint(), format!("http://{down}")] {
+        let sidecar = Sidecar::in_front_of(&backend, &tracing_yaml(&endpoint, 1.0)).await;
+        let started = std::time::Instant::now();
+        for i in 0..20 {
+            let (status, _, _) = get(&sidecar.url(&format!("/r{i}"))).await;
+            assert_eq!(status, http::StatusCode::OK);
+        }
+        eprintln!(
+            "20 requests with collector {endpoint}: {:?}",
+            started.elapsed()
+        );
+        within(async {
+            loop {
+                let m = sidecar.metrics().await;
+                // 20 requests, each one server and one client span.
+                if metric(&m, "outrigger_spans_dropped_total", &[]) >= 40.0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+    assert!(collector.requests() > 0, "the refusing collector was asked");
+    assert!(collector.spans().is_empty());
+}
+
+#[test]
+fn tracing_config_errors_name_the_path_and_line() {
+    let load = |yaml: &str| config::from_text(yaml, None, &Overrides::default());
+    let err =
+        load("upstream:\n  url: http://127.0.0.1:1\ntracing:\n  sample_ratio: 1.5\n").unwrap_err();
+    assert_eq!(err.field, "tracing.sample_ratio");
+    assert_eq!(err.location.map(|l| l.0), Some(4), "{err}");
+    assert!(err.message.contains("outside 0..1"), "{err}");
+
+    let err =
+        load("upstream:\n  url: http://127.0.0.1:1\ntracing:\n  otlp_endpoint: collector:4318\n")
+            .unwrap_err();
+    assert_eq!(err.field, "tracing.otlp_endpoint");
+    assert_eq!(err.location.map(|l| l.0), Some(4), "{err}");
+
+    // Unreachable is not an error: nothing listens on port 1.
+    let ok = load(
+        "upstream:\n  url: http://127.0.0.1:1\ntracing:\n  otlp_endpoint: http://127.0.0.1:1\n",
+    )
+    .unwrap();
+    let t = ok.tracing.expect("tracing on");
+    assert_eq!(t.otlp_endpoint, "http://127.0.0.1:1");
+    assert_eq!(t.sample_ratio, 0.01);
+    assert!(load("upstream:\n  url: http://127.0.0.1:1\n")
+        .unwrap()
+        .tracing
+        .is_none());
+}
