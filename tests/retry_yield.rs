@@ -111,16 +111,19 @@ async fn retries_come_back_when_the_backend_recovers() {
     // probes that succeed open the budget up.
     backend.set_default(Action::Status(200));
     flaky(&backend, 8000, 3);
-    let recovery = paced(&sidecar, 200, Duration::from_secs(4)).await;
+    // SPEC §7.1: back within one window (10 s). The yield climbs as probes (one a second)
+    // and then the retries they let through succeed; 4 s was seen to be too short for that
+    // on a loaded machine (379/401 in seconds 2-4), so the check is seconds 6-8.
+    let recovery = paced(&sidecar, 200, Duration::from_secs(8)).await;
     let late: Vec<bool> = recovery
         .iter()
-        .filter(|(at, _)| *at >= Duration::from_secs(2))
+        .filter(|(at, _)| *at >= Duration::from_secs(6))
         .map(|(_, ok)| *ok)
         .collect();
     let ok = late.iter().filter(|ok| **ok).count();
     assert!(
         ok as f64 >= 0.97 * late.len() as f64,
-        "{ok}/{} in the last 2 s of 4 after the outage",
+        "{ok}/{} in the last 2 s of 8 after the outage",
         late.len()
     );
 }

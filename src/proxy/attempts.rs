@@ -81,8 +81,10 @@ impl<'a> Attempts<'a> {
     /// Runs attempts until one is final.
     pub async fn run(self) -> Finished {
         let policy = &self.route.policy.retry;
-        let Ok(mut slot) = self.slot().await else {
-            // No slot within `queue_timeout`: shed like a request over the process limit.
+        // The wait for a slot ends at `queue_timeout` or at the request's deadline (route
+        // timeout, capped by `grpc-timeout`), whichever comes first.
+        let Ok(Ok(mut slot)) = tokio::time::timeout_at(self.deadline, self.slot()).await else {
+            // No slot in time: shed like a request over the process limit.
             return Finished::without_attempt(Failure::Overloaded);
         };
         let Ok(mut permit) = self.admit() else {
