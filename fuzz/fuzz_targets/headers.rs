@@ -19,7 +19,9 @@ fuzz_target!(|data: &[u8]| {
             map.append(n, v);
         }
     }
-    let _ = headers::request_id(&map);
+    let mut request = http::Request::new(());
+    *request.headers_mut() = map.clone();
+    let _ = headers::request_id(&request);
     let store = ResponseStore::new(StorePolicy {
         ttl: Some(std::time::Duration::from_secs(1)),
         stale_max_age: Some(std::time::Duration::from_secs(60)),
