@@ -191,6 +191,21 @@ def substitute(expr):
                 .replace("$route", ".+"))
 
 
+# Panels whose series this check's single process cannot produce: they must still parse,
+# and each says what would feed it. Their features are checked by their own tests
+# (tests/hedge.rs, tests/concurrency.rs, tests/shared_redis.rs, tests/grpc.rs).
+NOT_FED_HERE = {
+    "Hedges by result": "a slow tail on a route that hedges GETs",
+    "Concurrency limit and attempts in flight (issue 15)": "a route with concurrency under load",
+    "Rejected for concurrency (overloaded)": "requests beyond a concurrency limit",
+    "Share of requests rejected for concurrency": "requests beyond a concurrency limit",
+    "Shared store (Redis) in use": "a Redis server (shared:)",
+    "Shared store errors by operation": "a Redis server (shared:)",
+    "Shared store p99 latency by operation": "a Redis server (shared:)",
+    "gRPC answers by grpc-status": "a gRPC server and client",
+}
+
+
 def check_dashboard(prom):
     failures = []
     count = 0
@@ -212,6 +227,10 @@ def check_dashboard(prom):
             failures.append(f"{name}: does not parse: {error}\n    {expr}")
             continue
         values = [float(r["value"][1]) for r in result]
+        title = name.split('"')[1] if name.startswith("panel ") else ""
+        if title in NOT_FED_HERE:
+            print(f"parses, not fed here (needs {NOT_FED_HERE[title]}): {name}")
+            continue
         if not any(math.isfinite(v) for v in values):
             failures.append(f"{name}: no data (result {result})\n    {expr}")
     return count, failures
@@ -283,7 +302,7 @@ def main():
         count, failures = check_dashboard(prom)
         if failures:
             sys.exit("FAIL: dashboard queries:\n  " + "\n  ".join(failures))
-        print(f"ok: all {count} dashboard queries parse and return data")
+        print(f"ok: all {count} dashboard queries parse; all but those listed above return data")
         ok = True
     finally:
         procs.stop_all()
