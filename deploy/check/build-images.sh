@@ -23,7 +23,7 @@ tar -C "$work" -c out | "${podman[@]}" import --quiet - "localhost/outrigger-bin
 for target in outrigger legacy; do
     image=localhost/outrigger:$tag
     [[ $target == legacy ]] && image=localhost/outrigger-legacy:$tag
-    "${podman[@]}" build --quiet --pull=never -f deploy/Dockerfile --target "$target" \
+    "${podman[@]}" build --quiet --no-cache --pull=never -f deploy/Dockerfile --target "$target" \
         --build-arg "BINARY_FROM=localhost/outrigger-binaries:$tag" \
         --build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
         --build-arg "CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)" -t "$image" . >/dev/null
