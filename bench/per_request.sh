@@ -8,6 +8,7 @@
 #
 #   bash bench/per_request.sh            # N1=500 N2=2500, about 3 minutes
 #   BIN=/path/to/old/outrigger bash bench/per_request.sh   # the same for another binary
+#       (run once per binary for a before/after; bench/tracing_cost.sh adds traced rows)
 #
 # Prints a table, writes bench/results/per_request.tsv and rewrites its block of
 # docs/benchmarks.md (bench/report.py carries the block over when compare.sh regenerates). All traffic stays on 127.0.0.1;

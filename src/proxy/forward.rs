@@ -47,6 +47,8 @@ pub struct Ctx<'a> {
     pub peer: SocketAddr,
     pub request_id: &'a HeaderValue,
     pub deadline: Instant,
+    /// Whether the request is a gRPC call (`proxy::grpc::is_grpc`), decided once.
+    pub grpc: bool,
 }
 
 impl Ctx<'_> {
@@ -157,8 +159,7 @@ impl Proxy {
         // Over HTTP/2 a refused stream may be resent whatever the method, so small bodies
         // are kept for that case too.
         // Not for gRPC: a streaming call's body may never end while it waits for answers.
-        let keep =
-            may_resend || (ctx.rt.config.upstream.http2 && !super::grpc::is_grpc(&head.headers));
+        let keep = may_resend || (ctx.rt.config.upstream.http2 && !ctx.grpc);
         let prepared = body::prepare(body, &head.headers, keep, limit);
         let body = match tokio::time::timeout_at(ctx.deadline, prepared).await {
             Ok(Ok(body)) => body,

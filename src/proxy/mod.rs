@@ -181,6 +181,7 @@ impl Proxy {
                     } else {
                         route.policy.timeout
                     },
+                grpc,
             };
             let answer = if upgrade::is_upgrade(&req) {
                 self.upgrade(&ctx, req).await
