@@ -184,7 +184,9 @@ impl Proxy {
                 grpc,
             };
             let answer = if upgrade::is_upgrade(&req) {
-                self.upgrade(&ctx, req).await
+                // Boxed: a tunnel's setup is large and rare; unboxed, every request's
+                // future would carry its room.
+                Box::pin(self.upgrade(&ctx, req)).await
             } else {
                 self.forward(&ctx, req).await
             };

@@ -43,8 +43,12 @@ impl HttpClient {
         req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, ClientError> {
         match &self.0 {
+            // hyper-util boxes its own request future, so this arm is a few words.
             Protocol::Http1(client) => client.request(req).await.map_err(ClientError::Pooled),
-            Protocol::Http2(pool) => pool.request(req).await,
+            // Boxed: the HTTP/2 pool's future holds a whole connect and handshake (about
+            // 6.5 KB), and every future of the request path above this one would carry that
+            // room, and copy it each time one is created and moved, for every request.
+            Protocol::Http2(pool) => Box::pin(pool.request(req)).await,
         }
     }
 }
