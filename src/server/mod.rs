@@ -3,6 +3,7 @@
 //! signal handlers, and the per-connection send and idle timers (watchdog).
 
 pub mod accept;
+pub mod conn_io;
 pub mod drain;
 pub mod keep_alive;
 pub mod lifecycle;

@@ -20,7 +20,7 @@
 //! out one clock read and one relaxed store (none for a poll that finds the upstream has
 //! nothing yet).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +37,9 @@ pub struct Clock {
     /// Milliseconds since `base` of the last thing that happened: a response frame taken,
     /// a request finished.
     last: AtomicU64,
+    /// hyper's last write to the socket found no room: it still holds response bytes
+    /// (`conn_io`).
+    write_blocked: AtomicBool,
 }
 
 /// Why a connection's time ran out.
@@ -46,6 +49,8 @@ pub enum Expiry {
     Send,
     /// No request for `idle_timeout`: close it politely.
     Idle,
+    /// No request for the parking delay: hyper's connection state may be let go.
+    Park,
 }
 
 impl Clock {
@@ -55,6 +60,7 @@ impl Clock {
             requests: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             last: AtomicU64::new(0),
+            write_blocked: AtomicBool::new(false),
         })
     }
 
@@ -72,13 +78,36 @@ impl Clock {
         self.base.elapsed().as_millis() as u64
     }
 
+    /// When the last thing happened (an opaque stamp: equal stamps, nothing happened).
+    pub fn last(&self) -> u64 {
+        self.last.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the connection's last write found no room.
+    pub fn write_blocked(&self, blocked: bool) {
+        self.write_blocked.store(blocked, Ordering::Relaxed);
+    }
+
+    /// Whether the connection still holds response bytes the client has not taken.
+    pub fn is_write_blocked(&self) -> bool {
+        self.write_blocked.load(Ordering::Relaxed)
+    }
+
     fn touch(&self) {
         self.last.store(self.now(), Ordering::Relaxed);
     }
 
-    /// Resolves when the connection's time runs out; `idle: false` watches only sending.
-    pub async fn expired(&self, send: Duration, idle: Option<Duration>) -> Expiry {
+    /// Resolves when the connection's time runs out; `idle: None` watches only sending.
+    /// With `park`, resolves [`Expiry::Park`] once the connection has had no request for
+    /// `park.after` (shorter than `idle`), unless nothing happened since `park.held`.
+    pub async fn expired(
+        &self,
+        send: Duration,
+        idle: Option<Duration>,
+        park: Option<Parking>,
+    ) -> Expiry {
         let (send, idle) = (send.as_millis() as u64, idle.map(|d| d.as_millis() as u64));
+        let park_after = park.map(|p| p.after.as_millis() as u64);
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
         loop {
@@ -96,20 +125,37 @@ impl Clock {
                 if now.saturating_sub(last) >= idle {
                     return Expiry::Idle;
                 }
+                let parkable = park.filter(|p| p.held != Some(last)).and(park_after);
+                if parkable.is_some_and(|p| now.saturating_sub(last) >= p) {
+                    return Expiry::Park;
+                }
                 // A response may start waiting meanwhile: look again within `send`.
-                (last + idle).min(now + send)
+                let due = parkable.map_or(last + idle, |p| (last + p).min(last + idle));
+                due.min(now + send)
             } else {
                 // Requests in their handlers: nothing to watch until one sends or all
                 // end. Looking that often is enough: a wait or an idle spell seen begun is
                 // then timed from `last`.
                 now + send.min(idle.unwrap_or(send))
             };
+            // Parking is timed from the end of the last request, which wakes no timer: look
+            // again within `park.after` whatever the state.
+            let next = park_after.map_or(next, |p| next.min(now + p));
             sleep
                 .as_mut()
                 .reset(self.base + Duration::from_millis(next));
             sleep.as_mut().await;
         }
     }
+}
+
+/// When an idle connection may be parked (see `server::accept`).
+#[derive(Debug, Clone, Copy)]
+pub struct Parking {
+    /// After this long without a request.
+    pub after: Duration,
+    /// Not while the clock's [`Clock::last`] stamp is still this one.
+    pub held: Option<u64>,
 }
 
 /// A response body the watchdog can follow: the accept loop hands it the request's

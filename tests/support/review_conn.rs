@@ -26,6 +26,13 @@ impl RawConn {
         }
     }
 
+    /// Wraps a stream connected by the caller.
+    pub fn from_stream(stream: TcpStream) -> RawConn {
+        RawConn {
+            reader: BufReader::new(stream),
+        }
+    }
+
     /// Sends bytes as they are.
     pub async fn send(&mut self, bytes: &[u8]) {
         within(self.reader.get_mut().write_all(bytes))
