@@ -28,6 +28,7 @@ pub mod link;
 pub mod metrics;
 pub mod replicas;
 pub mod responses;
+pub mod vary;
 pub mod writer;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -37,6 +38,7 @@ pub use envelope::Envelope;
 pub use limiter::SharedLimit;
 pub use metrics::SharedMetrics;
 pub use responses::{fill_fresh, fill_stale, SharedResponses};
+pub use vary::VaryDigest;
 
 use crate::config::shared::{Scope, SharedConfig};
 use crate::config::Route;

@@ -46,7 +46,7 @@ async fn put(shared: &Shared, write: Write) {
     let envelope = Envelope {
         status: http::StatusCode::OK,
         stored_at,
-        vary: write.stored.vary().to_vec(),
+        vary: write.stored.vary_digests(&write.key),
         headers: write.stored.headers.clone(),
         body: write.stored.body.clone(),
     };
