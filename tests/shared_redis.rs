@@ -678,3 +678,47 @@ routes:\n  - name: keyed\n    match: {{ path_prefix: /keyed }}\n    stale_if_err
         assert!(headers.contains_key("x-outrigger-stale"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_write_queue_is_bounded_in_bytes() {
+    let redis = Redis::start().await;
+    let backend = Backend::start().await;
+    backend.set_default(Action::Respond {
+        status: 200,
+        headers: vec![],
+        body: vec![b'x'; 900_000],
+    });
+    // A long timeout: with Redis hung, the writer sits on its first write while the
+    // answers keep coming, and the link stays up (no 3 errors yet) for the whole burst.
+    let yaml = format!(
+        "{}defaults:\n  stale_if_error: {{ max_age: 10m, scope: shared }}\n",
+        shared_block(&redis, "5s")
+    );
+    let a = Sidecar::in_front_of(&backend, &yaml).await;
+    until_up(&a).await;
+    redis.freeze();
+    let started = Instant::now();
+    for i in 0..40 {
+        let (status, _, body) = get(&a.url(&format!("/big{i}"))).await;
+        assert_eq!((status.as_u16(), body.len()), (200, 900_000));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = a.metrics().await;
+    let burst = started.elapsed();
+    redis.thaw();
+    assert_eq!(
+        metric(&m, "outrigger_shared_store_up", &[]),
+        1.0,
+        "the link stayed up during the burst ({burst:?}), so every copy was queued or dropped"
+    );
+    // 16 MiB hold 18 copies of 900 kB (one of them the write in progress); the rest drop.
+    let dropped = metric(
+        &m,
+        "outrigger_shared_store_errors_total",
+        &[("op", "queue-full")],
+    );
+    assert!(
+        (40.0 - 19.0..=40.0 - 17.0).contains(&dropped),
+        "dropped {dropped} of 40 copies of 900 kB"
+    );
+}

@@ -55,7 +55,7 @@ pub struct Shared {
     replicas: AtomicU32,
     /// This replica's name in the announcement set: random, so restarts count afresh.
     id: String,
-    writes: tokio::sync::mpsc::Sender<writer::Write>,
+    writes: writer::Queue,
 }
 
 impl std::fmt::Debug for Shared {
@@ -78,7 +78,7 @@ impl Shared {
                 return None;
             }
         };
-        let (writes, queue) = tokio::sync::mpsc::channel(writer::QUEUE);
+        let (writes, queue) = writer::channel();
         let shared = Arc::new(Shared {
             config: config.clone(),
             link,
