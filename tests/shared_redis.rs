@@ -446,6 +446,10 @@ defaults:\n  rate_limit: {{ rate: 100/s, scope: shared }}\n  stale_if_error: {{ 
         logged.contains("cannot connect to the shared store"),
         "{logged}"
     );
+    assert!(
+        logged.contains("shared.namespace is the default"),
+        "no namespace in the file: the collision hazard is logged: {logged}"
+    );
     for text in [&logged, &m] {
         assert!(!text.contains("wrong-pass-9"), "password shown: {text}");
     }

@@ -78,6 +78,15 @@ impl Shared {
                 return None;
             }
         };
+        if config.namespace == crate::config::shared::DEFAULT_NAMESPACE {
+            // SPEC's default; two services that keep it on one Redis share keys.
+            tracing::warn!(
+                namespace = %config.namespace,
+                "shared.namespace is the default: every service using this Redis with it \
+                 shares rate-limit buckets and stored copies with this one (same route \
+                 names and paths); give each service its own namespace"
+            );
+        }
         let (writes, queue) = writer::channel();
         let shared = Arc::new(Shared {
             config: config.clone(),
