@@ -320,3 +320,40 @@ async fn a_reload_of_a_big_file_does_not_stall_the_one_worker() {
     p.signal(libc::SIGTERM);
     assert!(p.wait().await.success());
 }
+
+#[test]
+fn a_malformed_otlp_endpoint_is_refused_without_its_userinfo() {
+    for endpoint in [
+        "ftp://otel:s3cret-pw@collector:4318",
+        "http://otel:s3cret-pw@collector:4318/?x=1",
+        "otel:s3cret-pw@collector:4318",
+        "http://otel:s3cret-pw@",
+    ] {
+        let yaml = format!("{UP}tracing:\n  otlp_endpoint: \"{endpoint}\"\n");
+        let (code, err, path) = check_file(&yaml);
+        assert_eq!(code, Some(1), "{endpoint}: {err}");
+        assert!(
+            err.contains(&path) && err.contains("tracing.otlp_endpoint"),
+            "{endpoint}: {err}"
+        );
+        assert!(err.contains("not an OTLP/HTTP endpoint"), "{err}");
+        assert!(!err.contains("s3cret-pw"), "userinfo shown: {err}");
+        assert!(
+            err.contains("***@"),
+            "where the userinfo was is shown: {err}"
+        );
+    }
+    // The same from OTEL_EXPORTER_OTLP_ENDPOINT.
+    let path = temp_file("c.yaml", &format!("{UP}tracing: {{}}\n"));
+    let out = run(
+        &["check", "--config", path.to_str().unwrap()],
+        &[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "ftp://otel:s3cret-pw@collector:4318",
+        )],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{err}");
+    assert!(!err.contains("s3cret-pw"), "userinfo shown: {err}");
+}

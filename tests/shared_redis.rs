@@ -446,6 +446,10 @@ defaults:\n  rate_limit: {{ rate: 100/s, scope: shared }}\n  stale_if_error: {{ 
         logged.contains("cannot connect to the shared store"),
         "{logged}"
     );
+    assert!(
+        logged.contains("shared.namespace is the default"),
+        "no namespace in the file: the collision hazard is logged: {logged}"
+    );
     for text in [&logged, &m] {
         assert!(!text.contains("wrong-pass-9"), "password shown: {text}");
     }
@@ -586,4 +590,139 @@ async fn without_redis_each_replica_limits_to_its_share() {
         "admitted {admitted}, share {share:.1}"
     );
     assert_eq!(up(&a).await, 0.0);
+}
+
+/// The raw bytes Redis holds under `key`, read with a plain client.
+async fn raw_value(redis: &Redis, key: &str) -> Vec<u8> {
+    match redis.query(&["GET", key]).await.expect("GET") {
+        redis::Value::BulkString(bytes) => bytes,
+        other => panic!("GET {key} answered {other:?}"),
+    }
+}
+
+fn holds(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vary_values_reach_redis_only_as_digests() {
+    const TENANT: &str = "tenant-acme-5f0c2e";
+    const TOKEN: &str = "Bearer alice-token-9c1e77";
+    let redis = Redis::start().await;
+    let backend = Backend::start().await;
+    let yaml = format!(
+        "{}defaults:\n  retry: {{ attempts: 1 }}\n  circuit_breaker: {{ enabled: false }}\n  stale_if_error: {{ max_age: 10m, scope: shared }}\n\
+routes:\n  - name: keyed\n    match: {{ path_prefix: /keyed }}\n    stale_if_error: {{ max_age: 10m, key_headers: [authorization], scope: shared }}\n",
+        shared_block(&redis, "200ms")
+    );
+    let a = Sidecar::in_front_of(&backend, &yaml).await;
+    let b = Sidecar::in_front_of(&backend, &yaml).await;
+    until_up(&a).await;
+    until_up(&b).await;
+    let varying = |vary: &str, body: &str| Action::Respond {
+        status: 200,
+        headers: vec![("vary".into(), vary.into())],
+        body: body.as_bytes().to_vec(),
+    };
+    backend.set_default(varying("x-tenant", "acme's data"));
+    let acme = [("x-tenant", TENANT)];
+    assert_eq!(fetch(&a.url("/t"), &acme).await.0, 200);
+    backend.set_default(varying("Authorization, X-Tenant", "alice's data"));
+    let alice = [("authorization", TOKEN), ("x-tenant", TENANT)];
+    assert_eq!(fetch(&a.url("/keyed"), &alice).await.0, 200);
+    within(async {
+        while redis.keys("t*:rs:*").await.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    // What a reader of Redis sees: the copies and the names they vary on, never the values.
+    for key in redis.keys("t*:rs:*").await {
+        let bytes = raw_value(&redis, &key).await;
+        assert!(holds(&bytes, "'s data"), "{key} holds the copy");
+        assert!(holds(&bytes, "x-tenant"), "{key} names what it varies on");
+        for secret in [TENANT, "acme-5f0c2e", "alice-token-9c1e77"] {
+            assert!(
+                !holds(&bytes, secret),
+                "{key} holds `{secret}`: {:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+    }
+
+    // B (which never saw the answers) serves them to the same values only.
+    backend.set_default(Action::Status(503));
+    let other_tenant = [("x-tenant", "tenant-evil")];
+    for (path, headers) in [
+        ("/t", &other_tenant[..]),
+        ("/t", &[][..]),
+        ("/t", &[("x-tenant", TENANT), ("x-tenant", TENANT)][..]),
+        (
+            "/keyed",
+            &[("authorization", "Bearer mallory"), ("x-tenant", TENANT)][..],
+        ),
+        (
+            "/keyed",
+            &[("authorization", TOKEN), ("x-tenant", "tenant-evil")][..],
+        ),
+        ("/keyed", &[("authorization", TOKEN)][..]),
+    ] {
+        let (status, _, body) = fetch(&b.url(path), headers).await;
+        assert_eq!(status, 503, "{path} {headers:?} got {body}");
+    }
+    for (path, headers, want) in [
+        ("/t", &acme[..], "acme's data"),
+        ("/keyed", &alice[..], "alice's data"),
+    ] {
+        let (status, headers, body) = fetch(&b.url(path), headers).await;
+        assert_eq!((status.as_u16(), body.as_str()), (200, want));
+        assert!(headers.contains_key("x-outrigger-stale"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_write_queue_is_bounded_in_bytes() {
+    let redis = Redis::start().await;
+    let backend = Backend::start().await;
+    backend.set_default(Action::Respond {
+        status: 200,
+        headers: vec![],
+        body: vec![b'x'; 900_000],
+    });
+    // A long timeout: with Redis hung, the writer sits on its first write while the
+    // answers keep coming, and the link stays up (no 3 errors yet) for the whole burst.
+    let yaml = format!(
+        "{}defaults:\n  stale_if_error: {{ max_age: 10m, scope: shared }}\n",
+        shared_block(&redis, "5s")
+    );
+    let a = Sidecar::in_front_of(&backend, &yaml).await;
+    until_up(&a).await;
+    redis.freeze();
+    let started = Instant::now();
+    for i in 0..40 {
+        let (status, _, body) = get(&a.url(&format!("/big{i}"))).await;
+        assert_eq!((status.as_u16(), body.len()), (200, 900_000));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = a.metrics().await;
+    let burst = started.elapsed();
+    redis.thaw();
+    assert_eq!(
+        metric(&m, "outrigger_shared_store_up", &[]),
+        1.0,
+        "the link stayed up during the burst ({burst:?}), so every copy was queued or dropped"
+    );
+    // 16 MiB hold 18 copies of 900 kB (one of them the write in progress); the rest drop.
+    let dropped = metric(
+        &m,
+        "outrigger_shared_store_errors_total",
+        &[("op", "queue-full")],
+    );
+    assert!(
+        (40.0 - 19.0..=40.0 - 17.0).contains(&dropped),
+        "dropped {dropped} of 40 copies of 900 kB"
+    );
 }

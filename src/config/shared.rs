@@ -21,6 +21,12 @@ use super::{ConfigError, Route};
 /// The environment variable that overrides `shared.redis`.
 pub const REDIS_URL_ENV: &str = "OUTRIGGER_REDIS_URL";
 
+/// `shared.namespace` when the file says none (SPEC §7.4 shows it as the default). It is
+/// the same for every service: two services sharing one Redis with it read each other's
+/// buckets and copies wherever route names and paths agree, so the shared store warns at
+/// start when it is in use, and README tells each service to set its own.
+pub const DEFAULT_NAMESPACE: &str = "outrigger";
+
 /// Whether a policy's state lives in this replica only or in the shared store.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -144,7 +150,9 @@ fn validate_with(
             "rediss:// is not supported by this build yet; use redis:// on a private network",
         ));
     }
-    let namespace = raw.namespace.unwrap_or_else(|| "outrigger".to_owned());
+    let namespace = raw
+        .namespace
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
     if namespace.is_empty() || namespace.len() > 64 || namespace.contains(char::is_whitespace) {
         return Err(ConfigError::new(
             "shared.namespace",

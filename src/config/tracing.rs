@@ -4,7 +4,9 @@
 //! The shape checks (an endpoint that is not an `http(s)://host[:port]` URL, a ratio outside
 //! 0..1) happen while the YAML is read, so the error names the line as well as the path.
 //! Whether the collector answers is never checked: a collector that is down costs spans
-//! (dropped and counted), not the sidecar's start.
+//! (dropped and counted), not the sidecar's start. An endpoint may carry credentials
+//! (`http://user:password@collector`, a `?api_key=` query), so an error quotes it with
+//! everything before the last `@` and everything after a `?` or `#` replaced by `***`.
 //!
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` and `OTEL_SERVICE_NAME` win over the file, as the
 //! environment does everywhere else (flag > environment > file); they fill in a `tracing`
@@ -96,7 +98,10 @@ pub fn validate(raw: Option<RawTracing>) -> Result<Option<Tracing>, ConfigError>
 
 /// An `http://` or `https://` URL with a host and no query; the trailing `/` dropped.
 fn check_endpoint(text: &str) -> Result<String, String> {
-    let bad = |why: &str| format!("{text:?} is not an OTLP/HTTP endpoint: {why}");
+    let bad = |why: &str| {
+        let shown = redacted(text);
+        format!("{shown:?} is not an OTLP/HTTP endpoint: {why}")
+    };
     let uri: Uri = text.parse().map_err(|e| bad(&format!("{e}")))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
@@ -109,6 +114,26 @@ fn check_endpoint(text: &str) -> Result<String, String> {
         return Err(bad("a query string is not allowed"));
     }
     Ok(text.trim_end_matches('/').to_owned())
+}
+
+/// `text` with any userinfo, query and fragment replaced by `***`. Malformed input is the
+/// case here, so this does not parse: whatever precedes the last `@` before a query or
+/// fragment (after the scheme, if any) is hidden, even where a path holds the `@`.
+fn redacted(text: &str) -> String {
+    let (scheme, rest) = match text.split_once("://") {
+        Some((scheme, rest)) => (&text[..scheme.len() + 3], rest),
+        None => ("", text),
+    };
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let (head, tail) = rest.split_at(end);
+    let head = match head.rfind('@') {
+        Some(at) => format!("***{}", &head[at..]),
+        None => head.to_owned(),
+    };
+    let tail = tail
+        .get(..1)
+        .map_or(String::new(), |mark| format!("{mark}***"));
+    format!("{scheme}{head}{tail}")
 }
 
 #[cfg(test)]
@@ -125,6 +150,20 @@ mod tests {
         assert!(check_endpoint("ftp://collector").is_err());
         assert!(check_endpoint("http://").is_err());
         assert!(check_endpoint("http://c:4318/?x=1").is_err());
+    }
+
+    #[test]
+    fn userinfo_is_never_quoted() {
+        assert_eq!(redacted("ftp://u:pw@c:1/x"), "ftp://***@c:1/x");
+        assert_eq!(redacted("u:pw@c:1"), "***@c:1");
+        assert_eq!(redacted("http://u:p/w@c?q=a@b"), "http://***@c?***");
+        assert_eq!(redacted("http://c/?api_key=k#f"), "http://c/?***");
+        assert_eq!(redacted("http://c:1/v1"), "http://c:1/v1");
+        let err = check_endpoint("ftp://otel:pw-123@c:4318").unwrap_err();
+        assert!(
+            !err.contains("pw-123") && err.contains("***@c:4318"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! - a response marked `Cache-Control: no-store` or `private`, one that sets a cookie, or one
 //!   with `Vary: *` is never stored (`no-cache` ones are kept for stale use only);
 //! - headers a response `Vary`s on are remembered with all their request values and must
-//!   match, line for line, on lookup;
+//!   match, line for line, on lookup (a copy filled from the shared store remembers only
+//!   a digest of them, and the request's values must give the same digest);
 //! - the key holds the client's host (a backend may serve several tenants by host) and
 //!   the exact bytes of each key header, so two different values never share a key;
 //! - key, `Vary` values and lookups all read one set of headers: the request head as the
@@ -58,8 +59,17 @@ pub struct Stored {
     pub stored_at: Instant,
     /// How long it may be served without asking the upstream (zero: never).
     fresh_for: Duration,
-    /// Request headers the response varies on, with every value they had (in order).
-    vary: Vec<(HeaderName, Vec<HeaderValue>)>,
+    /// Request headers the response varies on, with what it remembers of their values.
+    vary: Vec<(HeaderName, Varied)>,
+}
+
+/// What a copy remembers of one request header its response varies on.
+#[derive(Debug)]
+enum Varied {
+    /// Every value the request had, in order: copies this replica stored.
+    Values(Vec<HeaderValue>),
+    /// Their digest: copies filled from the shared store, which never holds the values.
+    Digest(crate::shared::VaryDigest),
 }
 
 impl Stored {
@@ -77,17 +87,31 @@ impl Stored {
         self.fresh_for
     }
 
-    /// The request headers it varies on, with their values.
-    pub fn vary(&self) -> &[(HeaderName, Vec<HeaderValue>)] {
-        &self.vary
+    /// The request headers it varies on, each with the digest of its values, for the copy
+    /// stored under `key`: what the shared store may hold of them.
+    pub fn vary_digests(&self, key: &[u8]) -> Vec<(HeaderName, crate::shared::VaryDigest)> {
+        let digest = crate::shared::vary::digest;
+        let digests = self.vary.iter().map(|(name, varied)| match varied {
+            Varied::Values(values) => digest(key, name, values.iter()),
+            Varied::Digest(d) => *d,
+        });
+        self.vary
+            .iter()
+            .map(|(n, _)| n.clone())
+            .zip(digests)
+            .collect()
     }
 
     /// Whether `request` (the headers the upstream would receive) has exactly the values
-    /// this copy was stored with, every line of each `Vary` header compared.
-    fn varies_with(&self, request: &HeaderMap) -> bool {
-        self.vary
-            .iter()
-            .all(|(name, values)| request.get_all(name).iter().eq(values.iter()))
+    /// this copy (stored under `key`) was stored with, every line of each `Vary` header
+    /// compared, directly or through their digest.
+    fn varies_with(&self, key: &[u8], request: &HeaderMap) -> bool {
+        self.vary.iter().all(|(name, varied)| match varied {
+            Varied::Values(values) => request.get_all(name).iter().eq(values.iter()),
+            Varied::Digest(d) => {
+                crate::shared::vary::digest(key, name, request.get_all(name).iter()) == *d
+            }
+        })
     }
 }
 
@@ -251,7 +275,7 @@ impl ResponseStore {
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
             .map(|name| {
                 let values = request.get_all(&name).iter().cloned().collect();
-                (name, values)
+                (name, Varied::Values(values))
             })
             .collect();
         let fresh_for = self
@@ -291,7 +315,9 @@ impl ResponseStore {
             body: envelope.body,
             stored_at,
             fresh_for,
-            vary: envelope.vary,
+            vary: (envelope.vary.into_iter())
+                .map(|(name, d)| (name, Varied::Digest(d)))
+                .collect(),
         });
         self.keep(key, stored);
     }
@@ -348,7 +374,7 @@ impl ResponseStore {
             entries.remove(key);
             return None;
         }
-        stored.varies_with(request).then_some((stored, age))
+        stored.varies_with(key, request).then_some((stored, age))
     }
 
     /// Reserves room for `n` more bytes of a copy in progress; `false` means give it up.
@@ -547,6 +573,42 @@ mod tests {
         );
         assert!(s.stale(b"k", &gzip).is_some());
         assert!(s.stale(b"k", &HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn a_filled_copy_matches_vary_through_digests() {
+        let a = store(10, 1 << 20, vec![]);
+        let acme = headers(&[("x-tenant", "acme")]);
+        a.insert(
+            "k".into(),
+            &acme,
+            headers(&[("vary", "x-tenant")]),
+            Bytes::from_static(b"z"),
+        );
+        let (stored, _) = a.stale(b"k", &acme).unwrap();
+        let vary = stored.vary_digests(b"k");
+        assert_eq!(vary.len(), 1);
+        let b = store(10, 1 << 20, vec![]);
+        b.fill(
+            b"k".to_vec(),
+            crate::shared::Envelope {
+                status: StatusCode::OK,
+                stored_at: std::time::SystemTime::now(),
+                vary,
+                headers: stored.headers.clone(),
+                body: stored.body.clone(),
+            },
+            Duration::ZERO,
+        );
+        assert!(b.stale(b"k", &acme).is_some());
+        assert!(b.stale(b"k", &headers(&[("x-tenant", "evil")])).is_none());
+        assert!(b.stale(b"k", &HeaderMap::new()).is_none());
+        assert!(b
+            .stale(
+                b"k",
+                &headers(&[("x-tenant", "acme"), ("x-tenant", "acme")])
+            )
+            .is_none());
     }
 
     #[tokio::test(start_paused = true)]

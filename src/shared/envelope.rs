@@ -1,10 +1,11 @@
 //! How a stored response travels through Redis: a small versioned binary envelope.
 //!
 //! ```text
-//! "ORS" 0x01                       magic and version
+//! "ORS" 0x02                       magic and version
 //! u16 status                       always 200 today; kept so the format need not change
 //! u64 stored_at                    Unix milliseconds of the replica that stored it
-//! u16 n, n × (name, m, m × value)  the request headers the response varies on, all values
+//! u16 n, n × (name, 32 bytes)      each request header the response varies on, with the
+//!                                  SHA-256 of its values (`vary::digest`), never the values
 //! u16 n, n × (name, value)         the end-to-end response headers
 //! u32 len, body
 //! ```
@@ -12,8 +13,11 @@
 //! other magic or version (a replica of an older build then simply misses), truncated
 //! input and anything over [`MAX_ENVELOPE`]: nothing over 1 MiB is shared.
 //!
-//! The `Vary` values travel with the copy because the local store matches them on every
-//! lookup: a copy filled from Redis is held to exactly the rule a local copy is.
+//! The `Vary` headers travel with the copy because the local store matches them on every
+//! lookup: a copy filled from Redis is held to exactly the rule a local copy is. Their
+//! request values travel only as digests: `Vary: Authorization` or `Cookie` must not put a
+//! credential into Redis (see `vary`). Version 1 carried the raw values; this build refuses
+//! it, so a copy an older build wrote is a miss.
 //!
 //! Bodies are not compressed: no compressor is in the dependency tree today, the
 //! stale-copy bodies this serves are mostly small JSON, and a body the upstream already
@@ -26,10 +30,12 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 
+use super::vary::VaryDigest;
+
 /// The largest envelope written or read.
 pub const MAX_ENVELOPE: usize = 1 << 20;
 
-const MAGIC: &[u8; 4] = b"ORS\x01";
+const MAGIC: &[u8; 4] = b"ORS\x02";
 
 /// A response as stored in Redis.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,7 +43,8 @@ pub struct Envelope {
     pub status: StatusCode,
     /// When it was stored, on the storing replica's clock.
     pub stored_at: SystemTime,
-    pub vary: Vec<(HeaderName, Vec<HeaderValue>)>,
+    /// Each request header the response varies on, with the digest of its values.
+    pub vary: Vec<(HeaderName, VaryDigest)>,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -54,12 +61,9 @@ impl Envelope {
             .map_or(0, |d| d.as_millis() as u64);
         out.extend_from_slice(&millis.to_be_bytes());
         out.extend_from_slice(&u16::try_from(self.vary.len()).ok()?.to_be_bytes());
-        for (name, values) in &self.vary {
+        for (name, digest) in &self.vary {
             push_name(&mut out, name)?;
-            out.extend_from_slice(&u16::try_from(values.len()).ok()?.to_be_bytes());
-            for value in values {
-                push_bytes(&mut out, value.as_bytes())?;
-            }
+            out.extend_from_slice(digest);
         }
         out.extend_from_slice(&u16::try_from(self.headers.len()).ok()?.to_be_bytes());
         for (name, value) in &self.headers {
@@ -84,11 +88,7 @@ impl Envelope {
         let mut vary = Vec::new();
         for _ in 0..r.u16()? {
             let name = r.name()?;
-            let mut values = Vec::new();
-            for _ in 0..r.u16()? {
-                values.push(HeaderValue::from_bytes(r.bytes()?).ok()?);
-            }
-            vary.push((name, values));
+            vary.push((name, r.take(32)?.try_into().ok()?));
         }
         let mut headers = HeaderMap::new();
         for _ in 0..r.u16()? {
@@ -166,10 +166,7 @@ mod tests {
         Envelope {
             status: StatusCode::OK,
             stored_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
-            vary: vec![(
-                HeaderName::from_static("accept-encoding"),
-                vec![HeaderValue::from_static("gzip")],
-            )],
+            vary: vec![(HeaderName::from_static("accept-encoding"), [9u8; 32])],
             headers,
             body: Bytes::from(vec![7u8; body]),
         }
@@ -188,7 +185,13 @@ mod tests {
             assert_eq!(Envelope::decode(&bytes[..cut]), None, "cut at {cut}");
         }
         let mut other = bytes.clone();
-        other[3] = 2;
+        other[3] = 1;
+        assert_eq!(
+            Envelope::decode(&other),
+            None,
+            "version 1 (raw Vary values)"
+        );
+        other[3] = 3;
         assert_eq!(Envelope::decode(&other), None, "another version");
         let mut trailing = bytes;
         trailing.push(0);

@@ -28,6 +28,7 @@ pub mod link;
 pub mod metrics;
 pub mod replicas;
 pub mod responses;
+pub mod vary;
 pub mod writer;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -37,6 +38,7 @@ pub use envelope::Envelope;
 pub use limiter::SharedLimit;
 pub use metrics::SharedMetrics;
 pub use responses::{fill_fresh, fill_stale, SharedResponses};
+pub use vary::VaryDigest;
 
 use crate::config::shared::{Scope, SharedConfig};
 use crate::config::Route;
@@ -53,7 +55,7 @@ pub struct Shared {
     replicas: AtomicU32,
     /// This replica's name in the announcement set: random, so restarts count afresh.
     id: String,
-    writes: tokio::sync::mpsc::Sender<writer::Write>,
+    writes: writer::Queue,
 }
 
 impl std::fmt::Debug for Shared {
@@ -76,7 +78,16 @@ impl Shared {
                 return None;
             }
         };
-        let (writes, queue) = tokio::sync::mpsc::channel(writer::QUEUE);
+        if config.namespace == crate::config::shared::DEFAULT_NAMESPACE {
+            // SPEC's default; two services that keep it on one Redis share keys.
+            tracing::warn!(
+                namespace = %config.namespace,
+                "shared.namespace is the default: every service using this Redis with it \
+                 shares rate-limit buckets and stored copies with this one (same route \
+                 names and paths); give each service its own namespace"
+            );
+        }
+        let (writes, queue) = writer::channel();
         let shared = Arc::new(Shared {
             config: config.clone(),
             link,
