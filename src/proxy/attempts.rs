@@ -68,7 +68,7 @@ pub struct Attempts<'a> {
     /// The route's concurrency limit: every attempt holds a slot until its headers arrive.
     pub slots: Option<&'a ConcurrencyLimit>,
     pub metrics: &'a Metrics,
-    pub head: Head,
+    pub head: &'a Head,
     pub body: Prepared,
     /// Whether the method or an idempotency key allows sending the request again.
     pub may_resend: bool,

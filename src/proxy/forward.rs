@@ -176,12 +176,13 @@ impl Proxy {
                 )
             }
         };
-        let request_headers = head.headers.clone();
-        let method = head.method.clone();
+        // The attempts borrow the head: what follows reads the same method and headers.
+        let request_headers = &head.headers;
+        let method = &head.method;
         let failed = |reason| Failed {
-            method: &method,
+            method,
             stale_key: key.as_deref(),
-            headers: &request_headers,
+            headers: request_headers,
             reason,
         };
 
@@ -207,7 +208,7 @@ impl Proxy {
             // a connect timeout. Without either, still try: a wrong probe must not take
             // down a route that works.
             let reason = Reason::Failure(Failure::CircuitOpen);
-            shared::fill_stale(store, key.as_deref(), &request_headers).await;
+            shared::fill_stale(store, key.as_deref(), request_headers).await;
             if let Some((resp, outcome)) =
                 degrade::answer(ctx.route, ctx.state, &self.metrics, &failed(reason))
             {
@@ -216,7 +217,7 @@ impl Proxy {
             }
         }
         let limiter = ctx.state.limiter.as_deref();
-        let limiter_key = match self.take_token(ctx, &request_headers).await {
+        let limiter_key = match self.take_token(ctx, request_headers).await {
             Ok(key) => key,
             Err(wait) => {
                 let reason = Reason::Failure(Failure::RateLimited);
@@ -236,7 +237,7 @@ impl Proxy {
             limiter: limiter.zip(limiter_key.as_deref()),
             slots: ctx.state.concurrency.as_deref(),
             metrics: &self.metrics,
-            head,
+            head: &head,
             body,
             may_resend,
             deadline: ctx.deadline,
@@ -246,7 +247,7 @@ impl Proxy {
         let n = finished.attempts;
         let reason = match finished.ended {
             Ended::Answered(resp) if !is_error(resp.status()) => {
-                let tee = tee(store, key, &method, request_headers.clone(), &resp, flight);
+                let tee = tee(store, key, method, request_headers, &resp, flight);
                 let resp = resp.map(|b| match tee {
                     Some(tee) => ResponseBody::upstream_tee(b, tee),
                     None => ResponseBody::upstream(b),
@@ -260,7 +261,7 @@ impl Proxy {
             Ended::Failed(f) => Reason::Failure(f),
         };
         tell(&flight, reason);
-        shared::fill_stale(store, key.as_deref(), &request_headers).await;
+        shared::fill_stale(store, key.as_deref(), request_headers).await;
         if let Some((resp, outcome)) =
             degrade::answer(ctx.route, ctx.state, &self.metrics, &failed(reason))
         {
@@ -348,7 +349,7 @@ fn tee(
     store: Option<&Arc<ResponseStore>>,
     key: Option<Key>,
     method: &Method,
-    request: HeaderMap,
+    request: &HeaderMap,
     resp: &Response<Incoming>,
     flight: Option<Flight>,
 ) -> Option<Tee> {
@@ -368,7 +369,13 @@ fn tee(
     }
     let mut response = resp.headers().clone();
     headers::strip_hop_by_hop(&mut response);
-    Some(Tee::new(Arc::clone(store), key, request, response, flight))
+    Some(Tee::new(
+        Arc::clone(store),
+        key,
+        request.clone(),
+        response,
+        flight,
+    ))
 }
 
 /// Tells the followers of a coalescing flight, if any, why the leader failed.

@@ -179,7 +179,7 @@ impl Proxy {
             limiter: ctx.state.limiter.as_deref().zip(limiter_key.as_deref()),
             slots: ctx.state.concurrency.as_deref(),
             metrics: &self.metrics,
-            head,
+            head: &head,
             body,
             may_resend: false,
             deadline: ctx.deadline,
