@@ -372,3 +372,77 @@ impl Injector for HeadersMut<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn traces(ratio: f64) -> Traces {
+        let config = Tracing {
+            otlp_endpoint: "http://127.0.0.1:1".into(),
+            sample_ratio: ratio,
+            service_name: "test".into(),
+        };
+        Traces::new(Some(&config), &Metrics::new())
+    }
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:9".parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_new_trace_the_ratio_samples_is_recorded_under_that_trace_id() {
+        let traces = traces(0.5);
+        let mut kept = 0;
+        for _ in 0..200 {
+            let mut req = Request::new(());
+            match traces.start(&mut req, peer()) {
+                Some(t) => {
+                    // The SDK span carries the trace id the decision was made on, so its
+                    // own sampler (the same rule) agrees and records it.
+                    let span = t.server.span();
+                    assert!(span.is_recording());
+                    let trace_id = span.span_context().trace_id().to_bytes();
+                    let low = u64::from_be_bytes(trace_id[8..].try_into().unwrap());
+                    assert!(low >> 1 < 1 << 62);
+                    kept += 1;
+                }
+                None => {
+                    let tp = req.headers()[&context::TRACEPARENT].to_str().unwrap();
+                    let p = context::parse(tp.as_bytes()).unwrap();
+                    assert!(!p.sampled);
+                    assert!((p.trace_id as u64) >> 1 >= 1 << 62, "{tp}");
+                }
+            }
+        }
+        assert!((50..150).contains(&kept), "{kept} of 200 at 0.5");
+    }
+
+    #[tokio::test]
+    async fn tracing_off_leaves_the_request_alone() {
+        let traces = Traces::new(None, &Metrics::new());
+        let mut req = Request::new(());
+        req.headers_mut()
+            .insert(&context::TRACEPARENT, HeaderValue::from_static("x"));
+        assert!(traces.start(&mut req, peer()).is_none());
+        assert_eq!(req.headers()[&context::TRACEPARENT], "x");
+    }
+
+    #[test]
+    fn long_paths_are_cut_on_a_character_boundary() {
+        assert_eq!(truncated("/short", 1024), "/short");
+        assert_eq!(truncated(&"a".repeat(2000), 1024).len(), 1024);
+        let accented = format!("/{}", "é".repeat(600));
+        let cut = truncated(&accented, 1024);
+        assert_eq!(cut.len(), 1023);
+        assert!(accented.starts_with(cut));
+    }
+
+    #[test]
+    fn methods_outside_the_standard_set_are_other() {
+        assert_eq!(method(&Method::GET), ("GET", "GET"));
+        assert_eq!(method(&Method::PATCH), ("PATCH", "PATCH"));
+        let odd = Method::from_bytes(b"FROBNICATE").unwrap();
+        assert_eq!(method(&odd), ("HTTP", "_OTHER"));
+    }
+}
