@@ -156,7 +156,10 @@ pub fn traceparent(trace_id: u128, span_id: u64, sampled: bool) -> HeaderValue {
     if sampled {
         out[54] = b'1';
     }
-    HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
+    // One allocation that every clone of the request's headers then shares (a copied
+    // slice would be promoted to a shared buffer, a second allocation, at its first clone).
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
+        .expect("hex digits and dashes are a valid header value")
 }
 
 /// Writes `bytes` as lowercase hex digits, two per byte, into `out`.
