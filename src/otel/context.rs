@@ -14,8 +14,8 @@
 //! way; a new trace is sampled by the SDK's own trace-id-ratio rule
 //! ([`Sampler::TraceIdRatioBased`], asked through `ShouldSample`) on the trace id drawn
 //! here. A sampled new trace must then get *that* trace id from the SDK, which draws its
-//! own: [`Ids`], the provider's id generator, hands it over through a thread-local set just
-//! before the span is built (on the same thread, in the same call).
+//! own: [`Ids`], the provider's id generator, hands it over through a thread-local set for
+//! the duration of that one call ([`as_root`]; same thread, synchronous).
 
 use std::cell::Cell;
 
@@ -176,13 +176,18 @@ thread_local! {
     static NEXT_TRACE_ID: Cell<u128> = const { Cell::new(0) };
 }
 
-/// Makes the next root span built on this thread (with [`Ids`]) carry `trace_id`.
-pub fn next_root_trace_id(trace_id: u128) {
+/// Runs `build` (which builds one root span with [`Ids`]) so that the span carries
+/// `trace_id`. Cleared afterwards even if the SDK did not ask (a shut-down provider), so a
+/// stale id can never reach a later span.
+pub fn as_root<T>(trace_id: u128, build: impl FnOnce() -> T) -> T {
     NEXT_TRACE_ID.set(trace_id);
+    let built = build();
+    NEXT_TRACE_ID.set(0);
+    built
 }
 
 /// The provider's id generator: random ids, except a root span's trace id that
-/// [`next_root_trace_id`] chose.
+/// [`as_root`] chose.
 #[derive(Debug, Default)]
 pub struct Ids;
 
@@ -296,10 +301,13 @@ mod tests {
     }
 
     #[test]
-    fn the_next_root_gets_the_chosen_trace_id_once() {
-        next_root_trace_id(42);
-        assert_eq!(Ids.new_trace_id(), TraceId::from(42u128));
-        assert_ne!(Ids.new_trace_id(), TraceId::from(42u128));
+    fn a_root_gets_the_chosen_trace_id_once() {
+        let (first, second) = as_root(42, || (Ids.new_trace_id(), Ids.new_trace_id()));
+        assert_eq!(first, TraceId::from(42u128));
+        assert_ne!(second, TraceId::from(42u128));
+        // Not asked: the id does not outlive the call.
+        as_root(43, || ());
+        assert_ne!(Ids.new_trace_id(), TraceId::from(43u128));
         assert_ne!(Ids.new_span_id(), SpanId::INVALID);
     }
 }

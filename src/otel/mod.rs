@@ -115,6 +115,7 @@ impl Traces {
             return None;
         }
         let parent = match decision.parent {
+            None => Context::new(),
             Some(p) => {
                 let state = req
                     .headers()
@@ -130,13 +131,9 @@ impl Traces {
                     state,
                 ))
             }
-            None => {
-                context::next_root_trace_id(decision.trace_id);
-                Context::new()
-            }
         };
         let (name, method) = method(req.method());
-        let span = on
+        let builder = on
             .tracer
             .span_builder(name)
             .with_kind(SpanKind::Server)
@@ -146,8 +143,12 @@ impl Traces {
                 KeyValue::new("url.scheme", "http"),
                 KeyValue::new("network.protocol.version", protocol(req.version())),
                 KeyValue::new("client.address", peer.ip().to_string()),
-            ])
-            .start_with_context(&on.tracer, &parent);
+            ]);
+        // A new trace keeps the trace id its decision was made on (a parent's is the SDK's
+        // to take from the context).
+        let span = context::as_root(decision.trace_id, || {
+            builder.start_with_context(&on.tracer, &parent)
+        });
         Some(RequestTrace {
             tracer: on.tracer.clone(),
             name,
