@@ -9,8 +9,11 @@
 #
 # Rows: before (BASELINE, no tracing block), tracing off, sample_ratio 0.01 and 1.0. The
 # traced rows export to a local OTLP sink that answers 200 to everything, so the export
-# work is in the count. All traffic stays on 127.0.0.1; every process started here is
-# stopped by PID.
+# work is in the count. The 0.01 row's requests start new traces, so which of them are
+# sampled is random: about 1 in 100, each costing what a 1.0 request costs, and the number
+# sampled in the two runs varies by a few, which moves that row by a few hundred
+# instructions from run to run. All traffic stays on 127.0.0.1; every process started here
+# is stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N1=${N1:-300}

@@ -13,7 +13,7 @@
 //! 2. tower-http's `SetRequestIdLayer`: keeps the client's id or generates one
 //!    ([`HexId`], 32 hex digits) and records it on the request for the handler;
 //! 3. the request's trace (`otel`), when tracing is on and the request is sampled: the
-//!    request path runs inside it;
+//!    request path runs inside it (an unsampled request only has its `traceparent` set);
 //! 4. `Proxy::handle`, the request path, one plain async function.
 //!
 //! A panic (`CatchPanicLayer`, applied by the accept loop) is answered `500
@@ -58,9 +58,9 @@ pub fn proxy(
     ServiceBuilder::new()
         .map_request(drop_insane_request_id)
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), HexId))
-        .service_fn(move |req: Request<Incoming>| {
+        .service_fn(move |mut req: Request<Incoming>| {
             let proxy = Arc::clone(&proxy);
-            let trace = proxy.traces().start(&req, peer);
+            let trace = proxy.traces().start(&mut req, peer);
             let answer = async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) };
             // Boxed where it is made: the request path's future is large, and the layers
             // around it (and tower's `Oneshot`) would otherwise move it several times.

@@ -161,6 +161,130 @@ async fn unsampled_requests_export_nothing_and_fallbacks_are_span_events() {
 }
 
 #[tokio::test]
+async fn span_attributes_stay_small_whatever_the_client_sends() {
+    let collector = Collector::start().await;
+    let backend = Backend::start().await;
+    let yaml = format!(
+        "{}routes:\n  - name: api\n    match:\n      path_prefix: /api\n",
+        tracing_yaml(&collector.endpoint(), 0.0)
+    );
+    let sidecar = Sidecar::in_front_of(&backend, &yaml).await;
+    // A sampled parent forces a span; a 4 KiB path must not make it 4 KiB.
+    let long = format!("/api/{}", "a".repeat(4096));
+    let parent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    let (status, _, _) = send(get_with(&sidecar.url(&long), &[("traceparent", &parent)])).await;
+    assert_eq!(status, http::StatusCode::OK);
+    let spans = spans_of(&collector, CLIENT_TRACE, 2).await;
+    let server = spans.iter().find(|s| s.kind == 2).expect("a server span");
+    let path = &server.attributes["url.path"];
+    assert_eq!(path.len(), outrigger::otel::MAX_PATH);
+    assert!(long.starts_with(path.as_str()));
+
+    // A method outside HTTP's own set is `_OTHER`, and the span is named `HTTP <route>`.
+    let other = "1af7651916cd43dd8448eb211c80319c";
+    let req = http::Request::builder()
+        .method(http::Method::from_bytes(b"FROBNICATE").unwrap())
+        .uri(sidecar.url("/api/x"))
+        .header("traceparent", format!("00-{other}-{CLIENT_SPAN}-01"))
+        .body(Default::default())
+        .unwrap();
+    let (status, _, _) = send(req).await;
+    assert_eq!(status, http::StatusCode::OK);
+    let spans = spans_of(&collector, other, 2).await;
+    let server = spans.iter().find(|s| s.kind == 2).expect("a server span");
+    assert_eq!(server.name, "HTTP api");
+    assert_eq!(server.attributes["http.request.method"], "_OTHER");
+    let client = spans.iter().find(|s| s.kind == 3).expect("a client span");
+    assert_eq!(client.attributes["http.request.method"], "_OTHER");
+}
+
+/// Whether the SDK's trace-id-ratio rule samples `trace_id` (hex) at ratio 0.5.
+fn ratio_half_samples(trace_id: &str) -> bool {
+    let low = u64::from_str_radix(&trace_id[16..], 16).unwrap();
+    (low >> 1) < 1u64 << 62
+}
+
+#[tokio::test]
+async fn new_traces_are_sampled_by_their_trace_id_and_every_upstream_gets_our_parent() {
+    let collector = Collector::start().await;
+    let backend = Backend::start().await;
+    let sidecar = Sidecar::in_front_of(&backend, &tracing_yaml(&collector.endpoint(), 0.5)).await;
+    for i in 0..40 {
+        let (status, _, _) = get(&sidecar.url(&format!("/n{i}"))).await;
+        assert_eq!(status, http::StatusCode::OK);
+    }
+    // Each request started a trace; the upstream names its parent and the sampler's say.
+    let mut sampled = Vec::new();
+    for r in backend.received() {
+        let tp = r.header("traceparent").expect("a traceparent").to_owned();
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(
+            (parts.len(), parts[0], parts[1].len(), parts[2].len()),
+            (4, "00", 32, 16)
+        );
+        assert_ne!(parts[2], "0000000000000000");
+        let flagged = parts[3] == "01";
+        assert_eq!(flagged, ratio_half_samples(parts[1]), "{tp}");
+        if flagged {
+            sampled.push((parts[1].to_owned(), parts[2].to_owned()));
+        }
+    }
+    assert!(
+        (5..=35).contains(&sampled.len()),
+        "{} of 40 at 0.5",
+        sampled.len()
+    );
+    // Exactly the flagged traces are exported, under the trace id the upstream saw.
+    for (trace, parent) in &sampled {
+        let spans = spans_of(&collector, trace, 2).await;
+        let server = spans.iter().find(|s| s.kind == 2).expect("a server span");
+        assert_eq!(
+            server.parent_span_id, "",
+            "a new trace's server span is a root"
+        );
+        let client = spans.iter().find(|s| s.kind == 3).expect("a client span");
+        assert_eq!(&client.span_id, parent);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let exported: std::collections::HashSet<String> =
+        collector.spans().into_iter().map(|s| s.trace_id).collect();
+    assert_eq!(exported.len(), sampled.len());
+
+    // An unsampled parent: its trace, a span id of ours, unsampled; its tracestate kept.
+    let parent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-00");
+    let req = get_with(
+        &sidecar.url("/unsampled"),
+        &[("traceparent", &parent), ("tracestate", "vendor=kept")],
+    );
+    assert_eq!(send(req).await.0, http::StatusCode::OK);
+    let seen = backend.received();
+    let r = seen.last().unwrap();
+    let tp = r.header("traceparent").unwrap();
+    assert!(tp.starts_with(&format!("00-{CLIENT_TRACE}-")), "{tp}");
+    assert!(tp.ends_with("-00"), "{tp}");
+    assert_ne!(
+        tp, parent,
+        "the upstream's parent is our span, not the client's"
+    );
+    assert_eq!(r.header("tracestate"), Some("vendor=kept"));
+
+    // A malformed parent: a new trace, and the tracestate that went with it is dropped.
+    let req = get_with(
+        &sidecar.url("/malformed"),
+        &[
+            ("traceparent", "00-NOT-A-TRACE"),
+            ("tracestate", "vendor=orphan"),
+        ],
+    );
+    assert_eq!(send(req).await.0, http::StatusCode::OK);
+    let seen = backend.received();
+    let r = seen.last().unwrap();
+    let tp = r.header("traceparent").unwrap();
+    assert_eq!(tp.len(), 55, "{tp}");
+    assert_eq!(r.header("tracestate"), None);
+}
+
+#[tokio::test]
 async fn a_refusing_or_absent_collector_costs_requests_nothing_and_drops_are_counted() {
     let collector = Collector::start().await;
     collector.refuse();
