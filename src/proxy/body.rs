@@ -209,7 +209,9 @@ pub type Guard = Box<dyn Send + Sync>;
 pub struct ResponseBody {
     inner: Inner,
     /// Copies the body for the stale store while it streams.
-    tee: Option<Tee>,
+    /// Boxed: a response is moved by value through every layer around the handler, and
+    /// an inline copier (about 300 bytes) would be copied with it each time.
+    tee: Option<Box<Tee>>,
     /// Dropped with the body: releases the in-flight slot.
     _guard: Option<Guard>,
     /// Tells the connection's watchdog whether the client keeps taking this body
@@ -329,7 +331,7 @@ impl ResponseBody {
     pub fn upstream_tee(body: Incoming, tee: Tee) -> ResponseBody {
         ResponseBody {
             inner: Inner::Upstream(body),
-            tee: Some(tee),
+            tee: Some(Box::new(tee)),
             _guard: None,
             sending: None,
             on_trailers: None,

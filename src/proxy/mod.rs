@@ -145,7 +145,13 @@ impl Proxy {
     }
 
     /// Answers one client request. Never fails: every error becomes a response.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    /// Takes the proxy by `Arc` so that its future is `'static` and can be boxed where it
+    /// is made, with nothing around it (`edge`).
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
         let rt = self.runtime.load_full();
         let request_id = headers::request_id(&req);
