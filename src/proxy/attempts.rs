@@ -68,6 +68,8 @@ pub struct Attempts<'a> {
     /// The route's concurrency limit: every attempt holds a slot until its headers arrive.
     pub slots: Option<&'a ConcurrencyLimit>,
     pub metrics: &'a Metrics,
+    /// The route's resolved metric series.
+    pub series: &'a super::route_metrics::RouteMetrics,
     pub head: &'a Head,
     pub body: Prepared,
     /// Whether the method or an idempotency key allows sending the request again.
@@ -229,13 +231,10 @@ impl<'a> Attempts<'a> {
                 r.status().is_server_error() || super::grpc::breaker_failure(r)
             }));
         }
-        self.metrics
-            .upstream_attempts
-            .with_label_values(&[&self.route.name, label])
-            .inc();
-        self.metrics
-            .upstream_attempt_duration
-            .with_label_values(&[&self.route.name])
+        let route = &self.route.name;
+        self.series.attempt(self.metrics, route, label).inc();
+        self.series
+            .attempt_duration(self.metrics, route)
             .observe(started.elapsed().as_secs_f64());
         result
     }

@@ -237,6 +237,7 @@ impl Proxy {
             limiter: limiter.zip(limiter_key.as_deref()),
             slots: ctx.state.concurrency.as_deref(),
             metrics: &self.metrics,
+            series: &ctx.state.series,
             head: &head,
             body,
             may_resend,

@@ -24,7 +24,8 @@ use http::Version;
 /// The request id header, kept from the client or generated, sent both ways.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// A `static`, not a `const`: a `const` array of names is built and dropped at each use.
+static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

@@ -29,6 +29,7 @@ pub mod headers;
 pub mod hedge;
 pub mod probe;
 pub mod respond;
+pub mod route_metrics;
 pub mod runtime;
 pub mod tunnel;
 pub mod upgrade;
@@ -214,16 +215,19 @@ impl Proxy {
         headers.insert(headers::REQUEST_ID.clone(), request_id.clone());
         let elapsed = started.elapsed();
         let status = resp.status();
-        let labels = [
-            &route.name,
-            method_label(&method),
-            status.as_str(),
-            outcome.label(),
-        ];
-        self.metrics.requests.with_label_values(&labels).inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[&route.name, outcome.label()])
+        let series = &state.series;
+        let m = &self.metrics;
+        series
+            .request(
+                m,
+                &route.name,
+                method_label(&method),
+                status,
+                outcome.label(),
+            )
+            .inc();
+        series
+            .duration(m, &route.name, outcome.label())
             .observe(elapsed.as_secs_f64());
         crate::otel::finish(status.as_u16(), outcome.label(), attempts);
         crate::access_log::record(&crate::access_log::Entry {

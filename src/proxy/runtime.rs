@@ -49,6 +49,8 @@ pub struct RouteState {
     pub hedge: Option<Arc<Mutex<HedgeState>>>,
     /// The adaptive concurrency limit, when the route has one (`concurrency_state`).
     pub concurrency: Option<Arc<ConcurrencyLimit>>,
+    /// The route's hot metric series, resolved once (`route_metrics`).
+    pub series: super::route_metrics::RouteMetrics,
 }
 
 impl Runtime {
@@ -204,6 +206,7 @@ impl RouteState {
             coalescer: old.map_or_else(Default::default, |o| Arc::clone(&o.coalescer)),
             hedge,
             concurrency: super::concurrency_state::carry(route, old, metrics),
+            series: Default::default(),
         }
     }
 }

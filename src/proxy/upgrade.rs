@@ -179,6 +179,7 @@ impl Proxy {
             limiter: ctx.state.limiter.as_deref().zip(limiter_key.as_deref()),
             slots: ctx.state.concurrency.as_deref(),
             metrics: &self.metrics,
+            series: &ctx.state.series,
             head: &head,
             body,
             may_resend: false,
