@@ -27,7 +27,7 @@ use hyper::body::Incoming;
 use super::upload::Upload;
 use crate::resilience::coalesce::Flight;
 use crate::resilience::store::{Key, ResponseStore, MAX_STORED_BODY};
-use crate::server::watchdog::Active;
+use crate::server::watchdog::{Active, Reading};
 
 /// Any error a body can produce.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -56,6 +56,9 @@ pub struct Streamed {
     pub prefix: VecDeque<Bytes>,
     pub rest: Incoming,
     upload: Arc<Upload>,
+    /// Keeps the client's connection from being parked while `rest` is unread
+    /// (`server::watchdog::Reading`); dropped with it.
+    _reading: Option<Reading>,
 }
 
 impl Prepared {
@@ -63,6 +66,7 @@ impl Prepared {
     pub fn streaming(
         prefix: VecDeque<Bytes>,
         rest: Incoming,
+        reading: Option<Reading>,
         length: Option<u64>,
         oversized: bool,
     ) -> Prepared {
@@ -72,6 +76,7 @@ impl Prepared {
                 prefix,
                 rest,
                 upload: Arc::clone(&upload),
+                _reading: reading,
             }))),
             upload,
             length,
@@ -458,8 +463,12 @@ impl Body for ResponseBody {
 ///
 /// A body that can never be resent is not buffered. A chunked body that grows past the
 /// limit while arriving keeps what was read as a prefix and streams the rest.
+///
+/// `reading` is the client connection's note that this body is still being read: held as
+/// long as the body may still be read, then dropped.
 pub async fn prepare(
     mut body: Incoming,
+    reading: Option<Reading>,
     headers: &HeaderMap,
     keep: bool,
     limit: usize,
@@ -477,6 +486,7 @@ pub async fn prepare(
         return Ok(Prepared::streaming(
             VecDeque::new(),
             body,
+            reading,
             length,
             oversized,
         ));
@@ -496,7 +506,7 @@ pub async fn prepare(
         total += data.len();
         kept.push_back(data);
         if total > limit {
-            return Ok(Prepared::streaming(kept, body, length, true));
+            return Ok(Prepared::streaming(kept, body, reading, length, true));
         }
     }
     let mut all = BytesMut::with_capacity(total);

@@ -34,6 +34,7 @@ use crate::resilience::coalesce::Flight;
 use crate::resilience::fault::{self, Faults};
 use crate::resilience::retry;
 use crate::resilience::store::{Key, ResponseStore};
+use crate::server::watchdog::Reading;
 use crate::shared;
 
 /// Header marking an answer from the fresh cache.
@@ -101,6 +102,8 @@ impl Proxy {
     /// Forwards an admitted request; every outcome is a response.
     pub(super) async fn forward(&self, ctx: &Ctx<'_>, req: Request<Incoming>) -> Answer {
         let (mut parts, body) = req.into_parts();
+        // Goes with the body: the connection is not parked while the body is unread.
+        let reading = parts.extensions.remove::<Reading>();
         // The head is rewritten first: the store key, `Vary` and the idempotency key are all
         // read from exactly what the upstream will receive.
         let Some(head) = ctx.head(&mut parts) else {
@@ -138,7 +141,7 @@ impl Proxy {
                 .with_label_values(&[&ctx.route.name, kind])
                 .inc();
         }
-        self.forward_upstream(ctx, head, body, key, flight, faults)
+        self.forward_upstream(ctx, head, (body, reading), key, flight, faults)
             .await
             .with_fault(kind)
     }
@@ -148,7 +151,7 @@ impl Proxy {
         &self,
         ctx: &Ctx<'_>,
         head: Head,
-        body: Incoming,
+        (body, reading): (Incoming, Option<Reading>),
         key: Option<Key>,
         flight: Option<Flight>,
         faults: Faults,
@@ -160,7 +163,7 @@ impl Proxy {
         // are kept for that case too.
         // Not for gRPC: a streaming call's body may never end while it waits for answers.
         let keep = may_resend || (ctx.rt.config.upstream.http2 && !ctx.grpc);
-        let prepared = body::prepare(body, &head.headers, keep, limit);
+        let prepared = body::prepare(body, reading, &head.headers, keep, limit);
         let body = match tokio::time::timeout_at(ctx.deadline, prepared).await {
             Ok(Ok(body)) => body,
             Ok(Err(_)) => {

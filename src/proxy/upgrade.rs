@@ -150,11 +150,19 @@ impl Proxy {
         let client_side = hyper::upgrade::on(&mut req);
         let protocol = req.headers().get(UPGRADE).cloned();
         let (mut parts, body) = req.into_parts();
+        let reading = parts.extensions.remove::<crate::server::watchdog::Reading>();
         let Some(mut head) = ctx.head(&mut parts) else {
             return Answer::bad_head();
         };
         // The body streams, never kept for a replay.
-        let body = match body::prepare(body, &head.headers, false, limits.request_body_buffer).await
+        let prepared = body::prepare(
+            body,
+            reading,
+            &head.headers,
+            false,
+            limits.request_body_buffer,
+        );
+        let body = match prepared.await
         {
             Ok(prepared) => prepared,
             Err(_) => {

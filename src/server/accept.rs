@@ -69,6 +69,7 @@ pub struct Builder {
     http2: http2::Builder<TokioExecutor>,
     send_timeout: Duration,
     idle_timeout: Duration,
+    header_read_timeout: Duration,
 }
 
 /// An HTTP/1.1 + h2c connection builder with the configured limits.
@@ -93,6 +94,7 @@ pub fn builder(limits: &Limits) -> Builder {
         http2,
         send_timeout: limits.send_timeout,
         idle_timeout: limits.idle_timeout,
+        header_read_timeout: limits.header_read_timeout,
     }
 }
 
@@ -204,9 +206,14 @@ impl Connection {
         let draining = leave.clone();
         let requests = Arc::clone(&clock);
         let inner = (handler.make)(peer);
-        let service = tower::service_fn(move |req| {
+        let service = tower::service_fn(move |mut req: Request<Incoming>| {
             // Counted from here: a request in its handler is not idle.
             let active = requests.start();
+            // And so is a body still being read, even once the answer is sent: whoever
+            // reads the body holds this until the body ends or is let go.
+            if !req.body().is_end_stream() {
+                req.extensions_mut().insert(requests.reading());
+            }
             // Only an HTTP/1.0 keep-alive request pays for the clone (no allocation).
             let keep = keep_alive::http10_asked(&req).then(|| draining.clone());
             // Boxed: hyper keeps room for one request future in every connection, so an
@@ -362,8 +369,13 @@ impl Watch<'_> {
 
     /// Waits on a parked connection's bare socket: `true` once bytes (or the client's
     /// close) arrive for a new hyper connection to read, `false` to close it now (told to
-    /// leave, idle for `idle_timeout`, or the socket failed).
+    /// leave, idle for the shorter of `idle_timeout` and `header_read_timeout` as an
+    /// unparked connection would be, or the socket failed).
     async fn parked(&mut self, io: &ConnIo) -> bool {
+        let idle = self
+            .builder
+            .idle_timeout
+            .min(self.builder.header_read_timeout);
         tokio::select! {
             // Biased: a request that arrived is served even when the drain began.
             biased;
@@ -372,8 +384,8 @@ impl Watch<'_> {
                 debug!(peer = %self.peer, "parked connection closed: told to leave");
                 false
             }
-            _ = self.clock.expired(self.builder.send_timeout, Some(self.builder.idle_timeout), None) => {
-                debug!(peer = %self.peer, "connection closed: idle for idle_timeout");
+            _ = self.clock.expired(self.builder.send_timeout, Some(idle), None) => {
+                debug!(peer = %self.peer, "parked connection closed: idle");
                 false
             }
         }

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// What one connection's requests and responses are doing.
@@ -40,6 +41,8 @@ pub struct Clock {
     /// hyper's last write to the socket found no room: it still holds response bytes
     /// (`conn_io`).
     write_blocked: AtomicBool,
+    /// Told when the last request in progress ends, so that parking needs no polling.
+    ended: Notify,
 }
 
 /// Why a connection's time ran out.
@@ -61,6 +64,7 @@ impl Clock {
             waiting: AtomicUsize::new(0),
             last: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
+            ended: Notify::new(),
         })
     }
 
@@ -76,6 +80,12 @@ impl Clock {
 
     fn now(&self) -> u64 {
         self.base.elapsed().as_millis() as u64
+    }
+
+    /// Counts a request body hyper is still reading, until the returned handle (and its
+    /// clones) are dropped: with the body's end, or when the body is let go.
+    pub fn reading(self: &Arc<Self>) -> Reading {
+        Reading(Arc::new(self.start()))
     }
 
     /// When the last thing happened (an opaque stamp: equal stamps, nothing happened).
@@ -138,13 +148,19 @@ impl Clock {
                 // then timed from `last`.
                 now + send.min(idle.unwrap_or(send))
             };
-            // Parking is timed from the end of the last request, which wakes no timer: look
-            // again within `park.after` whatever the state.
-            let next = park_after.map_or(next, |p| next.min(now + p));
             sleep
                 .as_mut()
                 .reset(self.base + Duration::from_millis(next));
-            sleep.as_mut().await;
+            if park.is_some() && (requests > 0 || waiting > 0) {
+                // Parking is timed from the end of the last request: look again then. (A
+                // request that ended since the counters were read left a permit.)
+                tokio::select! {
+                    () = sleep.as_mut() => {}
+                    () = self.ended.notified() => {}
+                }
+            } else {
+                sleep.as_mut().await;
+            }
         }
     }
 }
@@ -209,6 +225,15 @@ impl Drop for Active {
     fn drop(&mut self) {
         self.set_waiting(false);
         self.clock.touch();
-        self.clock.requests.fetch_sub(1, Ordering::Release);
+        if self.clock.requests.fetch_sub(1, Ordering::Release) == 1 {
+            self.clock.ended.notify_one();
+        }
     }
 }
+
+/// A request body hyper is still reading (`Clock::reading`), carried in the request's
+/// extensions to whoever reads the body. Until it is dropped the connection has a request
+/// in progress: it is not idle, and it is never parked, since a new hyper connection
+/// would read the rest of the body as a new request.
+#[derive(Debug, Clone)]
+pub struct Reading(#[allow(dead_code)] Arc<Active>);
