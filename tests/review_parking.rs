@@ -1,0 +1,312 @@
+//! Review of parking idle HTTP/1 connections (`server::accept`): a client must see no
+//! difference. Every test talks real HTTP/1 over loopback sockets to the sidecar started
+//! in-process, and waits past `PARK_AFTER` at the moments that matter.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use outrigger::server::accept::PARK_AFTER;
+use support::review_conn::get_request;
+use support::{within, Action, Backend, Sidecar};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// Long enough for a connection to be parked.
+fn past_parking() -> Duration {
+    PARK_AFTER * 3
+}
+
+/// Everything the peer sends until it closes or `wait` passes with nothing new.
+async fn read_for(stream: &mut TcpStream, wait: Duration) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout(wait, stream.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// How many HTTP/1 status lines a byte stream holds.
+fn responses_in(text: &str) -> usize {
+    text.matches("HTTP/1.1 ").count()
+}
+
+/// An HTTP/1.1 upstream that answers `200 early` as soon as it has read a request's head,
+/// without waiting for its body (as servers that reject or ignore an upload do), then
+/// reads and keeps the rest of what the proxy sends on that connection.
+struct EarlyUpstream {
+    addr: SocketAddr,
+    /// Request lines seen at the start of each connection.
+    heads: Arc<Mutex<Vec<String>>>,
+    /// Everything received after the first head, per connection (appended as it comes).
+    after: Arc<Mutex<Vec<u8>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for EarlyUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EarlyUpstream {
+    async fn start() -> EarlyUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let after = Arc::new(Mutex::new(Vec::new()));
+        let (h, a) = (Arc::clone(&heads), Arc::clone(&after));
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (h, a) = (Arc::clone(&h), Arc::clone(&a));
+                tokio::spawn(async move {
+                    let mut reader = BufReader::new(stream);
+                    let mut first = String::new();
+                    if reader.read_line(&mut first).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    h.lock().unwrap().push(first.trim_end().to_owned());
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).await.unwrap_or(0) > 2 {
+                        line.clear();
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly";
+                    if reader.get_mut().write_all(answer).await.is_err() {
+                        return;
+                    }
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match reader.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => a.lock().unwrap().extend_from_slice(&buf[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        EarlyUpstream {
+            addr,
+            heads,
+            after,
+            task,
+        }
+    }
+}
+
+/// A POST whose upstream answered before its body ended: the rest of the body is still
+/// request body once the connection has had no request for `PARK_AFTER`. Parking takes the
+/// socket back from hyper in the middle of that body (no request is "in progress" for the
+/// watchdog: the response is done), drops hyper's body sender (the upstream gets a
+/// truncated body) and hands the remaining body bytes to a new hyper connection, which
+/// parses them as a request: a request smuggled inside a body is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_of_a_body_is_never_read_as_a_new_request() {
+    let upstream = EarlyUpstream::start().await;
+    let sidecar = Sidecar::start(&format!("upstream:\n  url: http://{}\n", upstream.addr)).await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: test\r\n\r\n";
+    let first_part = "aaaa";
+    let length = first_part.len() + smuggled.len();
+    let mut client = within(TcpStream::connect(sidecar.addr)).await.unwrap();
+    let head = format!("POST /upload HTTP/1.1\r\nHost: test\r\ncontent-length: {length}\r\n\r\n");
+    client
+        .write_all(format!("{head}{first_part}").as_bytes())
+        .await
+        .unwrap();
+    // The upstream's early answer comes back while the body is unfinished.
+    let mut answer = vec![0u8; 0];
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).ends_with("early") {
+        let n = within(client.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "closed before the early answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    // The client sends the rest of its body a little later (a slow upload).
+    tokio::time::sleep(past_parking()).await;
+    client.write_all(smuggled.as_bytes()).await.unwrap();
+    let more = read_for(&mut client, Duration::from_secs(1)).await;
+    assert_eq!(
+        responses_in(&more),
+        0,
+        "the end of a request body was answered as a request: {more:?}"
+    );
+    let heads = upstream.heads.lock().unwrap().clone();
+    assert_eq!(heads, ["POST /upload HTTP/1.1"], "the upstream saw {heads:?}");
+    // The upstream got the body whole, as it would without parking.
+    let after = String::from_utf8_lossy(&upstream.after.lock().unwrap()).into_owned();
+    assert!(
+        after.ends_with(smuggled),
+        "the upstream got {after:?} after the head, not the whole body"
+    );
+}
+
+/// Reads one response with a `content-length` body from a buffered stream: (head, body),
+/// or `None` if the server closed first.
+async fn response_of(reader: &mut BufReader<TcpStream>) -> Option<(String, String)> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        if line.trim_end().is_empty() {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().expect("content-length"));
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).await.ok()?;
+    Some((head, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A POST with a body and a pipelined GET behind it, cut in two at every byte: the first
+/// part, a pause long enough to park, the rest. Each cut on its own connection, all at
+/// once; `warm`: after one request already served (and a park) on that connection.
+async fn split_everywhere(warm: bool) {
+    let backend = Backend::start().await;
+    backend.set_default(Action::Echo);
+    let sidecar = Sidecar::in_front_of(&backend, "").await;
+    let sample = |k: usize| {
+        let body = format!("body-{k:03}");
+        format!(
+            "POST /post-{k} HTTP/1.1\r\nHost: test\r\ncontent-length: {}\r\n\r\n{body}\
+             GET /after-{k} HTTP/1.1\r\nHost: test\r\n\r\n",
+            body.len()
+        )
+    };
+    let len = sample(0).len();
+    let mut tasks = Vec::new();
+    for k in 1..len {
+        let addr = sidecar.addr;
+        tasks.push(tokio::spawn(async move {
+            let bytes = sample(k).into_bytes();
+            let stream = TcpStream::connect(addr).await.expect("connect");
+            let mut reader = BufReader::new(stream);
+            if warm {
+                reader
+                    .get_mut()
+                    .write_all(&get_request("1.1", &format!("/warm-{k}"), ""))
+                    .await
+                    .unwrap();
+                let (head, _) = response_of(&mut reader).await.expect("warm answer");
+                assert!(head.starts_with("http/1.1 200"), "{head}");
+                tokio::time::sleep(past_parking()).await;
+            }
+            reader.get_mut().write_all(&bytes[..k]).await.unwrap();
+            tokio::time::sleep(past_parking()).await;
+            reader.get_mut().write_all(&bytes[k..]).await.unwrap();
+            let first = response_of(&mut reader).await;
+            let second = response_of(&mut reader).await;
+            (k, first, second)
+        }));
+    }
+    for task in tasks {
+        let (k, first, second) = within(task).await.unwrap();
+        let (head, body) = first.unwrap_or_else(|| panic!("cut at {k}: no answer to the POST"));
+        assert!(head.starts_with("http/1.1 200"), "cut at {k}: {head}");
+        assert_eq!(body, format!("body-{k:03}"), "cut at {k}");
+        let (head, body) = second.unwrap_or_else(|| panic!("cut at {k}: no answer to the GET"));
+        assert!(head.starts_with("http/1.1 200"), "cut at {k}: {head}");
+        assert_eq!(body, "", "cut at {k}");
+    }
+    let mut targets: Vec<String> = backend
+        .received()
+        .into_iter()
+        .map(|r| r.target)
+        .filter(|t| !t.starts_with("/warm-"))
+        .collect();
+    targets.sort();
+    let mut expected: Vec<String> = (1..len)
+        .flat_map(|k| [format!("/post-{k}"), format!("/after-{k}")])
+        .collect();
+    expected.sort();
+    assert_eq!(targets, expected, "each request reached the upstream once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cut_at_every_byte_around_a_park_are_each_answered_once() {
+    split_everywhere(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cut_at_every_byte_after_a_park_are_each_answered_once() {
+    split_everywhere(true).await;
+}
+
+/// Trickles `head` a byte every `pace` (each pause long enough to park) until the
+/// connection closes; how long after the first byte it closed, and whether any answer came.
+async fn trickle(addr: SocketAddr, warm: bool, head: &[u8], pace: Duration) -> (Duration, String) {
+    let mut stream = within(TcpStream::connect(addr)).await.unwrap();
+    if warm {
+        stream
+            .write_all(&get_request("1.1", "/warm", ""))
+            .await
+            .unwrap();
+        let got = read_for(&mut stream, Duration::from_millis(300)).await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        tokio::time::sleep(past_parking()).await;
+    }
+    let (mut read, mut write) = stream.into_split();
+    let start = Instant::now();
+    let head = head.to_vec();
+    let writer = tokio::spawn(async move {
+        for byte in head {
+            if write.write_all(&[byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(pace).await;
+        }
+        // Keep the write side open: the reader decides.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match within(read.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let elapsed = start.elapsed();
+    writer.abort();
+    (elapsed, String::from_utf8_lossy(&got).into_owned())
+}
+
+/// Slowloris: a head trickled one byte per park interval cannot make every park restart
+/// hyper's `header_read_timeout`; it restarts at most once, so the connection is cut
+/// about `header_read_timeout` (+ one park) after its first byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_head_is_cut_near_header_read_timeout_despite_parks() {
+    let backend = Backend::start().await;
+    let sidecar =
+        Sidecar::in_front_of(&backend, "limits:\n  header_read_timeout: 1s\n").await;
+    let mut head = b"GET /slow HTTP/1.1\r\nHost: test\r\nx-pad: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', 200));
+    let pace = PARK_AFTER + PARK_AFTER / 2;
+    for warm in [false, true] {
+        let (elapsed, got) = trickle(sidecar.addr, warm, &head, pace).await;
+        assert!(
+            !got.contains(" 200 "),
+            "warm {warm}: the trickled request was answered: {got}"
+        );
+        assert!(
+            elapsed < Duration::from_millis(1000) + PARK_AFTER * 5,
+            "warm {warm}: cut only after {elapsed:?} (header_read_timeout 1s)"
+        );
+        assert!(
+            elapsed >= Duration::from_millis(900),
+            "warm {warm}: cut already after {elapsed:?}"
+        );
+    }
+    assert_eq!(backend.count(), 1, "only the warm-up request went upstream");
+}
