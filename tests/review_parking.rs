@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outrigger::server::accept::PARK_AFTER;
-use support::review_conn::get_request;
+use support::review_conn::{get_request, RawConn};
 use support::{within, Action, Backend, Sidecar};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -309,4 +309,191 @@ async fn a_trickled_head_is_cut_near_header_read_timeout_despite_parks() {
         );
     }
     assert_eq!(backend.count(), 1, "only the warm-up request went upstream");
+}
+
+/// Connects, is answered one GET, and waits long enough to be parked.
+async fn parked_conn(addr: SocketAddr) -> BufReader<TcpStream> {
+    let stream = within(TcpStream::connect(addr)).await.expect("connect");
+    let mut reader = BufReader::new(stream);
+    reader
+        .get_mut()
+        .write_all(&get_request("1.1", "/warm", ""))
+        .await
+        .unwrap();
+    let (head, _) = within(response_of(&mut reader))
+        .await
+        .expect("warm answer");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    tokio::time::sleep(past_parking()).await;
+    reader
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_works_after_a_park() {
+    let backend = Backend::start().await;
+    backend.set_default(Action::Echo);
+    let sidecar = Sidecar::in_front_of(&backend, "").await;
+    for method in ["POST", "PUT"] {
+        let mut conn = parked_conn(sidecar.addr).await;
+        let head = format!(
+            "{method} /upload HTTP/1.1\r\nHost: test\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n"
+        );
+        conn.get_mut().write_all(head.as_bytes()).await.unwrap();
+        let mut line = String::new();
+        within(conn.read_line(&mut line)).await.unwrap();
+        assert!(line.starts_with("HTTP/1.1 100"), "{method}: {line:?}");
+        line.clear();
+        within(conn.read_line(&mut line)).await.unwrap();
+        assert_eq!(line, "\r\n");
+        // The body after another pause long enough to park.
+        tokio::time::sleep(past_parking()).await;
+        conn.get_mut().write_all(b"hello").await.unwrap();
+        let (head, body) = within(response_of(&mut conn)).await.expect("answer");
+        assert!(head.starts_with("http/1.1 200"), "{method}: {head}");
+        assert_eq!(body, "hello", "{method}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_keep_alive_survives_parks() {
+    let backend = Backend::start().await;
+    let sidecar = Sidecar::in_front_of(&backend, "").await;
+    let mut conn = RawConn::connect(sidecar.addr).await;
+    for i in 0..3 {
+        conn.send(&get_request("1.0", &format!("/ka-{i}"), "Connection: keep-alive\r\n"))
+            .await;
+        let (head, body) = conn.response().await.expect("answer");
+        assert!(head.starts_with("http/1."), "{head}");
+        assert!(head.contains(" 200 "), "{head}");
+        assert!(head.contains("connection: keep-alive"), "{i}: {head}");
+        assert_eq!(body, "ok");
+        tokio::time::sleep(past_parking()).await;
+    }
+    conn.send(&get_request("1.0", "/last", "")).await;
+    let (head, _) = conn.response().await.expect("answer");
+    assert!(head.contains(" 200 "), "{head}");
+    assert!(conn.closed().await, "HTTP/1.0 without keep-alive is closed");
+    let targets: Vec<String> = backend.received().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/ka-0", "/ka-1", "/ka-2", "/last"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_after_a_park_tunnels() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ws_backend = support::servers::websocket_echo().await;
+    let sidecar =
+        Sidecar::start(&format!("upstream:\n  url: http://{}\n", ws_backend.addr)).await;
+    // A plain request first (the echo server is no HTTP server: it answers no GET), so
+    // the first request is one the sidecar answers itself: a bad method.
+    let stream = within(TcpStream::connect(sidecar.addr)).await.unwrap();
+    let mut reader = BufReader::new(stream);
+    reader
+        .get_mut()
+        .write_all(b"CONNECT test:443 HTTP/1.1\r\nHost: test:443\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = within(response_of(&mut reader)).await.expect("answer");
+    assert!(head.starts_with("http/1.1 405"), "{head}");
+    tokio::time::sleep(past_parking()).await;
+    let stream = reader.into_inner();
+    let (mut ws, resp) = within(tokio_tungstenite::client_async(
+        format!("ws://{}/chat", sidecar.addr),
+        stream,
+    ))
+    .await
+    .expect("upgrade after a park");
+    assert_eq!(resp.status(), 101);
+    for text in ["one", "two"] {
+        within(ws.send(Message::text(text))).await.unwrap();
+        let back = within(ws.next()).await.unwrap().unwrap();
+        assert_eq!(back.into_text().unwrap(), text);
+        tokio::time::sleep(past_parking()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_while_parked_is_closed() {
+    let backend = Backend::start().await;
+    let sidecar = Sidecar::in_front_of(&backend, "").await;
+    let conn = parked_conn(sidecar.addr).await;
+    let mut stream = conn.into_inner();
+    stream.shutdown().await.unwrap();
+    let started = Instant::now();
+    let got = read_for(&mut stream, Duration::from_secs(3)).await;
+    assert_eq!(got, "");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "still open {:?} after the client's FIN",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_then_half_close_while_parked_is_answered_as_without_parking() {
+    // hyper (half_close off) may drop a request whose client half-closed; what matters
+    // here is that parking does not change it. Compared with a connection never parked.
+    let backend = Backend::start().await;
+    backend.set_default(Action::Delay(Duration::from_millis(50), Box::new(Action::Status(200))));
+    let sidecar = Sidecar::in_front_of(&backend, "").await;
+    let mut outcomes = Vec::new();
+    for park in [false, true] {
+        let stream = within(TcpStream::connect(sidecar.addr)).await.unwrap();
+        let mut reader = BufReader::new(stream);
+        reader
+            .get_mut()
+            .write_all(&get_request("1.1", "/warm", ""))
+            .await
+            .unwrap();
+        within(response_of(&mut reader)).await.expect("warm");
+        if park {
+            tokio::time::sleep(past_parking()).await;
+        }
+        let mut stream = reader.into_inner();
+        stream
+            .write_all(&get_request("1.1", "/then-fin", ""))
+            .await
+            .unwrap();
+        stream.shutdown().await.unwrap();
+        let got = read_for(&mut stream, Duration::from_secs(2)).await;
+        outcomes.push(got.starts_with("HTTP/1.1 200"));
+    }
+    assert_eq!(outcomes[0], outcomes[1], "never parked / parked: {outcomes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_a_parked_connection_on_time() {
+    let backend = Backend::start().await;
+    let sidecar = Sidecar::in_front_of(&backend, "limits:\n  idle_timeout: 1s\n").await;
+    for extra_parks in [false, true] {
+        let stream = within(TcpStream::connect(sidecar.addr)).await.unwrap();
+        let mut reader = BufReader::new(stream);
+        reader
+            .get_mut()
+            .write_all(&get_request("1.1", "/a", ""))
+            .await
+            .unwrap();
+        within(response_of(&mut reader)).await.expect("answer");
+        let answered = Instant::now();
+        if extra_parks {
+            // A request at 0.5 s restarts the idle time.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            reader
+                .get_mut()
+                .write_all(&get_request("1.1", "/b", ""))
+                .await
+                .unwrap();
+            within(response_of(&mut reader)).await.expect("answer");
+        }
+        let last = Instant::now();
+        let mut byte = [0u8; 1];
+        let n = within(reader.read(&mut byte)).await.unwrap_or(0);
+        assert_eq!(n, 0, "closed without sending anything");
+        let idle = last.elapsed();
+        assert!(
+            idle >= Duration::from_millis(900) && idle < Duration::from_millis(1600),
+            "closed {idle:?} after the last answer ({:?} after the first)",
+            answered.elapsed()
+        );
+    }
 }
