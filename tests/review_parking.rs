@@ -497,3 +497,131 @@ async fn idle_timeout_closes_a_parked_connection_on_time() {
         );
     }
 }
+
+/// POST /shutdown (drain_delay 0) while many connections are parked and each sends a
+/// request at that very moment: every request the upstream saw is answered whole, and a
+/// connection not answered is closed without a byte (never a cut answer, never a hang).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_during_unparking_loses_no_answer() {
+    let backend = Backend::start().await;
+    backend.set_default(Action::Delay(Duration::from_millis(50), Box::new(Action::Status(200))));
+    let sidecar = Sidecar::in_front_of(&backend, "shutdown:\n  timeout: 5s\n").await;
+    let admin = sidecar.admin;
+    let addr = sidecar.addr;
+    let opening: Vec<_> = (0..60)
+        .map(|_| tokio::spawn(async move { parked_conn(addr).await }))
+        .collect();
+    let mut conns = Vec::new();
+    for conn in opening {
+        conns.push(within(conn).await.unwrap());
+    }
+    tokio::time::sleep(past_parking()).await;
+    let warm = backend.count();
+    let shutdown = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let shutdown = http::Request::post(format!("http://{admin}/shutdown"))
+            .body(Default::default())
+            .unwrap();
+        support::send(shutdown).await.0
+    });
+    let mut tasks = Vec::new();
+    for (i, mut conn) in conns.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            // Spread over the moment the drain begins; half of them send their head in
+            // two parts.
+            tokio::time::sleep(Duration::from_micros(500 * i as u64)).await;
+            let req = get_request("1.1", &format!("/during-{i}"), "");
+            if i % 2 == 0 {
+                let _ = conn.get_mut().write_all(&req).await;
+            } else {
+                let _ = conn.get_mut().write_all(&req[..10]).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let _ = conn.get_mut().write_all(&req[10..]).await;
+            }
+            let mut all = Vec::new();
+            let _ = within(conn.read_to_end(&mut all)).await;
+            String::from_utf8_lossy(&all).into_owned()
+        }));
+    }
+    let status = within(shutdown).await.unwrap();
+    assert!(status.is_success(), "{status}");
+    let mut answered = 0;
+    for task in tasks {
+        let got = within(task).await.unwrap();
+        if got.is_empty() {
+            continue;
+        }
+        assert!(
+            got.starts_with("HTTP/1.1 200") && got.ends_with("ok") && responses_in(&got) == 1,
+            "{got:?}"
+        );
+        answered += 1;
+    }
+    assert_eq!(
+        backend.count() - warm,
+        answered,
+        "requests the upstream saw / answers the clients got"
+    );
+    eprintln!("{answered} of 60 answered during the drain");
+}
+
+/// Which TCP state the sidecar's end of a client connection is in (`/proc/net/tcp`):
+/// "01" established, "04" FIN_WAIT1 (closed by the sidecar, data still queued), ...
+fn server_side_state(server: SocketAddr, client: SocketAddr) -> Option<String> {
+    let hex = |a: SocketAddr| {
+        let SocketAddr::V4(v4) = a else { panic!("v4 only") };
+        let ip = u32::from_le_bytes(v4.ip().octets());
+        format!("{ip:08X}:{:04X}", v4.port())
+    };
+    let (local, remote) = (hex(server), hex(client));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f[1] == local && f[2] == remote).then(|| f[3].to_owned())
+    })
+}
+
+/// A client that never reads a response whose body the proxy has finished taking from
+/// the upstream: the bytes left sit in hyper's write buffer (no response body "waits"
+/// any more for the watchdog). `send_timeout` must still cut it, and `idle_timeout` close
+/// it: after both, the sidecar's end of the connection is no longer established.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_reading_client_is_let_go_even_once_its_body_ended_in_hyper() {
+    let backend = Backend::start().await;
+    let sidecar = Sidecar::in_front_of(
+        &backend,
+        "limits:\n  send_timeout: 1s\n  idle_timeout: 2s\n",
+    )
+    .await;
+    let mut stuck = Vec::new();
+    let mut conns = Vec::new();
+    for len in [256usize << 10, 1 << 20, 2 << 20, 4 << 20, 8 << 20] {
+        backend.set_default(Action::Respond {
+            status: 200,
+            headers: vec![],
+            body: vec![b'x'; len],
+        });
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = within(socket.connect(sidecar.addr)).await.unwrap();
+        stream
+            .write_all(&get_request("1.1", "/big", ""))
+            .await
+            .unwrap();
+        // Let the upstream answer reach the proxy before the next one is scripted.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        conns.push((len, stream));
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (len, stream) in &conns {
+        let state = server_side_state(sidecar.addr, stream.local_addr().unwrap());
+        if state.as_deref() == Some("01") {
+            stuck.push(*len);
+        }
+    }
+    assert!(
+        stuck.is_empty(),
+        "still established 5 s after the answer with send_timeout 1s, idle_timeout 2s \
+         although the client read nothing: bodies of {stuck:?} bytes"
+    );
+}
