@@ -625,3 +625,89 @@ async fn a_non_reading_client_is_let_go_even_once_its_body_ended_in_hyper() {
          although the client read nothing: bodies of {stuck:?} bytes"
     );
 }
+
+/// 2,000 connections, each sending 3 POSTs with a park between them, all parking and
+/// unparking at about the same moments: every answer is its own request's (bodies are
+/// unique), each request reached the upstream once, and a bystander on its own connection
+/// keeps being served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_connections_park_and_unpark_without_mixing_answers() {
+    const CONNS: usize = 2000;
+    const REQUESTS: usize = 3;
+    let backend = Backend::start().await;
+    backend.set_default(Action::Echo);
+    let sidecar = Sidecar::start(&format!(
+        "upstream:\n  url: {}\n  pool_max_idle: 512\nlimits:\n  max_concurrent_requests: 8192\n",
+        backend.url()
+    ))
+    .await;
+    let addr = sidecar.addr;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::clone(&done);
+    let bystander = tokio::spawn(async move {
+        let mut conn = RawConn::connect(addr).await;
+        let mut worst = Duration::ZERO;
+        let mut served = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && served < 2000 {
+            let asked = Instant::now();
+            conn.send(&get_request("1.1", "/bystander", "")).await;
+            let (head, _) = conn.response().await.expect("bystander answer");
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            worst = worst.max(asked.elapsed());
+            served += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (served, worst)
+    });
+    let mut tasks = Vec::new();
+    for c in 0..CONNS {
+        tasks.push(tokio::spawn(async move {
+            // Connect in waves of 200 so the listen backlog is not the test.
+            tokio::time::sleep(Duration::from_millis((c / 200) as u64 * 20)).await;
+            let stream = TcpStream::connect(addr).await.expect("connect");
+            let mut reader = BufReader::new(stream);
+            for r in 0..REQUESTS {
+                let body = format!("conn-{c}-req-{r}");
+                let req = format!(
+                    "POST /c{c}/r{r} HTTP/1.1\r\nHost: test\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                reader.get_mut().write_all(req.as_bytes()).await.unwrap();
+                let Some((head, echoed)) = response_of(&mut reader).await else {
+                    return Err(format!("conn {c} request {r}: closed"));
+                };
+                if !head.starts_with("http/1.1 200") || echoed != body {
+                    return Err(format!("conn {c} request {r}: {head} {echoed:?}"));
+                }
+                tokio::time::sleep(past_parking()).await;
+            }
+            Ok(())
+        }));
+    }
+    let mut failures = Vec::new();
+    for task in tasks {
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(120), task)
+            .await
+            .expect("bounded")
+            .unwrap()
+        {
+            failures.push(e);
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (served, worst) = within(bystander).await.unwrap();
+    assert!(failures.is_empty(), "{} failed, first: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    let mut targets: Vec<String> = backend
+        .received()
+        .into_iter()
+        .map(|r| r.target)
+        .filter(|t| t != "/bystander")
+        .collect();
+    targets.sort();
+    targets.dedup();
+    assert_eq!(targets.len(), CONNS * REQUESTS, "each request upstream once");
+    let bystanders = backend.received().iter().filter(|r| r.target == "/bystander").count();
+    assert_eq!(bystanders, served);
+    eprintln!("bystander: {served} requests, worst {worst:?}");
+    assert!(worst < Duration::from_secs(5), "bystander waited {worst:?}");
+}
