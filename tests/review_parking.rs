@@ -756,3 +756,63 @@ async fn the_rest_of_a_body_after_a_408_is_never_read_as_a_new_request() {
     );
     assert!(!targets.contains(&"/smuggled".to_owned()), "{targets:?}");
 }
+
+/// Not a pass/fail test (run with `--ignored --nocapture`): the CPU this process spends
+/// while 2,000 HTTP/1 connections each wait 7 s for a slow upstream answer (a long poll),
+/// i.e. while nothing at all happens. Each connection's watchdog now looks again every
+/// `PARK_AFTER` whatever the state, so this is about 20,000 timer wake-ups a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints a measurement"]
+async fn cpu_while_long_polls_wait() {
+    let backend = Backend::start().await;
+    backend.set_default(Action::Delay(Duration::from_secs(7), Box::new(Action::Status(200))));
+    let sidecar = Sidecar::start(&format!(
+        "upstream:\n  url: {}\n  pool_max_idle: 4096\nlimits:\n  max_concurrent_requests: 8192\n\
+         defaults:\n  timeout: 15s\n  retry:\n    per_try_timeout: 10s\n",
+        backend.url()
+    ))
+    .await;
+    let mut conns = Vec::new();
+    for _ in 0..2000 {
+        let mut s = TcpStream::connect(sidecar.addr).await.unwrap();
+        s.write_all(&get_request("1.1", "/poll", "")).await.unwrap();
+        conns.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = std::process::id();
+    let before = support::review_conn::cpu_time(pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let used = support::review_conn::cpu_time(pid) - before;
+    eprintln!("2000 waiting long polls: {used:?} CPU in 3 s of wall time");
+    for s in conns {
+        let mut reader = BufReader::new(s);
+        let (head, _) = within(response_of(&mut reader)).await.expect("answer");
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+    }
+}
+
+/// README ("Slow clients and uploads", `limits.idle_timeout`): "hyper also applies
+/// `limits.header_read_timeout` to an HTTP/1.1 connection waiting for its next request, so
+/// an idle HTTP/1.1 connection is closed after the shorter of the two." Parking drops
+/// hyper's connection (and its header timer) after `PARK_AFTER`, so a parked connection now
+/// lives for `idle_timeout` alone: with the defaults, 60 s instead of 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http1_connection_is_closed_after_the_shorter_of_the_two_timeouts() {
+    let backend = Backend::start().await;
+    let sidecar = Sidecar::in_front_of(
+        &backend,
+        "limits:\n  header_read_timeout: 1s\n  idle_timeout: 5s\n",
+    )
+    .await;
+    let mut conn = RawConn::connect(sidecar.addr).await;
+    conn.send(&get_request("1.1", "/", "")).await;
+    conn.response().await.expect("answer");
+    let answered = Instant::now();
+    assert!(conn.closed().await);
+    let idle = answered.elapsed();
+    assert!(
+        idle < Duration::from_millis(2500),
+        "an idle HTTP/1.1 connection was closed after {idle:?}, not after \
+         header_read_timeout (1s), the shorter of the two"
+    );
+}
