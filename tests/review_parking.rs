@@ -816,3 +816,66 @@ async fn an_idle_http1_connection_is_closed_after_the_shorter_of_the_two_timeout
          header_read_timeout (1s), the shorter of the two"
     );
 }
+
+/// A WebSocket upgrade whose head (large: more than hyper's first read) is cut by a park,
+/// with the first frame sent right behind the head: the frame crosses the carried-over
+/// bytes, hyper's leftover and the upgraded socket in order, and comes back echoed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_head_cut_by_a_park_with_a_frame_behind_it_tunnels() {
+    let ws_backend = support::servers::websocket_echo().await;
+    let sidecar =
+        Sidecar::start(&format!("upstream:\n  url: http://{}\n", ws_backend.addr)).await;
+    for pad in [10usize, 12_000, 30_000] {
+        let head = format!(
+            "GET /chat HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             x-pad: {}\r\n\r\n",
+            "p".repeat(pad)
+        );
+        // A masked text frame "hello" (mask 1,2,3,4).
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | 5];
+        frame.extend_from_slice(&mask);
+        frame.extend(b"hello".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&frame);
+        let cut = bytes.len() - frame.len() - 20;
+        let mut stream = within(TcpStream::connect(sidecar.addr)).await.unwrap();
+        stream.write_all(&bytes[..cut]).await.unwrap();
+        tokio::time::sleep(past_parking()).await;
+        stream.write_all(&bytes[cut..]).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let expected_tail = [0x81u8, 5, b'h', b'e', b'l', b'l', b'o'];
+        while !got.ends_with(&expected_tail) {
+            let n = within(stream.read(&mut buf)).await.unwrap();
+            assert!(
+                n > 0,
+                "pad {pad}: closed; got {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 101"), "pad {pad}");
+    }
+}
+
+/// The header size limit still holds when a head is cut by a park (the carried-over
+/// bytes count): 431, as without parking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_over_the_limit_cut_by_a_park_is_still_431() {
+    let backend = Backend::start().await;
+    let sidecar =
+        Sidecar::in_front_of(&backend, "limits:\n  max_request_header_bytes: 16KiB\n").await;
+    let head = format!(
+        "GET /big HTTP/1.1\r\nHost: test\r\nx-pad: {}\r\n\r\n",
+        "p".repeat(40_000)
+    );
+    let mut stream = within(TcpStream::connect(sidecar.addr)).await.unwrap();
+    stream.write_all(&head.as_bytes()[..12_000]).await.unwrap();
+    tokio::time::sleep(past_parking()).await;
+    let _ = stream.write_all(&head.as_bytes()[12_000..]).await;
+    let got = read_for(&mut stream, Duration::from_secs(2)).await;
+    assert!(got.starts_with("HTTP/1.1 431"), "{got:?}");
+    assert_eq!(backend.count(), 0);
+}
