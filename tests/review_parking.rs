@@ -936,3 +936,22 @@ async fn a_head_over_the_limit_cut_by_a_park_is_still_431() {
     assert!(got.starts_with("HTTP/1.1 431"), "{got:?}");
     assert_eq!(backend.count(), 0);
 }
+
+/// The admin listener shares the accept loop: a keep-alive admin connection parks and
+/// serves on, `POST /shutdown` included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_connection_serves_across_parks() {
+    let backend = Backend::start().await;
+    let sidecar = Sidecar::in_front_of(&backend, "").await;
+    let mut conn = RawConn::connect(sidecar.admin).await;
+    for path in ["/live", "/ready", "/health"] {
+        conn.send(&get_request("1.1", path, "")).await;
+        let (head, _) = conn.response().await.expect("answer");
+        assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
+        tokio::time::sleep(past_parking()).await;
+    }
+    conn.send(b"POST /shutdown HTTP/1.1\r\nHost: test\r\ncontent-length: 0\r\n\r\n")
+        .await;
+    let (head, _) = conn.response().await.expect("answer");
+    assert!(head.starts_with("http/1.1 2"), "{head}");
+}
