@@ -150,7 +150,9 @@ impl Proxy {
         let client_side = hyper::upgrade::on(&mut req);
         let protocol = req.headers().get(UPGRADE).cloned();
         let (mut parts, body) = req.into_parts();
-        let reading = parts.extensions.remove::<crate::server::watchdog::Reading>();
+        let reading = parts
+            .extensions
+            .remove::<crate::server::watchdog::Reading>();
         let Some(mut head) = ctx.head(&mut parts) else {
             return Answer::bad_head();
         };
@@ -162,8 +164,7 @@ impl Proxy {
             false,
             limits.request_body_buffer,
         );
-        let body = match prepared.await
-        {
+        let body = match prepared.await {
             Ok(prepared) => prepared,
             Err(_) => {
                 let message = "the request body could not be read";
