@@ -5,6 +5,7 @@ Medians across the interleaved rounds; ratios are taken within the same run only
 Usage: report.py TSV MARKDOWN SVG DURATION ROUNDS CONNS
 """
 import csv
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -155,15 +156,18 @@ w("  connection: it answers several times faster than proxying.")
 w("- Under a 20% failure rate outrigger answers 100% of requests successfully, at the cost of the")
 w("  backoff it waits before each retry (full jitter on 100 ms, which is what keeps a struggling")
 w("  backend from a synchronised retry storm); haproxy retries at once and still fails a few.")
-w("- Idle keep-alive connections cost about 16 KiB each in outrigger: hyper keeps an 8 KiB read")
-w("  and an 8 KiB write buffer per HTTP/1 connection. nginx's idle connections cost almost nothing.")
+w("- Idle keep-alive connections: outrigger parks an HTTP/1 connection after 100 ms without a")
+w("  request (`server::accept`), letting go of hyper's read buffer (8-16 KiB), write buffer")
+w("  (8 KiB), reused header map and connection state, about 29 KiB of heap each (DHAT). Parked, a")
+w("  connection is its task, its socket registration and its clock (about 2.5 KiB in all).")
+w("  nginx's idle connections cost almost nothing.")
 w("")
-# bench/per_request.sh keeps its counted figures in a block of its own: carried over.
-BEGIN, END = "<!-- BEGIN per-request -->", "<!-- END per-request -->"
+# Other scripts (bench/per_request.sh, bench/tracing_cost.sh's figures) keep their counted
+# figures in blocks of their own, `<!-- BEGIN name -->` to `<!-- END name -->`: carried over.
 try:
     old = open(md_path).read()
-    if BEGIN in old and END in old:
-        out.append(old[old.index(BEGIN):old.index(END) + len(END)])
+    for m in re.finditer(r"<!-- BEGIN ([\w-]+) -->.*?<!-- END \1 -->", old, re.S):
+        out.append(m.group(0))
         out.append("")
 except FileNotFoundError:
     pass

@@ -658,6 +658,8 @@ async fn a_non_reading_client_is_let_go_even_once_its_body_ended_in_hyper() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_connections_park_and_unpark_without_mixing_answers() {
     const CONNS: usize = 2000;
+    // Client, proxy and upstream sockets all live in this process.
+    raise_descriptor_limit();
     const REQUESTS: usize = 4;
     let backend = Backend::start().await;
     backend.set_default(Action::Echo);
@@ -954,4 +956,21 @@ async fn an_admin_connection_serves_across_parks() {
         .await;
     let (head, _) = conn.response().await.expect("answer");
     assert!(head.starts_with("http/1.1 2"), "{head}");
+}
+
+/// Raises this process's soft descriptor limit to its hard limit (a default soft limit of
+/// 1,024 is too few for the thousands of sockets above).
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a live struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
