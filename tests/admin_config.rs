@@ -31,6 +31,13 @@ async fn config_shows_what_is_in_force_with_secrets_redacted() {
     match:
       headers:
         x-api-key: key-value-42
+  - name: named-secrets
+    match:
+      headers:
+        x-auth-token: tok-value-43
+        x-client-secret: sec-value-44
+        x-session-id: ses-value-45
+        x-region: eu-west
 tracing:
   otlp_endpoint: http://collector:pass-word@127.0.0.1:4318
   sample_ratio: 0.5
@@ -59,7 +66,20 @@ tracing:
         "http://collector:[redacted]@127.0.0.1:4318"
     );
     assert_eq!(config["tracing"]["sample_ratio"], 0.5);
-    for secret in ["sekrit-token", "key-value-42", "pass-word"] {
+    // Names that say they hold a credential are redacted without being listed anywhere.
+    let named = &config["routes"][2]["match"]["headers"];
+    for name in ["x-auth-token", "x-client-secret", "x-session-id"] {
+        assert_eq!(named[name], "[redacted]", "{name}");
+    }
+    assert_eq!(named["x-region"], "eu-west");
+    for secret in [
+        "sekrit-token",
+        "key-value-42",
+        "pass-word",
+        "tok-value-43",
+        "sec-value-44",
+        "ses-value-45",
+    ] {
         assert!(!body.contains(secret), "{secret} leaked: {body}");
     }
 }

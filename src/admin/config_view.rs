@@ -11,8 +11,11 @@
 //! - a password in any URL's userinfo (`http://user:***@host`), e.g. a Redis URL;
 //! - header values that are credentials: in a route's `match.headers` and a fallback's
 //!   `headers`, the value of `authorization`, `proxy-authorization`, `cookie`,
-//!   `set-cookie`, and of every header a stale store names in `key_headers` (those are the
-//!   headers whose values partition private answers);
+//!   `set-cookie`, of every header a stale store names in `key_headers` (those are the
+//!   headers whose values partition private answers), and of every header whose name says
+//!   it holds a credential (`x-api-key`, `x-auth-token`, `x-client-secret`, ...: a name
+//!   with `key`, `token`, `secret`, `auth`, `pass`, `session` or `signature` in it), so
+//!   that a route matched on an API key does not show it;
 //! - certificates and keys are never rendered, only whether one is configured.
 
 use std::fmt::Write as _;
@@ -305,13 +308,27 @@ fn headers<'a>(
 ) -> String {
     let mut o = Obj::new();
     for (name, value) in pairs {
-        if secret.contains(name) {
+        if secret.contains(name) || looks_secret(name) {
             o.str(name.as_str(), REDACTED);
         } else {
             o.str(name.as_str(), &String::from_utf8_lossy(value.as_bytes()));
         }
     }
     o.end()
+}
+
+/// Whether a header's name says its value is a credential.
+fn looks_secret(name: &HeaderName) -> bool {
+    const HINTS: [&str; 7] = [
+        "key",
+        "token",
+        "secret",
+        "auth",
+        "pass",
+        "session",
+        "signature",
+    ];
+    HINTS.iter().any(|hint| name.as_str().contains(hint))
 }
 
 fn scope(s: Scope) -> &'static str {
