@@ -34,6 +34,27 @@ static HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
+/// A small count as a header value (`x-outrigger-attempts`, `x-outrigger-attempt`):
+/// 0-9 from a table, since `HeaderValue::from(u32)` allocates twice on every request.
+pub fn count(n: u32) -> HeaderValue {
+    static DIGITS: [HeaderValue; 10] = [
+        HeaderValue::from_static("0"),
+        HeaderValue::from_static("1"),
+        HeaderValue::from_static("2"),
+        HeaderValue::from_static("3"),
+        HeaderValue::from_static("4"),
+        HeaderValue::from_static("5"),
+        HeaderValue::from_static("6"),
+        HeaderValue::from_static("7"),
+        HeaderValue::from_static("8"),
+        HeaderValue::from_static("9"),
+    ];
+    match DIGITS.get(n as usize) {
+        Some(value) => value.clone(),
+        None => HeaderValue::from(n),
+    }
+}
+
 /// Removes hop-by-hop headers, including every header that `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names is cheaper than six removals,
@@ -41,7 +62,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    // `Connection: keep-alive` or `close`, the usual ones, name nothing beyond the fixed
+    // list: no need to collect (and allocate) the names.
+    let names_others = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|token| {
+            !token.is_empty()
+                && !token.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|name| name.as_str().eq_ignore_ascii_case(token))
+        });
+    if names_others {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -272,6 +308,13 @@ pub fn request_id<B>(req: &http::Request<B>) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_are_their_decimal_digits() {
+        for n in [0u32, 1, 9, 10, 42, 1000] {
+            assert_eq!(count(n).to_str().unwrap(), n.to_string());
+        }
+    }
 
     #[test]
     fn removes_fixed_and_connection_named_headers() {

@@ -211,7 +211,7 @@ impl Proxy {
             // A 101 keeps `Connection: upgrade` and `Upgrade`: they are the answer.
             headers::strip_hop_by_hop(headers);
         }
-        headers.insert(ATTEMPTS.clone(), HeaderValue::from(attempts));
+        headers.insert(ATTEMPTS.clone(), headers::count(attempts));
         headers.insert(headers::REQUEST_ID.clone(), request_id.clone());
         let elapsed = started.elapsed();
         let status = resp.status();

@@ -226,7 +226,7 @@ impl Head {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         let mut headers = self.headers.clone();
-        headers.insert(ATTEMPT.clone(), HeaderValue::from(n));
+        headers.insert(ATTEMPT.clone(), headers::count(n));
         *req.headers_mut() = headers;
         req
     }
