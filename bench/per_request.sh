@@ -9,6 +9,8 @@
 #   bash bench/per_request.sh            # N1=500 N2=2500, about 3 minutes
 #   BIN=/path/to/old/outrigger bash bench/per_request.sh   # the same for another binary
 #       (run once per binary for a before/after; bench/tracing_cost.sh adds traced rows)
+#   KEEP=/tmp/cg bash bench/per_request.sh   # also keeps each run's callgrind/DHAT output;
+#       python3 bench/callgrind_diff.py compares two of them per function
 #
 # Prints a table, writes bench/results/per_request.tsv and rewrites its block of
 # docs/benchmarks.md (bench/report.py carries the block over when compare.sh regenerates). All traffic stays on 127.0.0.1;
@@ -117,6 +119,8 @@ count() {
   local pid=$!
   python3 "$WORK/drive.py" "$port" "$n"
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  # KEEP=dir keeps each run's output (for bench/callgrind_diff.py or dh_view).
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$out" "$KEEP/$tool-$target-$n.out"; fi
   case $tool in
     callgrind) awk '/^totals:/ {print $2}' "$out" ;;
     dhat) awk '/Total:/ {gsub(",", ""); print $(NF-1); exit}' "$log" ;;   # blocks allocated
