@@ -157,7 +157,7 @@ async fn a_gibibyte_each_way_streams_in_bounded_memory() {
 #[tokio::test]
 async fn ten_thousand_idle_keep_alive_connections_stay_under_a_bound() {
     // 10,000 unless this machine's descriptor limit is lower (then as many as it allows).
-    let n = 10_000.min(raise_descriptor_limit().saturating_sub(1_000) as usize);
+    let n = 10_000.min(support::raise_descriptor_limit().saturating_sub(1_000) as usize);
     assert!(n >= 1_000, "too few descriptors for this test: {n}");
     let backend = Backend::start().await;
     let listen = format!("127.0.0.1:{}", free_port());
@@ -209,21 +209,4 @@ async fn ten_thousand_idle_keep_alive_connections_stay_under_a_bound() {
     drop(idle);
     p.signal(libc::SIGTERM);
     assert!(p.wait().await.success());
-}
-
-/// 10,000 connections need more descriptors than a default soft limit of 1,024: raise the
-/// soft limit to the hard one (the child process inherits it) and return it.
-fn raise_descriptor_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a live struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-    limit.rlim_max
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outrigger::server::accept::PARK_AFTER;
-use support::review_conn::{get_request, RawConn};
+use support::review_conn::{get_request, read_response, RawConn};
 use support::{within, Action, Backend, Sidecar};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -159,29 +159,6 @@ async fn the_rest_of_a_chunk_is_never_read_as_a_new_request() {
     body_end_after_early_answer(head, &first, &rest, smuggled).await;
 }
 
-/// Reads one response with a `content-length` body from a buffered stream: (head, body),
-/// or `None` if the server closed first.
-async fn response_of(reader: &mut BufReader<TcpStream>) -> Option<(String, String)> {
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).await.ok()? == 0 {
-            return None;
-        }
-        if line.trim_end().is_empty() {
-            break;
-        }
-        head.push_str(&line.to_ascii_lowercase());
-    }
-    let len = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().expect("content-length"));
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).await.ok()?;
-    Some((head, String::from_utf8_lossy(&body).into_owned()))
-}
-
 /// A POST with a body and a pipelined GET behind it, cut in two at every byte: the first
 /// part, a pause long enough to park, the rest. Each cut on its own connection, all at
 /// once; `warm`: after one request already served (and a park) on that connection.
@@ -211,15 +188,15 @@ async fn split_everywhere(warm: bool) {
                     .write_all(&get_request("1.1", &format!("/warm-{k}"), ""))
                     .await
                     .unwrap();
-                let (head, _) = response_of(&mut reader).await.expect("warm answer");
+                let (head, _) = read_response(&mut reader).await.expect("warm answer");
                 assert!(head.starts_with("http/1.1 200"), "{head}");
                 tokio::time::sleep(past_parking()).await;
             }
             reader.get_mut().write_all(&bytes[..k]).await.unwrap();
             tokio::time::sleep(past_parking()).await;
             reader.get_mut().write_all(&bytes[k..]).await.unwrap();
-            let first = response_of(&mut reader).await;
-            let second = response_of(&mut reader).await;
+            let first = read_response(&mut reader).await;
+            let second = read_response(&mut reader).await;
             (k, first, second)
         }));
     }
@@ -333,7 +310,9 @@ async fn parked_conn(addr: SocketAddr) -> BufReader<TcpStream> {
         .write_all(&get_request("1.1", "/warm", ""))
         .await
         .unwrap();
-    let (head, _) = within(response_of(&mut reader)).await.expect("warm answer");
+    let (head, _) = within(read_response(&mut reader))
+        .await
+        .expect("warm answer");
     assert!(head.starts_with("http/1.1 200"), "{head}");
     tokio::time::sleep(past_parking()).await;
     reader
@@ -359,7 +338,7 @@ async fn expect_100_continue_works_after_a_park() {
         // The body after another pause long enough to park.
         tokio::time::sleep(past_parking()).await;
         conn.get_mut().write_all(b"hello").await.unwrap();
-        let (head, body) = within(response_of(&mut conn)).await.expect("answer");
+        let (head, body) = within(read_response(&mut conn)).await.expect("answer");
         assert!(head.starts_with("http/1.1 200"), "{method}: {head}");
         assert_eq!(body, "hello", "{method}");
     }
@@ -407,7 +386,7 @@ async fn a_websocket_upgrade_after_a_park_tunnels() {
         .write_all(b"CONNECT test:443 HTTP/1.1\r\nHost: test:443\r\n\r\n")
         .await
         .unwrap();
-    let (head, _) = within(response_of(&mut reader)).await.expect("answer");
+    let (head, _) = within(read_response(&mut reader)).await.expect("answer");
     assert!(head.starts_with("http/1.1 405"), "{head}");
     tokio::time::sleep(past_parking()).await;
     let stream = reader.into_inner();
@@ -462,7 +441,7 @@ async fn a_request_then_half_close_while_parked_is_answered_as_without_parking()
             .write_all(&get_request("1.1", "/warm", ""))
             .await
             .unwrap();
-        within(response_of(&mut reader)).await.expect("warm");
+        within(read_response(&mut reader)).await.expect("warm");
         if park {
             tokio::time::sleep(past_parking()).await;
         }
@@ -493,7 +472,7 @@ async fn idle_timeout_closes_a_parked_connection_on_time() {
             .write_all(&get_request("1.1", "/a", ""))
             .await
             .unwrap();
-        within(response_of(&mut reader)).await.expect("answer");
+        within(read_response(&mut reader)).await.expect("answer");
         let answered = Instant::now();
         if extra_parks {
             // A request at 0.5 s restarts the idle time.
@@ -503,7 +482,7 @@ async fn idle_timeout_closes_a_parked_connection_on_time() {
                 .write_all(&get_request("1.1", "/b", ""))
                 .await
                 .unwrap();
-            within(response_of(&mut reader)).await.expect("answer");
+            within(read_response(&mut reader)).await.expect("answer");
         }
         let last = Instant::now();
         let mut byte = [0u8; 1];
@@ -659,7 +638,7 @@ async fn a_non_reading_client_is_let_go_even_once_its_body_ended_in_hyper() {
 async fn thousands_of_connections_park_and_unpark_without_mixing_answers() {
     const CONNS: usize = 2000;
     // Client, proxy and upstream sockets all live in this process.
-    raise_descriptor_limit();
+    support::raise_descriptor_limit();
     const REQUESTS: usize = 4;
     let backend = Backend::start().await;
     backend.set_default(Action::Echo);
@@ -722,7 +701,7 @@ async fn thousands_of_connections_park_and_unpark_without_mixing_answers() {
                     .await
                     .unwrap();
                 let asked = Instant::now();
-                let Some((head, echoed)) = response_of(&mut reader).await else {
+                let Some((head, echoed)) = read_response(&mut reader).await else {
                     let mut byte = [0u8; 1];
                     let how = reader.read(&mut byte).await;
                     return Err(format!(
@@ -846,7 +825,7 @@ async fn cpu_while_long_polls_wait() {
     eprintln!("2000 waiting long polls: {used:?} CPU in 3 s of wall time");
     for s in conns {
         let mut reader = BufReader::new(s);
-        let (head, _) = within(response_of(&mut reader)).await.expect("answer");
+        let (head, _) = within(read_response(&mut reader)).await.expect("answer");
         assert!(head.starts_with("http/1.1 200"), "{head}");
     }
 }
@@ -956,21 +935,4 @@ async fn an_admin_connection_serves_across_parks() {
         .await;
     let (head, _) = conn.response().await.expect("answer");
     assert!(head.starts_with("http/1.1 2"), "{head}");
-}
-
-/// Raises this process's soft descriptor limit to its hard limit (a default soft limit of
-/// 1,024 is too few for the thousands of sockets above).
-fn raise_descriptor_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a live struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }

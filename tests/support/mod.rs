@@ -210,3 +210,20 @@ pub async fn eventually<F: FnMut() -> bool>(mut check: F) {
     })
     .await
 }
+
+/// Thousands of sockets need more descriptors than a default soft limit of 1,024: raise the
+/// soft limit to the hard one (the child process inherits it) and return it.
+pub fn raise_descriptor_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a live struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+    limit.rlim_max
+}

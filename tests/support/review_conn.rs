@@ -43,27 +43,7 @@ impl RawConn {
     /// Reads one response with a `content-length` body: its head (names lowercased) and
     /// body, or `None` if the server closed the connection first.
     pub async fn response(&mut self) -> Option<(String, String)> {
-        within(async {
-            let mut head = String::new();
-            loop {
-                let mut line = String::new();
-                if self.reader.read_line(&mut line).await.ok()? == 0 {
-                    return None;
-                }
-                if line.trim_end().is_empty() {
-                    break;
-                }
-                head.push_str(&line.to_ascii_lowercase());
-            }
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().expect("content-length"));
-            let mut body = vec![0; len];
-            self.reader.read_exact(&mut body).await.ok()?;
-            Some((head, String::from_utf8_lossy(&body).into_owned()))
-        })
-        .await
+        within(read_response(&mut self.reader)).await
     }
 
     /// Whether the server closed the connection (EOF or reset) without sending more.
@@ -71,6 +51,29 @@ impl RawConn {
         let mut byte = [0u8; 1];
         matches!(within(self.reader.read(&mut byte)).await, Ok(0) | Err(_))
     }
+}
+
+/// Reads one response with a `content-length` body from a buffered stream: its head (names
+/// lowercased) and body, or `None` if the server closed first. No time limit of its own.
+pub async fn read_response(reader: &mut BufReader<TcpStream>) -> Option<(String, String)> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        if line.trim_end().is_empty() {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().expect("content-length"));
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).await.ok()?;
+    Some((head, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// A GET in HTTP/1.x with extra header lines (each ending in CRLF).
