@@ -70,12 +70,11 @@ fn header_rewriting(c: &mut Criterion) {
         let mut req = Request::get("/").body(()).unwrap();
         *req.headers_mut() = client_headers();
         req.headers_mut().insert("x-request-id", id.clone());
-        b.iter(|| black_box(outrigger::edge::sane_request_id(black_box(&req))))
+        b.iter(|| black_box(outrigger::edge::request_id(black_box(&req))))
     });
     c.bench_function("edge: request id generated", |b| {
-        use tower_http::request_id::MakeRequestId;
         let req = Request::get("/").body(()).unwrap();
-        b.iter(|| black_box(outrigger::edge::HexId.make_request_id(&req)))
+        b.iter(|| black_box(outrigger::edge::request_id(black_box(&req))))
     });
 }
 

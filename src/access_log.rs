@@ -49,6 +49,11 @@ thread_local! {
     static BUF: RefCell<(u64, String, String)> = RefCell::new((u64::MAX, String::new(), String::with_capacity(512)));
 }
 
+/// Whether the access log is on (a request need not keep what only the line uses).
+pub fn enabled() -> bool {
+    SINK.get().is_some()
+}
+
 /// Writes the line for one request, if the access log is on.
 pub fn record(entry: &Entry<'_>) {
     let Some(format) = SINK.get() else { return };

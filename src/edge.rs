@@ -7,14 +7,19 @@
 //! `CatchPanicLayer` and hands it to hyper through hyper-util's `TowerToHyperService`; it
 //! knows nothing of the proxy or the admin endpoints.
 //!
-//! The proxy's stack, outermost first:
-//! 1. `map_request(drop_insane_request_id)`: an `x-request-id` that is not 1-128 visible ASCII
-//!    characters is dropped (SPEC §3), so the next layer makes a new one;
-//! 2. tower-http's `SetRequestIdLayer`: keeps the client's id or generates one
-//!    ([`HexId`], 32 hex digits) and records it on the request for the handler;
-//! 3. the request's trace (`otel`), when tracing is on and the request is sampled: the
+//! The proxy's service is one `service_fn`, in the order things happen:
+//! 1. the request id ([`request_id`]): the client's `x-request-id` when it is 1-128 visible
+//!    ASCII characters (SPEC §3), else a new one ([`new_request_id`], 32 hex digits),
+//!    handed to the handler as an argument;
+//! 2. the request's trace (`otel`), when tracing is on and the request is sampled: the
 //!    request path runs inside it (an unsampled request only has its `traceparent` set);
-//! 4. `Proxy::handle`, the request path, one plain async function.
+//! 3. `Proxy::handle`, the request path, one plain async function, its future boxed.
+//!
+//! The request id was tower-http's `SetRequestIdLayer` until issue 17: it records the id
+//! as a request extension (two allocations for the extension map, one for the id's copy)
+//! and puts a `MapRequest` and its own future around the handler's. An argument does the
+//! same job for none of that (callgrind: about 2,000 instructions and 5 allocations per
+//! request less, with the second box in the accept loop gone, `docs/benchmarks.md`).
 //!
 //! A panic (`CatchPanicLayer`, applied by the accept loop) is answered `500
 //! {"error":"internal error"}` by `proxy::respond`, the one place that makes error
@@ -29,12 +34,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use prometheus::IntCounter;
-use tower::{Service, ServiceBuilder};
-use tower_http::request_id::{MakeRequestId, RequestId, SetRequestIdLayer};
+use tower::Service;
 
 use crate::metrics::Metrics;
 use crate::proxy::body::ResponseBody;
@@ -65,55 +70,48 @@ pub fn proxy(
 > + Clone
        + Send
        + 'static {
-    ServiceBuilder::new()
-        .map_request(drop_insane_request_id)
-        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), HexId))
-        .service_fn(move |mut req: Request<Incoming>| {
-            let trace = proxy.traces().start(&mut req, peer);
-            let answer = Arc::clone(&proxy).handle(req, peer);
-            // Boxed where it is made, with nothing around it: the request path's future is
-            // large (about 4.7 KB), and each layer around it (an `async` block, tower's
-            // `Oneshot`) would move all of it again.
-            Answer(match trace {
-                None => Box::pin(answer),
-                Some(trace) => Box::pin(crate::otel::scope(trace, Box::pin(answer))),
-            })
+    tower::service_fn(move |mut req: Request<Incoming>| {
+        let request_id = request_id(&req);
+        let trace = proxy.traces().start(&mut req, peer);
+        let answer = Arc::clone(&proxy).handle(req, peer, request_id);
+        // Boxed where it is made, with nothing around it: the request path's future is
+        // large (about 4.7 KB), and each layer around it (an `async` block, tower's
+        // `Oneshot`) would move all of it again.
+        Answer(match trace {
+            None => Box::pin(answer),
+            Some(trace) => Box::pin(crate::otel::scope(trace, Box::pin(answer))),
         })
-}
-
-/// Drops an `x-request-id` that SPEC §3 does not keep: empty, longer than 128 bytes, or
-/// with anything but visible ASCII.
-fn drop_insane_request_id<B>(mut req: Request<B>) -> Request<B> {
-    if !sane_request_id(&req) {
-        req.headers_mut().remove(&REQUEST_ID);
-    }
-    req
-}
-
-/// Whether the request's `x-request-id`, if any, may be kept (absent counts as sane).
-pub fn sane_request_id<B>(req: &Request<B>) -> bool {
-    req.headers().get(&REQUEST_ID).is_none_or(|v| {
-        let b = v.as_bytes();
-        !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic)
     })
 }
 
-/// New request ids: 128 random bits as 32 lowercase hex digits.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HexId;
-
-impl MakeRequestId for HexId {
-    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut n = fastrand::u128(..);
-        let mut id = [0u8; 32];
-        for byte in id.iter_mut().rev() {
-            *byte = HEX[(n & 0xf) as usize];
-            n >>= 4;
-        }
-        let value = HeaderValue::from_bytes(&id).expect("hex digits are a valid header value");
-        Some(RequestId::new(value))
+/// The request's id: the client's `x-request-id` when SPEC §3 keeps it, else a new one.
+/// Sent to the upstream and back to the client either way.
+pub fn request_id<B>(req: &Request<B>) -> HeaderValue {
+    match req.headers().get(&REQUEST_ID) {
+        Some(id) if sane(id) => id.clone(),
+        _ => new_request_id(),
     }
+}
+
+/// Whether a client's request id may be kept: 1-128 bytes, all visible ASCII.
+fn sane(id: &HeaderValue) -> bool {
+    let b = id.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic)
+}
+
+/// A new request id: 128 random bits as 32 lowercase hex digits. Held in one shared
+/// allocation (`Bytes::from_owner`), so the copies for the upstream and the client are
+/// reference counts, not the second allocation a `Vec`'s first clone would make.
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for byte in id.iter_mut().rev() {
+        *byte = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_maybe_shared(Bytes::from_owner(id))
+        .expect("hex digits are a valid header value")
 }
 
 /// The answer to a request whose serving panicked.
@@ -160,33 +158,33 @@ impl tower_http::catch_panic::ResponseForPanic for OnPanic {
 mod tests {
     use super::*;
 
-    fn id_after(value: Option<&[u8]>) -> Option<HeaderValue> {
+    fn id_for(value: Option<&[u8]>) -> HeaderValue {
         let mut req = Request::new(());
         if let Some(v) = value {
             req.headers_mut()
                 .insert(&REQUEST_ID, HeaderValue::from_bytes(v).unwrap());
         }
-        drop_insane_request_id(req)
-            .headers()
-            .get(&REQUEST_ID)
-            .cloned()
+        request_id(&req)
+    }
+
+    fn is_new(id: &HeaderValue) -> bool {
+        id.len() == 32 && id.as_bytes().iter().all(u8::is_ascii_hexdigit)
     }
 
     #[test]
-    fn sane_request_ids_are_kept_and_others_dropped() {
-        assert_eq!(id_after(Some(b"abc-123")).unwrap(), "abc-123");
-        assert_eq!(id_after(Some(&[b'a'; 128])).unwrap().len(), 128);
-        assert!(id_after(Some(&[b'a'; 129])).is_none());
-        assert!(id_after(Some(b"has space")).is_none());
-        assert!(id_after(Some(b"")).is_none());
-        assert!(id_after(None).is_none());
+    fn sane_request_ids_are_kept_and_others_replaced() {
+        assert_eq!(id_for(Some(b"abc-123")), "abc-123");
+        assert_eq!(id_for(Some(&[b'a'; 128])).len(), 128);
+        assert!(is_new(&id_for(Some(&[b'a'; 129]))));
+        assert!(is_new(&id_for(Some(b"has space"))));
+        assert!(is_new(&id_for(Some(b""))));
+        assert!(is_new(&id_for(None)));
     }
 
     #[test]
-    fn new_ids_are_32_hex_digits() {
-        let id = HexId.make_request_id(&Request::new(())).unwrap();
-        let v = id.header_value().to_str().unwrap().to_owned();
-        assert_eq!(v.len(), 32);
-        assert!(v.bytes().all(|b| b.is_ascii_hexdigit()));
+    fn new_ids_are_32_hex_digits_and_differ() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert!(is_new(&a) && is_new(&b), "{a:?} {b:?}");
+        assert_ne!(a, b);
     }
 }

@@ -10,8 +10,8 @@
 //!               limits,            (outermost,      2. CONNECT / shed       per-try timeout,
 //!               graceful,          500 + count),    3. proxy::upstream      classify, retry?,
 //!               watchdog)          request id       4. body: replayable     one client span
-//!              TowerToHyperService (tower-http      5. attempts ───────▶    each (otel)
-//!                                  SetRequestId)    6. answer streamed, or proxy::respond
+//!              TowerToHyperService (kept or new)    5. attempts ───────▶    each (otel)
+//!                                                   6. answer streamed, or proxy::respond
 //!                                                   7. metrics, access log, server span end
 //!
 //!  operator ──▶ server::accept ──▶ admin::service (/health /live /ready /metrics /config
@@ -29,7 +29,7 @@
 //! Modules:
 //! - [`config`]: the YAML file, validated into types that cannot hold a bad value.
 //! - [`app`]: wires the listeners, the proxy and the admin endpoints; the shutdown sequence.
-//! - [`edge`]: the tower/tower-http stacks in front of the handlers (request id, panics).
+//! - [`edge`]: what stands in front of the handlers (request id, trace, panics).
 //! - [`proxy`]: the request path, top to bottom; `proxy::grpc` is what a gRPC call adds to it.
 //! - [`resilience`]: backoff, retry budget, retry rules; no I/O, nothing from `proxy`.
 //! - [`admin`]: the admin endpoints, a service of their own.

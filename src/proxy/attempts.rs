@@ -197,7 +197,7 @@ impl<'a> Attempts<'a> {
             return Err(Failure::Reset);
         };
         let started = Instant::now();
-        let result = match self.send(n, body).await {
+        let result = match self.send(n, body, started).await {
             Err(failure) => Err(failure),
             Ok(Err(e)) => {
                 let failure = Failure::from_client_error(&e);
@@ -239,7 +239,7 @@ impl<'a> Attempts<'a> {
         result
     }
 
-    /// Sends attempt `n` and waits for its response head. `per_try_timeout` starts once the
+    /// Sends attempt `n` (`started` then) and waits for its response head. `per_try_timeout` starts once the
     /// request body has been handed over: an upload in progress is the client's time, and
     /// pushes the deadline back (`upload::deadline`); a client that stalls its upload for the
     /// route's `timeout` fails as the client's (`ClientTimeout`), never the upstream's; an
@@ -248,6 +248,7 @@ impl<'a> Attempts<'a> {
         &self,
         n: u32,
         body: super::body::UpstreamBody,
+        started: Instant,
     ) -> Result<Result<Response<Incoming>, super::upstream::ClientError>, Failure> {
         let per_try = self.route.policy.retry.per_try_timeout;
         let request = self
@@ -256,7 +257,7 @@ impl<'a> Attempts<'a> {
         let Some(upload) = self.body.upload() else {
             // A body held whole (or none) is handed over at once: one timer, the sooner of
             // the per-try timeout and the deadline, as cheap as a plain `timeout`.
-            let until = (Instant::now() + per_try).min(self.deadline);
+            let until = (started + per_try).min(self.deadline);
             return tokio::time::timeout_at(until, request)
                 .await
                 .map_err(|_| Failure::Timeout);

@@ -207,9 +207,6 @@ impl Body for UpstreamBody {
     }
 }
 
-/// Whatever must happen when a response has fully gone (or was dropped).
-pub type Guard = Box<dyn Send + Sync>;
-
 /// The body of a response to the client.
 pub struct ResponseBody {
     inner: Inner,
@@ -217,8 +214,9 @@ pub struct ResponseBody {
     /// Boxed: a response is moved by value through every layer around the handler, and
     /// an inline copier (about 300 bytes) would be copied with it each time.
     tee: Option<Box<Tee>>,
-    /// Dropped with the body: releases the in-flight slot.
-    _guard: Option<Guard>,
+    /// Dropped with the body: releases the in-flight slot. Held as itself, not boxed as a
+    /// trait object: the box was an allocation per request.
+    _guard: Option<super::InFlight>,
     /// Tells the connection's watchdog whether the client keeps taking this body
     /// (`send_timeout`); dropped with the body, it ends the request for `idle_timeout`.
     sending: Option<Active>,
@@ -356,8 +354,8 @@ impl ResponseBody {
         self
     }
 
-    /// Attaches a guard that lives as long as the body.
-    pub fn with_guard(mut self, guard: Guard) -> ResponseBody {
+    /// Attaches the in-flight slot, released when the body is gone.
+    pub fn with_guard(mut self, guard: super::InFlight) -> ResponseBody {
         self._guard = Some(guard);
         self
     }

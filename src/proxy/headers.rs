@@ -18,11 +18,17 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
 /// The request id header, kept from the client or generated, sent both ways.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+// `static`s, not names made where they are used: `HeaderName::from_static` outside a
+// constant checks its argument each time it runs.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// A `static`, not a `const`: a `const` array of names is built and dropped at each use.
 static HOP_BY_HOP: [HeaderName; 6] = [
@@ -57,9 +63,16 @@ pub fn count(n: u32) -> HeaderValue {
 
 /// Removes hop-by-hop headers, including every header that `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names is cheaper than six removals,
-    // each of which hashes.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // One pass over the names says which of the fixed list are here (most messages carry
+    // none, a response from a keep-alive upstream `Connection` alone): each removal
+    // hashes, so only those are removed.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
     // `Connection: keep-alive` or `close`, the usual ones, name nothing beyond the fixed
@@ -89,8 +102,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Where `name` is in `HOP_BY_HOP`. A `match` on the spelling: it sorts by length first,
+/// where comparing with each of the six names cost ten times as much per header.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "te" => Some(3),
+        "transfer-encoding" => Some(4),
+        "upgrade" => Some(5),
+        _ => None,
     }
 }
 
@@ -127,22 +156,24 @@ pub fn end_to_end(headers: &HeaderMap) -> std::borrow::Cow<'_, HeaderMap> {
 /// and `X-Forwarded-Host`, and appends this hop to a `Forwarded` the client sent.
 pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
     let client = client.to_canonical();
-    let xff = HeaderName::from_static("x-forwarded-for");
-    if headers.contains_key(&xff) {
-        extend_list(headers, xff, &client.to_string());
-    } else {
-        headers.insert(xff, client_value(client));
+    // `entry`: one hash of the name where `contains_key` then `insert` took two.
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Occupied(_) => extend_list(headers, &X_FORWARDED_FOR, &client.to_string()),
+        Entry::Vacant(slot) => {
+            slot.insert(client_value(client));
+        }
     }
     if headers.contains_key(header::FORWARDED) {
-        extend_list(headers, header::FORWARDED, &forwarded_element(client, host));
+        extend_list(
+            headers,
+            &header::FORWARDED,
+            &forwarded_element(client, host),
+        );
     }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     match host {
-        Some(h) => headers.insert(HeaderName::from_static("x-forwarded-host"), h.clone()),
-        None => headers.remove(HeaderName::from_static("x-forwarded-host")),
+        Some(h) => headers.insert(&X_FORWARDED_HOST, h.clone()),
+        None => headers.remove(&X_FORWARDED_HOST),
     };
 }
 
@@ -171,18 +202,19 @@ pub fn add_via(headers: &mut HeaderMap, version: Version) {
         Version::HTTP_3 => "3 outrigger",
         _ => "1.1 outrigger",
     };
-    if headers.contains_key(header::VIA) {
-        extend_list(headers, header::VIA, ours);
-    } else {
-        headers.insert(header::VIA, HeaderValue::from_static(ours));
+    match headers.entry(header::VIA) {
+        Entry::Occupied(_) => extend_list(headers, &header::VIA, ours),
+        Entry::Vacant(slot) => {
+            slot.insert(HeaderValue::from_static(ours));
+        }
     }
 }
 
 /// Replaces every line of the list header `name` with one line: the earlier elements, then
 /// `ours`. One line, because some readers look at the first line only.
-fn extend_list(headers: &mut HeaderMap, name: HeaderName, ours: &str) {
+fn extend_list(headers: &mut HeaderMap, name: &HeaderName, ours: &str) {
     let mut line = String::new();
-    for earlier in headers.get_all(&name).iter() {
+    for earlier in headers.get_all(name).iter() {
         // A value that is not visible ASCII cannot be a list element anyone parses.
         let Ok(earlier) = earlier.to_str() else {
             continue;
@@ -294,17 +326,6 @@ fn client_value(client: IpAddr) -> HeaderValue {
     })
 }
 
-/// The request id the edge settled on (`edge`: tower-http's `SetRequestIdLayer` keeps the
-/// client's when it is sane, else makes one); empty for a request that bypassed the edge.
-pub fn request_id<B>(req: &http::Request<B>) -> HeaderValue {
-    req.extensions()
-        .get::<tower_http::request_id::RequestId>()
-        .map_or_else(
-            || HeaderValue::from_static(""),
-            |id| id.header_value().clone(),
-        )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +335,15 @@ mod tests {
         for n in [0u32, 1, 9, 10, 42, 1000] {
             assert_eq!(count(n).to_str().unwrap(), n.to_string());
         }
+    }
+
+    #[test]
+    fn the_index_of_each_hop_by_hop_name_is_its_place_in_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&header::HOST), None);
+        assert_eq!(hop_by_hop_index(&HeaderName::from_static("x-te")), None);
     }
 
     #[test]

@@ -95,7 +95,7 @@ impl Outcome {
 }
 
 /// Keeps a request counted as in flight until its response body is gone.
-struct InFlight {
+pub struct InFlight {
     count: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
@@ -145,17 +145,18 @@ impl Proxy {
         &self.traces
     }
 
-    /// Answers one client request. Never fails: every error becomes a response.
+    /// Answers one client request, known by `request_id` (the edge settled it). Never
+    /// fails: every error becomes a response.
     /// Takes the proxy by `Arc` so that its future is `'static` and can be boxed where it
     /// is made, with nothing around it (`edge`).
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        request_id: HeaderValue,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let rt = self.runtime.load_full();
-        let request_id = headers::request_id(&req);
         // Routes match on what the upstream will receive: not on a header `Connection` names.
         let route_headers = headers::end_to_end(req.headers());
         let (route, state) = rt.route(req.method(), req.uri().path(), &route_headers);
@@ -163,7 +164,8 @@ impl Proxy {
         crate::otel::route(&route.name);
         let method = req.method().clone();
         let version = req.version();
-        let path = req.uri().path().to_owned();
+        // Kept for the access log only: a copy per request is wasted when it is off.
+        let path = crate::access_log::enabled().then(|| req.uri().path().to_owned());
         let grpc = grpc::is_grpc(req.headers());
 
         let guard = self.admit(rt.config.limits.max_concurrent_requests);
@@ -211,8 +213,10 @@ impl Proxy {
             // A 101 keeps `Connection: upgrade` and `Upgrade`: they are the answer.
             headers::strip_hop_by_hop(headers);
         }
-        headers.insert(ATTEMPTS.clone(), headers::count(attempts));
-        headers.insert(headers::REQUEST_ID.clone(), request_id.clone());
+        // The map was sized to the upstream's headers: grow it once for both.
+        headers.reserve(2);
+        headers.insert(&ATTEMPTS, headers::count(attempts));
+        headers.insert(&headers::REQUEST_ID, request_id.clone());
         let elapsed = started.elapsed();
         let status = resp.status();
         let series = &state.series;
@@ -233,7 +237,7 @@ impl Proxy {
         crate::access_log::record(&crate::access_log::Entry {
             request_id: request_id.to_str().unwrap_or(""),
             method: method.as_str(),
-            path: &path,
+            path: path.as_deref().unwrap_or(""),
             route: &route.name,
             status: status.as_u16(),
             outcome: outcome.label(),
@@ -241,7 +245,7 @@ impl Proxy {
             duration: elapsed,
         });
         match guard {
-            Some(g) => resp.map(|b| b.with_guard(Box::new(g))),
+            Some(g) => resp.map(|b| b.with_guard(g)),
             None => resp,
         }
     }

@@ -193,13 +193,20 @@ impl Head {
         let client_host = client_host(&parts.uri, &headers)?;
         let trailers = headers::offers_trailers(&headers);
         headers::strip_hop_by_hop(&mut headers);
+        // Room for what this hop adds (`TE`, the three `X-Forwarded-*`, `Via`, the request
+        // id, `Host`, the attempt), so that the map hyper sized to the client's headers
+        // grows once rather than at each insert.
+        headers.reserve(8);
         if trailers {
             headers.insert(TE, HeaderValue::from_static("trailers"));
         }
         headers::join_cookies(&mut headers);
         headers::set_forwarded(&mut headers, peer.ip(), client_host.as_ref());
         headers::add_via(&mut headers, parts.version);
-        headers.insert(headers::REQUEST_ID.clone(), request_id.clone());
+        headers.insert(&headers::REQUEST_ID, request_id.clone());
+        // Attempt 1's number is in the head already: each attempt's copy of the head then
+        // holds the header's room, and a later attempt only changes its value.
+        headers.insert(&ATTEMPT, headers::count(1));
         // HTTP/2 carries the host as `:authority`, which is the upstream's (never the
         // client's: that would let a client choose where we connect). A differing `Host`
         // is forbidden there (RFC 9113 §8.3.1), so `preserve` applies to HTTP/1 only;
@@ -226,7 +233,11 @@ impl Head {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         let mut headers = self.headers.clone();
-        headers.insert(ATTEMPT.clone(), headers::count(n));
+        if n != 1 {
+            if let Some(value) = headers.get_mut(&ATTEMPT) {
+                *value = headers::count(n);
+            }
+        }
         *req.headers_mut() = headers;
         req
     }

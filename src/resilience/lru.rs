@@ -41,6 +41,15 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         Some(value)
     }
 
+    /// The value for `key`, its recency unchanged (no reordering: cheaper than `get_mut`).
+    pub fn peek<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.entries.get(key).map(|(value, _)| value)
+    }
+
     /// Inserts or replaces; returns the replaced value.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         let old = self.remove(&key);
@@ -95,5 +104,15 @@ mod tests {
         assert_eq!(lru.pop_oldest(), Some(("a", 1)));
         assert_eq!(lru.pop_oldest(), Some(("c", 30)));
         assert!(lru.is_empty());
+    }
+
+    #[test]
+    fn a_peek_leaves_the_order_alone() {
+        let mut lru = Lru::default();
+        lru.insert("a", 1);
+        lru.insert("b", 2);
+        assert_eq!(lru.peek("a"), Some(&1));
+        assert_eq!(lru.peek("z"), None);
+        assert_eq!(lru.pop_oldest(), Some(("a", 1)));
     }
 }

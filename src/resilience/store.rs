@@ -345,10 +345,11 @@ impl ResponseStore {
     /// it is kept): the copy in hand is fresh enough, and skipping the new one spares a
     /// body copy and an insert on every response of a hot key.
     pub fn recently_stored(&self, key: &[u8]) -> bool {
-        let Ok(mut entries) = self.inner.lock() else {
+        let Ok(entries) = self.inner.lock() else {
             return false;
         };
-        entries.lru.get_mut(key).is_some_and(|stored| {
+        // A peek: asking whether to copy again is not a use of the copy.
+        entries.lru.peek(key).is_some_and(|stored| {
             let recent = Duration::from_secs(1).min(self.policy.keep_for(stored) / 10);
             stored.stored_at.elapsed() < recent
         })

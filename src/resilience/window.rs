@@ -35,17 +35,22 @@ impl Window {
 
     /// Moves the window forward to `now`, clearing buckets that fell out of it.
     fn advance(&mut self, now: Instant) {
-        let mut steps = 0;
-        while now.saturating_duration_since(self.head_start) >= self.bucket && steps < BUCKETS {
+        let mut elapsed = now.saturating_duration_since(self.head_start);
+        // Still within the head bucket, the usual case: one clock subtraction.
+        if elapsed < self.bucket {
+            return;
+        }
+        if elapsed >= self.bucket * BUCKETS as u32 {
+            // Idle for the whole window or longer: every bucket is old.
+            self.clear(now);
+            return;
+        }
+        while elapsed >= self.bucket {
             self.head = (self.head + 1) % BUCKETS;
             self.a[self.head] = 0;
             self.b[self.head] = 0;
             self.head_start += self.bucket;
-            steps += 1;
-        }
-        if now.saturating_duration_since(self.head_start) >= self.bucket {
-            // Idle for longer than the whole window: everything is cleared already.
-            self.head_start = now;
+            elapsed -= self.bucket;
         }
     }
 

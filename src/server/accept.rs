@@ -216,9 +216,10 @@ impl Connection {
             }
             // Only an HTTP/1.0 keep-alive request pays for the clone (no allocation).
             let keep = keep_alive::http10_asked(&req).then(|| draining.clone());
-            // Boxed: hyper keeps room for one request future in every connection, so an
-            // inline future would cost its full size per idle keep-alive connection.
-            let response = Box::pin(inner.clone().oneshot(req));
+            // Not boxed here: hyper keeps room for one request future in every connection,
+            // so a handler whose future is large boxes it where it is made (the proxy's
+            // `edge::Answer`); boxing again here cost an allocation per request.
+            let response = inner.clone().oneshot(req);
             async move {
                 let Ok(mut response) = response.await;
                 if keep.is_some_and(|draining| !*draining.borrow()) {
