@@ -139,7 +139,7 @@ for target in floor outrigger-off outrigger-on nginx; do
   printf '%s\t%s\t%s\n' "$target" "$ipr" "$apr" >> "$TSV"
   printf '%-15s %22s %22s\n' "$target" "$ipr" "$apr"
 done
-python3 - "$TSV" docs/benchmarks.md "$N1" "$N2" "$(git rev-parse --short HEAD)" <<'PY'
+python3 - "$TSV" docs/benchmarks.md "$N1" "$N2" "$(git describe --always --dirty --abbrev=7)" <<'PY'
 import csv, sys
 tsv, md, n1, n2, rev = sys.argv[1:6]
 rows = list(csv.DictReader(open(tsv), delimiter="\t"))
@@ -149,7 +149,8 @@ block = ["<!-- BEGIN per-request -->", "## Work per request, counted (bench/per_
          f"proxied GET of 2 bytes, one keep-alive connection, from the difference between runs of {n1} and {n2}",
          f"requests (start-up cancels out). User-space only: the kernel's share is not counted. These",
          f"counts repeat from run to run whatever the machine is doing, so a regression shows here first.",
-         f"Commit {rev}.", "",
+         f"Built from {rev} (`-dirty`: with changes not yet committed, the ones in the commit",
+         f"that records these figures).", "",
          "| target | instructions/request | x floor | allocations/request |", "| --- | --- | --- | --- |"]
 for r in rows:
     ratio = f"{float(r['instructions_per_req']) / floor:.2f}" if floor else ""

@@ -70,11 +70,11 @@ fn header_rewriting(c: &mut Criterion) {
         let mut req = Request::get("/").body(()).unwrap();
         *req.headers_mut() = client_headers();
         req.headers_mut().insert("x-request-id", id.clone());
-        b.iter(|| black_box(outrigger::edge::request_id(black_box(&req))))
+        b.iter(|| black_box(outrigger::edge::request_id(black_box(&mut req))))
     });
     c.bench_function("edge: request id generated", |b| {
-        let req = Request::get("/").body(()).unwrap();
-        b.iter(|| black_box(outrigger::edge::request_id(black_box(&req))))
+        let mut req = Request::get("/").body(()).unwrap();
+        b.iter(|| black_box(outrigger::edge::request_id(black_box(&mut req))))
     });
 }
 

@@ -71,7 +71,7 @@ pub fn proxy(
        + Send
        + 'static {
     tower::service_fn(move |mut req: Request<Incoming>| {
-        let request_id = request_id(&req);
+        let request_id = request_id(&mut req);
         let trace = proxy.traces().start(&mut req, peer);
         let answer = Arc::clone(&proxy).handle(req, peer, request_id);
         // Boxed where it is made, with nothing around it: the request path's future is
@@ -85,11 +85,17 @@ pub fn proxy(
 }
 
 /// The request's id: the client's `x-request-id` when SPEC §3 keeps it, else a new one.
-/// Sent to the upstream and back to the client either way.
-pub fn request_id<B>(req: &Request<B>) -> HeaderValue {
+/// Sent to the upstream and back to the client either way. An id that is not kept is
+/// removed from the request too: routes match on what the upstream will receive, and it
+/// will never receive that one.
+pub fn request_id<B>(req: &mut Request<B>) -> HeaderValue {
     match req.headers().get(&REQUEST_ID) {
         Some(id) if sane(id) => id.clone(),
-        _ => new_request_id(),
+        Some(_) => {
+            req.headers_mut().remove(&REQUEST_ID);
+            new_request_id()
+        }
+        None => new_request_id(),
     }
 }
 
@@ -104,11 +110,10 @@ fn sane(id: &HeaderValue) -> bool {
 /// reference counts, not the second allocation a `Vec`'s first clone would make.
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u128(..);
     let mut id = [0u8; 32];
-    for byte in id.iter_mut().rev() {
-        *byte = HEX[(n & 0xf) as usize];
-        n >>= 4;
+    for (pair, byte) in id.chunks_exact_mut(2).zip(fastrand::u128(..).to_be_bytes()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
     HeaderValue::from_maybe_shared(Bytes::from_owner(id))
         .expect("hex digits are a valid header value")
@@ -164,7 +169,14 @@ mod tests {
             req.headers_mut()
                 .insert(&REQUEST_ID, HeaderValue::from_bytes(v).unwrap());
         }
-        request_id(&req)
+        let id = request_id(&mut req);
+        // One not kept is gone from the request, so no route can match on it.
+        let left = req.headers().get(&REQUEST_ID);
+        assert!(
+            left.is_none_or(|left| *left == id),
+            "{left:?} left beside {id:?}"
+        );
+        id
     }
 
     fn is_new(id: &HeaderValue) -> bool {

@@ -80,8 +80,10 @@ pub struct Attempts<'a> {
 }
 
 impl<'a> Attempts<'a> {
-    /// Runs attempts until one is final.
-    pub async fn run(self) -> Finished {
+    /// Runs attempts until one is final. Borrows: an `async fn` keeps its arguments twice
+    /// (as passed and as moved into its body), so a by-value `self` cost its size again in
+    /// every request's future.
+    pub async fn run(&self) -> Finished {
         let policy = &self.route.policy.retry;
         // The wait for a slot ends at `queue_timeout` or at the request's deadline (route
         // timeout, capped by `grpc-timeout`), whichever comes first.
@@ -262,6 +264,20 @@ impl<'a> Attempts<'a> {
                 .await
                 .map_err(|_| Failure::Timeout);
         };
+        // Boxed: three futures at once, which only a streamed upload needs; inline, every
+        // request's future would carry their room (and move it at each level above).
+        Box::pin(self.send_streaming(request, upload, per_try)).await
+    }
+
+    /// `send` for a body still streaming from the client.
+    async fn send_streaming(
+        &self,
+        request: impl std::future::Future<
+            Output = Result<Response<Incoming>, super::upstream::ClientError>,
+        >,
+        upload: &super::upload::Upload,
+        per_try: Duration,
+    ) -> Result<Result<Response<Incoming>, super::upstream::ClientError>, Failure> {
         let upload = Some(upload);
         let per_try_timer = async {
             if let Some(upload) = upload {

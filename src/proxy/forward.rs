@@ -100,57 +100,70 @@ impl Answer {
 
 impl Proxy {
     /// Forwards an admitted request; every outcome is a response.
-    pub(super) async fn forward(&self, ctx: &Ctx<'_>, req: Request<Incoming>) -> Answer {
+    ///
+    /// The head is rewritten before the `async` block, which then holds the head and body
+    /// only: an `async fn` would keep the whole request twice (as passed and as moved into
+    /// its body) and what is left of the client's head across every `await`.
+    pub(super) fn forward<'p>(
+        &'p self,
+        ctx: &'p Ctx<'p>,
+        req: Request<Incoming>,
+    ) -> impl std::future::Future<Output = Answer> + 'p {
         let (mut parts, body) = req.into_parts();
         // Goes with the body: the connection is not parked while the body is unread.
         let reading = parts.extensions.remove::<Reading>();
-        // The head is rewritten first: the store key, `Vary` and the idempotency key are all
-        // read from exactly what the upstream will receive.
-        let Some(head) = ctx.head(&mut parts) else {
-            return Answer::bad_head();
-        };
-        let key = store_key(ctx.state, &head);
-        if let Some(answer) = self.cached(ctx, &head, key.as_deref(), "hit") {
-            return answer;
-        }
-        // `cache.scope: shared`: a local miss looks in Redis, within `shared.timeout`.
-        if shared::fill_fresh(ctx.state.store.as_ref(), key.as_deref()).await {
+        // The head is rewritten first: the store key, `Vary` and the idempotency key are
+        // all read from exactly what the upstream will receive.
+        let head = ctx.head(&mut parts);
+        drop(parts);
+        async move {
+            let Some(head) = head else {
+                return Answer::bad_head();
+            };
+            let key = store_key(ctx.state, &head);
             if let Some(answer) = self.cached(ctx, &head, key.as_deref(), "hit") {
                 return answer;
             }
+            // `cache.scope: shared`: a local miss looks in Redis, within `shared.timeout`.
+            if shared::fill_fresh(ctx.state.store.as_ref(), key.as_deref()).await {
+                if let Some(answer) = self.cached(ctx, &head, key.as_deref(), "hit") {
+                    return answer;
+                }
+            }
+            let flight = match self.coalesce(ctx, &head, key.as_ref()).await {
+                Joined::Served(answer) => return *answer,
+                Joined::Leader(flight) => Some(flight),
+                Joined::Alone => None,
+            };
+            // Faults are rolled only for requests that would reach the upstream: a cache hit
+            // is not an outage rehearsal.
+            let faults = match &ctx.route.policy.fault {
+                Some(policy) => fault::roll(policy, fastrand::f64),
+                None => Faults::default(),
+            };
+            let kind = if faults.abort.is_some() {
+                Some("abort")
+            } else {
+                faults.delay.map(|_| "delay")
+            };
+            if let Some(kind) = kind {
+                self.metrics
+                    .faults_injected
+                    .with_label_values(&[&ctx.route.name, kind])
+                    .inc();
+            }
+            self.forward_upstream(ctx, &head, (body, reading), key, flight, faults)
+                .await
+                .with_fault(kind)
         }
-        let flight = match self.coalesce(ctx, &head, key.as_ref()).await {
-            Joined::Served(answer) => return *answer,
-            Joined::Leader(flight) => Some(flight),
-            Joined::Alone => None,
-        };
-        // Faults are rolled only for requests that would reach the upstream: a cache hit
-        // is not an outage rehearsal.
-        let faults = match &ctx.route.policy.fault {
-            Some(policy) => fault::roll(policy, fastrand::f64),
-            None => Faults::default(),
-        };
-        let kind = if faults.abort.is_some() {
-            Some("abort")
-        } else {
-            faults.delay.map(|_| "delay")
-        };
-        if let Some(kind) = kind {
-            self.metrics
-                .faults_injected
-                .with_label_values(&[&ctx.route.name, kind])
-                .inc();
-        }
-        self.forward_upstream(ctx, head, (body, reading), key, flight, faults)
-            .await
-            .with_fault(kind)
     }
 
-    /// Everything after the cache: body, fault, probe gate, rate limit, attempts.
+    /// Everything after the cache: body, fault, probe gate, rate limit, attempts. The head
+    /// is borrowed: an `async fn` keeps a by-value argument twice in its future.
     async fn forward_upstream(
         &self,
         ctx: &Ctx<'_>,
-        head: Head,
+        head: &Head,
         (body, reading): (Incoming, Option<Reading>),
         key: Option<Key>,
         flight: Option<Flight>,
@@ -241,7 +254,7 @@ impl Proxy {
             slots: ctx.state.concurrency.as_deref(),
             metrics: &self.metrics,
             series: &ctx.state.series,
-            head: &head,
+            head,
             body,
             may_resend,
             deadline: ctx.deadline,

@@ -149,104 +149,112 @@ impl Proxy {
     /// fails: every error becomes a response.
     /// Takes the proxy by `Arc` so that its future is `'static` and can be boxed where it
     /// is made, with nothing around it (`edge`).
-    pub async fn handle(
+    #[allow(clippy::manual_async_fn)] // on purpose: see the comment in the body
+    pub fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
         request_id: HeaderValue,
-    ) -> Response<ResponseBody> {
-        let started = Instant::now();
-        let rt = self.runtime.load_full();
-        // Routes match on what the upstream will receive: not on a header `Connection` names.
-        let route_headers = headers::end_to_end(req.headers());
-        let (route, state) = rt.route(req.method(), req.uri().path(), &route_headers);
-        drop(route_headers);
-        crate::otel::route(&route.name);
-        let method = req.method().clone();
-        let version = req.version();
-        // Kept for the access log only: a copy per request is wasted when it is off.
-        let path = crate::access_log::enabled().then(|| req.uri().path().to_owned());
-        let grpc = grpc::is_grpc(req.headers());
-
-        let guard = self.admit(rt.config.limits.max_concurrent_requests);
-        let (mut resp, outcome, attempts) = if method == Method::CONNECT {
-            let refused =
-                respond::refused(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
-            (refused, Outcome::Error, 0)
-        } else if guard.is_none() {
-            self.metrics.shed.inc();
-            let (resp, outcome) = self.shed(&rt, route, state, req, peer, &request_id);
-            (resp, outcome, 0)
-        } else {
-            let ctx = Ctx {
-                rt: &rt,
-                route,
-                state,
-                peer,
-                request_id: &request_id,
-                deadline: started
-                    + if grpc {
-                        grpc::cap(route.policy.timeout, req.headers())
-                    } else {
-                        route.policy.timeout
-                    },
-                grpc,
+    ) -> impl std::future::Future<Output = Response<ResponseBody>> + Send + 'static {
+        // An `async` block, not an `async fn`: an `async fn` keeps each by-value argument
+        // twice in its future (as passed and as moved into its body), and the request
+        // alone is 264 bytes.
+        async move {
+            let started = Instant::now();
+            let rt = self.runtime.load_full();
+            // Routes match on what the upstream will receive: not on a header `Connection` names.
+            // In a block, so this future keeps no room for the copy across its `await`s.
+            let (route, state) = {
+                let route_headers = headers::end_to_end(req.headers());
+                rt.route(req.method(), req.uri().path(), &route_headers)
             };
-            let answer = if upgrade::is_upgrade(&req) {
-                // Boxed: a tunnel's setup is large and rare; unboxed, every request's
-                // future would carry its room.
-                Box::pin(self.upgrade(&ctx, req)).await
+            crate::otel::route(&route.name);
+            let method = req.method().clone();
+            let version = req.version();
+            // Kept for the access log only: a copy per request is wasted when it is off.
+            let path = crate::access_log::enabled().then(|| req.uri().path().to_owned());
+            let grpc = grpc::is_grpc(req.headers());
+
+            let guard = self.admit(rt.config.limits.max_concurrent_requests);
+            let (mut resp, outcome, attempts) = if method == Method::CONNECT {
+                let refused =
+                    respond::refused(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
+                (refused, Outcome::Error, 0)
+            } else if guard.is_none() {
+                self.metrics.shed.inc();
+                let (resp, outcome) = self.shed(&rt, route, state, req, peer, &request_id);
+                (resp, outcome, 0)
             } else {
-                self.forward(&ctx, req).await
+                let ctx = Ctx {
+                    rt: &rt,
+                    route,
+                    state,
+                    peer,
+                    request_id: &request_id,
+                    deadline: started
+                        + if grpc {
+                            grpc::cap(route.policy.timeout, req.headers())
+                        } else {
+                            route.policy.timeout
+                        },
+                    grpc,
+                };
+                let answer = if upgrade::is_upgrade(&req) {
+                    // Boxed: a tunnel's setup is large and rare; unboxed, every request's
+                    // future would carry its room.
+                    Box::pin(self.upgrade(&ctx, req)).await
+                } else {
+                    self.forward(&ctx, req).await
+                };
+                (answer.resp, answer.outcome, answer.attempts)
             };
-            (answer.resp, answer.outcome, answer.attempts)
-        };
 
-        if grpc {
-            resp = grpc::answer(resp, &route.name, &self.metrics);
-        }
-        // The upstream may speak HTTP/1.0; the client gets the version it asked in.
-        *resp.version_mut() = version;
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let headers = resp.headers_mut();
-        if !switching {
-            // A 101 keeps `Connection: upgrade` and `Upgrade`: they are the answer.
-            headers::strip_hop_by_hop(headers);
-        }
-        // The map was sized to the upstream's headers: grow it once for both.
-        headers.reserve(2);
-        headers.insert(&ATTEMPTS, headers::count(attempts));
-        headers.insert(&headers::REQUEST_ID, request_id.clone());
-        let elapsed = started.elapsed();
-        let status = resp.status();
-        let series = &state.series;
-        let m = &self.metrics;
-        series
-            .request(
-                m,
-                &route.name,
-                method_label(&method),
-                status,
-                outcome.label(),
-            )
-            .inc();
-        series
-            .duration(m, &route.name, outcome.label())
-            .observe(elapsed.as_secs_f64());
-        crate::otel::finish(status.as_u16(), outcome.label(), attempts);
-        crate::access_log::record(&crate::access_log::Entry {
-            request_id: request_id.to_str().unwrap_or(""),
-            method: method.as_str(),
-            path: path.as_deref().unwrap_or(""),
-            route: &route.name,
-            status: status.as_u16(),
-            outcome: outcome.label(),
-            attempts,
-            duration: elapsed,
-        });
-        match guard {
-            Some(g) => resp.map(|b| b.with_guard(g)),
-            None => resp,
+            if grpc {
+                resp = grpc::answer(resp, &route.name, &self.metrics);
+            }
+            // The upstream may speak HTTP/1.0; the client gets the version it asked in.
+            *resp.version_mut() = version;
+            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            let headers = resp.headers_mut();
+            if !switching {
+                // A 101 keeps `Connection: upgrade` and `Upgrade`: they are the answer.
+                headers::strip_hop_by_hop(headers);
+            }
+            // The map was sized to the upstream's headers: grow it once for both.
+            headers.reserve(2);
+            headers.insert(&ATTEMPTS, headers::count(attempts));
+            headers.insert(&headers::REQUEST_ID, request_id.clone());
+            let elapsed = started.elapsed();
+            let status = resp.status();
+            let series = &state.series;
+            let m = &self.metrics;
+            series
+                .request(
+                    m,
+                    &route.name,
+                    method_label(&method),
+                    status,
+                    outcome.label(),
+                )
+                .inc();
+            series
+                .duration(m, &route.name, outcome.label())
+                .observe(elapsed.as_secs_f64());
+            crate::otel::finish(status.as_u16(), outcome.label(), attempts);
+            crate::access_log::record(&crate::access_log::Entry {
+                request_id: request_id.to_str().unwrap_or(""),
+                method: method.as_str(),
+                path: path.as_deref().unwrap_or(""),
+                route: &route.name,
+                status: status.as_u16(),
+                outcome: outcome.label(),
+                attempts,
+                duration: elapsed,
+            });
+            match guard {
+                Some(g) => resp.map(|b| b.with_guard(g)),
+                None => resp,
+            }
         }
     }
 

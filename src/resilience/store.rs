@@ -241,25 +241,29 @@ impl ResponseStore {
     pub fn storable(status: StatusCode, headers: &HeaderMap) -> bool {
         // `no-cache` responses are still kept: they are never served fresh (see `fresh_for`)
         // but may be served stale, which is what stale-if-error is for.
-        if status != StatusCode::OK || headers.contains_key(header::SET_COOKIE) {
+        if status != StatusCode::OK {
             return false;
         }
-        let forbidden = headers.get_all(header::CACHE_CONTROL).iter().any(|v| {
-            v.to_str().map_or(true, |v| {
-                v.split(',')
-                    .map(|d| d.trim().to_ascii_lowercase())
-                    .any(|d| d == "no-store" || d == "private" || d.starts_with("private="))
-            })
-        });
-        let vary_all = headers.get_all(header::VARY).iter().any(|v| {
-            v.to_str()
-                .map_or(true, |v| v.split(',').any(|t| t.trim() == "*"))
-        });
-        let too_big = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-            .is_some_and(|n| n > MAX_STORED_BODY);
-        !(forbidden || vary_all || too_big)
+        // One pass over the response's few headers: cheaper than four hashed lookups.
+        !headers.iter().any(|(name, v)| match *name {
+            header::SET_COOKIE => true,
+            header::CACHE_CONTROL => v.to_str().map_or(true, |v| {
+                v.split(',').map(str::trim).any(|d| {
+                    d.eq_ignore_ascii_case("no-store")
+                        || d.eq_ignore_ascii_case("private")
+                        || d.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("private="))
+                })
+            }),
+            header::VARY => v
+                .to_str()
+                .map_or(true, |v| v.split(',').any(|t| t.trim() == "*")),
+            header::CONTENT_LENGTH => v
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .is_some_and(|n| n > MAX_STORED_BODY),
+            _ => false,
+        })
     }
 
     /// Stores a complete response for `key`.
