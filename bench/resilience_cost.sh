@@ -66,7 +66,7 @@ for t in off on; do
   [ "$(curl -s "http://127.0.0.1:${PORT[$t]}/small")" = ok ] || { echo "outrigger-$t does not answer"; exit 1; }
 done
 
-cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%d", s}'; }
+cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%.0f", s}'; }
 
 run() { # target: prints nanoseconds of CPU per request
   local pid=${PID[$1]} before after out reqs
@@ -74,7 +74,7 @@ run() { # target: prints nanoseconds of CPU per request
   out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:${PORT[$1]}/small" 2>&1)
   after=$(cpu_ns "$pid")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-  awk -v t=$((after - before)) -v n="$reqs" 'BEGIN {printf "%.1f", t / n}'
+  awk -v a="$before" -v b="$after" -v n="$reqs" 'BEGIN {printf "%.1f", (b - a) / n}'
 }
 
 for t in off on; do run "$t" >/dev/null; done   # warm both (pools, allocator)
