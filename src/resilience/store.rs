@@ -251,7 +251,8 @@ impl ResponseStore {
                 v.split(',').map(str::trim).any(|d| {
                     d.eq_ignore_ascii_case("no-store")
                         || d.eq_ignore_ascii_case("private")
-                        || d.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("private="))
+                        || d.get(..8)
+                            .is_some_and(|p| p.eq_ignore_ascii_case("private="))
                 })
             }),
             header::VARY => v
