@@ -21,7 +21,12 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut request = http::Request::new(());
     *request.headers_mut() = map.clone();
-    let _ = headers::request_id(&request);
+    let id = outrigger::edge::request_id(&mut request);
+    // An id is kept only when sane; one that is not is gone from the request.
+    assert!(request
+        .headers()
+        .get("x-request-id")
+        .is_none_or(|kept| *kept == id));
     let store = ResponseStore::new(StorePolicy {
         ttl: Some(std::time::Duration::from_secs(1)),
         stale_max_age: Some(std::time::Duration::from_secs(60)),
