@@ -241,11 +241,12 @@ impl<'a> Attempts<'a> {
         result
     }
 
-    /// Sends attempt `n` (`started` then) and waits for its response head. `per_try_timeout` starts once the
-    /// request body has been handed over: an upload in progress is the client's time, and
-    /// pushes the deadline back (`upload::deadline`); a client that stalls its upload for the
-    /// route's `timeout` fails as the client's (`ClientTimeout`), never the upstream's; an
-    /// upstream that takes no body bytes for `per_try_timeout` is a `Timeout`.
+    /// Sends attempt `n`, begun at `started`, and waits for its response head.
+    /// `per_try_timeout` starts once the request body has been handed over: an upload in
+    /// progress is the client's time, and pushes the deadline back (`upload::deadline`); a
+    /// client that stalls its upload for the route's `timeout` fails as the client's
+    /// (`ClientTimeout`), never the upstream's; an upstream that takes no body bytes for
+    /// `per_try_timeout` is a `Timeout`.
     async fn send(
         &self,
         n: u32,
