@@ -9,6 +9,7 @@
 #   bash bench/per_request.sh            # N1=500 N2=2500, about 3 minutes
 #   BIN=/path/to/old/outrigger bash bench/per_request.sh   # the same for another binary
 #       (run once per binary for a before/after; bench/tracing_cost.sh adds traced rows)
+#   TARGETS=outrigger-on bash bench/per_request.sh   # only these rows; docs left alone
 #   KEEP=/tmp/cg bash bench/per_request.sh   # also keeps each run's callgrind/DHAT output;
 #       python3 bench/callgrind_diff.py compares two of them per function
 #
@@ -130,7 +131,7 @@ count() {
 TSV="$OUT/per_request.tsv"
 printf 'target\tinstructions_per_req\tallocations_per_req\n' > "$TSV"
 printf '%-15s %22s %22s\n' target instructions/request allocations/request
-for target in floor outrigger-off outrigger-on nginx; do
+for target in ${TARGETS:-floor outrigger-off outrigger-on nginx}; do
   i1=$(count callgrind "$target" "$N1"); i2=$(count callgrind "$target" "$N2")
   a1=$(count dhat "$target" "$N1"); a2=$(count dhat "$target" "$N2")
   ipr=$(awk -v a="$i1" -v b="$i2" -v n=$((N2 - N1)) 'BEGIN {printf "%.0f", (b - a) / n}')
@@ -139,6 +140,8 @@ for target in floor outrigger-off outrigger-on nginx; do
   printf '%s\t%s\t%s\n' "$target" "$ipr" "$apr" >> "$TSV"
   printf '%-15s %22s %22s\n' "$target" "$ipr" "$apr"
 done
+# A partial run (TARGETS) leaves docs/benchmarks.md alone.
+[ -n "${TARGETS:-}" ] && exit 0
 python3 - "$TSV" docs/benchmarks.md "$N1" "$N2" "$(git describe --always --dirty --abbrev=7)" <<'PY'
 import csv, sys
 tsv, md, n1, n2, rev = sys.argv[1:6]

@@ -1,11 +1,11 @@
-//! The edge: what stands between a connection and the plain async handlers, built from
-//! tower and tower-http pieces ("plain async inside, tower at the edge", STYLE).
+//! The edge: what stands between a connection and the plain async handlers.
 //!
-//! For each listener [`server::accept`](crate::server::accept) is handed a [`Handler`]: a
-//! function from the peer's address to the connection's `tower::Service`, and the answer
-//! to a request whose serving panicked. The accept loop wraps that service in tower-http's
-//! `CatchPanicLayer` and hands it to hyper through hyper-util's `TowerToHyperService`; it
-//! knows nothing of the proxy or the admin endpoints.
+//! For each listener [`server::accept`](crate::server::accept) is handed a `Handler`: a
+//! function from the peer's address to the connection's service (a
+//! `hyper::service::Service`: called with `&self`, always ready), and the answer to a
+//! request whose serving panicked ([`OnPanic`]). The accept loop wraps that service in
+//! `server::per_request` (the watchdog's bookkeeping, panics caught) and hands it to
+//! hyper; it knows nothing of the proxy or the admin endpoints.
 //!
 //! The proxy's service is one `service_fn`, in the order things happen:
 //! 1. the request id ([`request_id`]): the client's `x-request-id` when it is 1-128 visible
@@ -21,7 +21,7 @@
 //! instructions per request inside its `call`, and four allocations). An argument does the
 //! same job for none of that (`docs/benchmarks.md`, "What each change bought").
 //!
-//! A panic (`CatchPanicLayer`, applied by the accept loop) is answered `500
+//! A panic (caught by `server::per_request`) is answered `500
 //! {"error":"internal error"}` by `proxy::respond`, the one place that makes error
 //! answers, counted in `outrigger_panics_total` and logged at error; only that request
 //! is lost, the connection and every other request carry on.
@@ -38,13 +38,14 @@ use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::service::{service_fn, Service};
 use prometheus::IntCounter;
-use tower::Service;
 
 use crate::metrics::Metrics;
 use crate::proxy::body::ResponseBody;
 use crate::proxy::headers::REQUEST_ID;
 use crate::proxy::{respond, Proxy};
+use crate::server::per_request::PanicAnswer;
 
 /// The future of one proxied request: the request path's own future, boxed where it is
 /// made, and answered as a service's `Result`.
@@ -67,16 +68,14 @@ pub fn proxy(
     Response = Response<ResponseBody>,
     Error = Infallible,
     Future = impl Send + 'static,
-> + Clone
-       + Send
+> + Send
        + 'static {
-    tower::service_fn(move |mut req: Request<Incoming>| {
+    service_fn(move |mut req: Request<Incoming>| {
         let request_id = request_id(&mut req);
         let trace = proxy.traces().start(&mut req, peer);
         let answer = Arc::clone(&proxy).handle(req, peer, request_id);
         // Boxed where it is made, with nothing around it: the request path's future is
-        // large (about 3 KB), and each layer around it (an `async` block, tower's
-        // `Oneshot`) would move all of it again.
+        // large (about 3 KB), and each layer around it would move all of it again.
         Answer(match trace {
             None => Box::pin(answer),
             Some(trace) => Box::pin(crate::otel::scope(trace, Box::pin(answer))),
@@ -137,13 +136,10 @@ impl OnPanic {
     }
 }
 
-impl tower_http::catch_panic::ResponseForPanic for OnPanic {
-    type ResponseBody = ResponseBody;
+impl PanicAnswer for OnPanic {
+    type Body = ResponseBody;
 
-    fn response_for_panic(
-        &mut self,
-        panic: Box<dyn Any + Send + 'static>,
-    ) -> Response<ResponseBody> {
+    fn answer(&self, panic: Box<dyn Any + Send + 'static>) -> Response<ResponseBody> {
         self.panics.inc();
         let message = panic
             .downcast_ref::<&str>()

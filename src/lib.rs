@@ -5,12 +5,12 @@
 //! reports everything on `/health` and `/metrics`.
 //!
 //! ```text
-//!  client ──▶ server::accept ──▶ edge (tower) ──▶ proxy::Proxy::handle ─────────────────▶ upstream
-//!              (h1 + h2c,          CatchPanic       1. route + request id   proxy::attempts
-//!               limits,            (outermost,      2. CONNECT / shed       per-try timeout,
-//!               graceful,          500 + count),    3. proxy::upstream      classify, retry?,
-//!               watchdog)          request id       4. body: replayable     one client span
-//!              TowerToHyperService (kept or new)    5. attempts ───────▶    each (otel)
+//!  client ──▶ server::accept ──▶ edge ──────────▶ proxy::Proxy::handle ─────────────────▶ upstream
+//!              (h1 + h2c,          request id       1. route + request id   proxy::attempts
+//!               limits,            (kept or new),   2. CONNECT / shed       per-try timeout,
+//!               graceful,          trace            3. proxy::upstream      classify, retry?,
+//!               watchdog,                           4. body: replayable     one client span
+//!               per_request: panics caught)         5. attempts ───────▶    each (otel)
 //!                                                   6. answer streamed, or proxy::respond
 //!                                                   7. metrics, access log, server span end
 //!
@@ -22,9 +22,9 @@
 //!
 //! Layers, top to bottom (a module imports only from its own layer or below):
 //! `main` → `app` → `edge`, `admin` → `proxy` → `resilience`, `server`, `otel`,
-//! `access_log` → `config`, `metrics`, `vocab`. tower sits only at the edge: the accept
-//! loop takes any `tower::Service` and hands it to hyper; the policy inside stays plain
-//! async functions.
+//! `access_log` → `config`, `metrics`, `vocab`. Services sit only at the edge: the accept
+//! loop takes any `hyper::service::Service` and hands it to hyper; the policy inside stays
+//! plain async functions.
 //!
 //! Modules:
 //! - [`config`]: the YAML file, validated into types that cannot hold a bad value.

@@ -1,4 +1,4 @@
-//! The edge (tower at the connection): a panic while serving one request becomes that
+//! The edge (the service around each request of a connection): a panic while serving one request becomes that
 //! request's `500` JSON answer, counted in `outrigger_panics_total`; the connection and
 //! the other requests carry on. Driven through the real accept loop on loopback.
 
@@ -37,7 +37,7 @@ async fn a_panicking_request_is_answered_500_and_the_connection_carries_on() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let handler = Handler {
-        make: |_peer| tower::service_fn(answer),
+        make: |_peer| hyper::service::service_fn(answer),
         on_panic: OnPanic::new(&metrics, "proxy"),
     };
     let builder = accept::builder(&config.limits);

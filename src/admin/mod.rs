@@ -34,21 +34,19 @@ pub struct Admin {
 }
 
 /// The admin listener's service for one connection from `peer`: the router below, as a
-/// `tower::Service` for the accept loop.
+/// `hyper::service::Service` for the accept loop.
 pub fn service(
     admin: Arc<Admin>,
     peer: SocketAddr,
-) -> impl tower::Service<
+) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<ResponseBody>,
     Error = Infallible,
     Future = impl Send + 'static,
-> + Clone
-       + Send
+> + Send
        + 'static {
-    tower::service_fn(move |req| {
-        let admin = Arc::clone(&admin);
-        async move { Ok::<_, Infallible>(handle(&admin, req, peer)) }
+    hyper::service::service_fn(move |req| {
+        std::future::ready(Ok::<_, Infallible>(handle(&admin, req, peer)))
     })
 }
 

@@ -35,18 +35,16 @@ use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
+use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
-use tower_http::catch_panic::{CatchPanicLayer, ResponseForPanic};
 use tracing::{debug, warn};
 
 use super::conn_io::ConnIo;
 use super::drain::{told_to_leave, Drain};
-use super::keep_alive;
+use super::per_request::{PanicAnswer, PerRequest};
 use super::watchdog::{Clock, Expiry, Parking, Watched};
 use crate::config::Limits;
 
@@ -111,15 +109,17 @@ pub async fn serve<H, S, B, P>(
     stop: impl Future<Output = ()>,
 ) where
     H: Fn(SocketAddr) -> S + Clone + Send + Sync + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Watched
+        + Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
         + Send
         + 'static,
-    S::Future: Send + 'static,
-    B: Watched + Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
-    P: ResponseForPanic<ResponseBody = B> + Send + Sync + 'static,
+    P: PanicAnswer<Body = B>,
 {
     let builder = Arc::new(builder);
+    let Handler { make, on_panic } = handler;
+    let on_panic = Arc::new(on_panic);
     tokio::pin!(stop);
     let mut stopping = false;
     loop {
@@ -150,24 +150,15 @@ pub async fn serve<H, S, B, P>(
             // Taken here, not in the task: the drain waits for this connection from now on.
             leave: drain.watch(),
         };
-        tokio::spawn(conn.serve(handler.clone(), first_bytes));
+        tokio::spawn(conn.serve(make.clone(), Arc::clone(&on_panic), first_bytes));
     }
 }
 
-/// What serves the requests of a listener: `make` builds the `tower::Service` for the
+/// What serves the requests of a listener: `make` builds the `hyper::service::Service` for the
 /// connection from a peer address, `on_panic` answers a request whose serving panicked.
 pub struct Handler<H, P> {
     pub make: H,
     pub on_panic: P,
-}
-
-impl<H: Clone, P: Clone> Clone for Handler<H, P> {
-    fn clone(&self) -> Self {
-        Handler {
-            make: self.make.clone(),
-            on_panic: self.on_panic.clone(),
-        }
-    }
 }
 
 /// One accepted connection, before it is served.
@@ -181,16 +172,16 @@ struct Connection {
 
 impl Connection {
     /// Serves requests until the client leaves or is told to.
-    async fn serve<H, S, B, P>(self, handler: Handler<H, P>, first_bytes: Duration)
+    async fn serve<H, S, B, P>(self, make: H, on_panic: Arc<P>, first_bytes: Duration)
     where
         H: Fn(SocketAddr) -> S + Clone + Send + Sync + 'static,
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Clone
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static,
+        B: Watched
+            + Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
             + Send
             + 'static,
-        S::Future: Send + 'static,
-        B: Watched + Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
-        P: ResponseForPanic<ResponseBody = B> + Send + Sync + 'static,
+        P: PanicAnswer<Body = B>,
     {
         let Connection {
             stream,
@@ -203,37 +194,7 @@ impl Connection {
             return;
         };
         let clock = Clock::new();
-        let draining = leave.clone();
-        let requests = Arc::clone(&clock);
-        let inner = (handler.make)(peer);
-        let service = tower::service_fn(move |mut req: Request<Incoming>| {
-            // Counted from here: a request in its handler is not idle.
-            let active = requests.start();
-            // And so is a body still being read, even once the answer is sent: whoever
-            // reads the body holds this until the body ends or is let go.
-            if !req.body().is_end_stream() {
-                req.extensions_mut().insert(requests.reading());
-            }
-            // Only an HTTP/1.0 keep-alive request pays for the clone (no allocation).
-            let keep = keep_alive::http10_asked(&req).then(|| draining.clone());
-            // Not boxed here: hyper keeps room for one request future in every connection,
-            // so a handler whose future is large boxes it where it is made (the proxy's
-            // `edge::Answer`); boxing again here cost an allocation per request.
-            let response = inner.clone().oneshot(req);
-            async move {
-                let Ok(mut response) = response.await;
-                if keep.is_some_and(|draining| !*draining.borrow()) {
-                    keep_alive::confirm(&mut response);
-                }
-                Ok::<_, Infallible>(response.map(|body| body.sending(active)))
-            }
-        });
-        // Outermost, so a panic anywhere in serving one request (the handler or the
-        // bookkeeping above) becomes that request's answer; the connection carries on.
-        let service = ServiceBuilder::new()
-            .layer(CatchPanicLayer::custom(handler.on_panic.clone()))
-            .service(service);
-        let mut service = TowerToHyperService::new(service);
+        let mut service = PerRequest::new(make(peer), on_panic, Arc::clone(&clock), leave.clone());
         let mut watch = Watch {
             clock: &clock,
             leave: &mut leave,

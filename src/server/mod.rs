@@ -7,5 +7,6 @@ pub mod conn_io;
 pub mod drain;
 pub mod keep_alive;
 pub mod lifecycle;
+pub mod per_request;
 pub mod signals;
 pub mod watchdog;
