@@ -271,13 +271,12 @@ pub fn attempt_start(n: u32) {
 }
 
 /// Puts the current attempt's (else the server span's) context in the upstream request.
-pub fn inject<B>(mut req: Request<B>) -> Request<B> {
+pub fn inject(headers: &mut http::HeaderMap) {
     with_current(|t| {
         let attempt = t.attempt.borrow();
         let cx = attempt.as_ref().unwrap_or(&t.server);
-        TraceContextPropagator::new().inject_context(cx, &mut HeadersMut(req.headers_mut()));
+        TraceContextPropagator::new().inject_context(cx, &mut HeadersMut(headers));
     });
-    req
 }
 
 /// The attempt ended: its status, the REASON when it failed and the backoff chosen.

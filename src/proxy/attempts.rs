@@ -254,9 +254,9 @@ impl<'a> Attempts<'a> {
         started: Instant,
     ) -> Result<Result<Response<Incoming>, super::upstream::ClientError>, Failure> {
         let per_try = self.route.policy.retry.per_try_timeout;
-        let request = self
-            .client
-            .request(crate::otel::inject(self.head.request(n, body)));
+        let mut request = self.head.request(n, body);
+        crate::otel::inject(request.headers_mut());
+        let request = self.client.request(request);
         let Some(upload) = self.body.upload() else {
             // A body held whole (or none) is handed over at once: one timer, the sooner of
             // the per-try timeout and the deadline, as cheap as a plain `timeout`.

@@ -355,16 +355,14 @@ impl ResponseBody {
     }
 
     /// Attaches the in-flight slot, released when the body is gone.
-    pub fn with_guard(mut self, guard: super::InFlight) -> ResponseBody {
+    pub fn set_guard(&mut self, guard: super::InFlight) {
         self._guard = Some(guard);
-        self
     }
 
     /// Hands the body to its connection: from now on it waits for the client.
-    pub fn sending(mut self, mut active: Active) -> ResponseBody {
+    pub fn set_sending(&mut self, mut active: Active) {
         active.sending();
         self.sending = Some(active);
-        self
     }
 
     fn poll_inner(
@@ -406,8 +404,8 @@ impl ResponseBody {
 }
 
 impl crate::server::watchdog::Watched for ResponseBody {
-    fn sending(self, active: Active) -> ResponseBody {
-        ResponseBody::sending(self, active)
+    fn sending(&mut self, active: Active) {
+        self.set_sending(active);
     }
 }
 

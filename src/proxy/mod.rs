@@ -251,10 +251,10 @@ impl Proxy {
                 attempts,
                 duration: elapsed,
             });
-            match guard {
-                Some(g) => resp.map(|b| b.with_guard(g)),
-                None => resp,
+            if let Some(guard) = guard {
+                resp.body_mut().set_guard(guard);
             }
+            resp
         }
     }
 

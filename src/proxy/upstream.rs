@@ -37,18 +37,31 @@ enum Protocol {
 }
 
 impl HttpClient {
-    /// Sends a request and waits for the response head.
-    pub async fn request(
+    /// Sends a request and waits for the response head. Not an `async fn`: the request
+    /// goes straight into the client's own (boxed) future instead of being kept, and
+    /// copied, in one of ours first.
+    pub fn request(
         &self,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, ClientError> {
-        match &self.0 {
+    ) -> impl std::future::Future<Output = Result<Response<Incoming>, ClientError>> + Send + '_
+    {
+        enum Sent<A, B> {
+            Http1(A),
+            Http2(B),
+        }
+        let sent = match &self.0 {
             // hyper-util boxes its own request future, so this arm is a few words.
-            Protocol::Http1(client) => client.request(req).await.map_err(ClientError::Pooled),
+            Protocol::Http1(client) => Sent::Http1(client.request(req)),
             // Boxed: the HTTP/2 pool's future holds a whole connect and handshake (about
             // 6.5 KB), and every future of the request path above this one would carry that
             // room, and copy it each time one is created and moved, for every request.
-            Protocol::Http2(pool) => Box::pin(pool.request(req)).await,
+            Protocol::Http2(pool) => Sent::Http2(Box::pin(pool.request(req))),
+        };
+        async move {
+            match sent {
+                Sent::Http1(sent) => sent.await.map_err(ClientError::Pooled),
+                Sent::Http2(sent) => sent.await,
+            }
         }
     }
 }

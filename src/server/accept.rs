@@ -2,10 +2,12 @@
 //! same port, every connection told to leave when its listener drains (`drain`).
 //!
 //! Connection-level limits live here, so a slow or hostile client can only ever hurt its
-//! own connection: `header_read_timeout` (slowloris), the header size limit (431), and a malformed request (hyper answers 400 and closes that connection).
-//! `send_timeout` and `idle_timeout` are kept by the connection's watchdog: a client that
-//! stops reading is cut off (its responses dropped, which frees their in-flight slots and
-//! upstream connections), and a keep-alive connection with no request is closed.
+//! own connection: the header size limit (431) and a malformed request (hyper answers 400
+//! and closes that connection) are hyper's; `send_timeout`, `idle_timeout` and
+//! `header_read_timeout` are kept by the connection's watchdog: a client that stops
+//! reading is cut off (its responses dropped, which frees their in-flight slots and
+//! upstream connections), a keep-alive connection with no request is closed, and an
+//! HTTP/1 head not complete in time (slowloris) is cut.
 //!
 //! **Parking.** An idle HTTP/1 keep-alive connection costs what hyper keeps for it: a read
 //! buffer (8-16 KiB), a write buffer (8 KiB), the header map it reuses and its own state,
@@ -45,7 +47,7 @@ use tracing::{debug, warn};
 use super::conn_io::ConnIo;
 use super::drain::{told_to_leave, Drain};
 use super::per_request::{PanicAnswer, PerRequest};
-use super::watchdog::{Clock, Expiry, Parking, Watched};
+use super::watchdog::{Clock, Expiry, Parking, Timeouts, Watched};
 use crate::config::Limits;
 
 /// How many header fields an HTTP/1.1 head may have, in requests and in upstream answers:
@@ -73,9 +75,10 @@ pub struct Builder {
 /// An HTTP/1.1 + h2c connection builder with the configured limits.
 pub fn builder(limits: &Limits) -> Builder {
     let mut http1 = http1::Builder::new();
+    // `header_read_timeout` is the watchdog's (`Expiry::Head`): hyper's own costs every
+    // request a boxed timer.
     http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits.max_request_header_bytes.max(8192))
         .max_headers(header_cap(limits))
         .keep_alive(true);
@@ -289,8 +292,14 @@ impl Watch<'_> {
             // accepted during the drain has read its first request (its bytes are already
             // here) and answers it before leaving; a graceful shutdown before hyper has
             // read the request would drop it unanswered.
-            let idle = (!self.leaving).then_some(self.builder.idle_timeout);
-            let park_now = park.as_deref().copied().filter(|_| !self.leaving);
+            let limits = Timeouts {
+                send: self.builder.send_timeout,
+                idle: (!self.leaving).then_some(self.builder.idle_timeout),
+                // HTTP/1 only (the one that parks); kept while leaving too, for a head
+                // begun and stalled.
+                head: park.is_some().then_some(self.builder.header_read_timeout),
+                park: park.as_deref().copied().filter(|_| !self.leaving),
+            };
             tokio::select! {
                 biased;
                 result = conn.as_mut() => break result,
@@ -300,11 +309,15 @@ impl Watch<'_> {
                     self.leaving = true;
                     shut(conn.as_mut());
                 }
-                expiry = self.clock.expired(self.builder.send_timeout, idle, park_now) => match expiry {
+                expiry = self.clock.expired(limits) => match expiry {
                     Expiry::Send => {
                         // Dropping the connection drops its responses: their in-flight
                         // slots and upstream connections are released.
                         debug!(peer = %self.peer, "connection cut: the client took no response bytes within send_timeout");
+                        return None;
+                    }
+                    Expiry::Head => {
+                        debug!(peer = %self.peer, "connection cut: no complete request head within header_read_timeout");
                         return None;
                     }
                     Expiry::Idle => {
@@ -346,7 +359,7 @@ impl Watch<'_> {
                 debug!(peer = %self.peer, "parked connection closed: told to leave");
                 false
             }
-            _ = self.clock.expired(self.builder.send_timeout, Some(idle), None) => {
+            _ = self.clock.expired(Timeouts { send: self.builder.send_timeout, idle: Some(idle), head: None, park: None }) => {
                 debug!(peer = %self.peer, "parked connection closed: idle");
                 false
             }

@@ -147,6 +147,7 @@ where
             keep_alive::confirm(&mut response);
         }
         let active = this.active.take().expect("Served polled after it answered");
-        Poll::Ready(Ok(response.map(|body| body.sending(active))))
+        response.body_mut().sending(active);
+        Poll::Ready(Ok(response))
     }
 }

@@ -1,4 +1,5 @@
-//! Per-connection timers for slow peers: `limits.send_timeout` and `limits.idle_timeout`.
+//! Per-connection timers for slow peers: `limits.send_timeout`, `limits.idle_timeout` and,
+//! for HTTP/1, `limits.header_read_timeout`.
 //!
 //! Why not per response: a client that stops reading stops hyper from polling the response
 //! body (HTTP/1 waits for the socket to drain, HTTP/2 for window updates), so a timer inside
@@ -14,8 +15,19 @@
 //! `send_timeout` while at least one waits for the client. An HTTP/2 client that keeps one
 //! stream moving keeps its other stalled streams (at most 256, `max_concurrent_streams`).
 //!
+//! `header_read_timeout` is kept here too, not by hyper: an HTTP/1 connection with no
+//! request in progress must complete a request head within it, timed from the
+//! connection's start or its last request's end, else it is cut ([`Expiry::Head`]), as
+//! hyper's own timer did (a head begun and stalled is a slowloris; no head at all is a
+//! keep-alive connection idle for that long). hyper's timer cost every request a boxed
+//! `Sleep`, registered in the timer wheel while the next head was awaited and removed once
+//! it came, and two clock reads (`docs/benchmarks.md`); this one costs requests nothing.
+//! It is also stricter: a connection taken back from hyper and served again (parking,
+//! `server::accept`) does not restart it.
+//!
 //! Cost: one allocation per connection (the clock) and one timer per connection, which
-//! wakes at most once per `min(send_timeout, idle_timeout)` (or when a limit is reached).
+//! wakes at most once per `min(send_timeout, idle_timeout, header_read_timeout)` (or when a
+//! limit is reached).
 //! Per request: an `Arc` clone and a few atomic counter updates; per response frame handed
 //! out one clock read and one relaxed store (none for a poll that finds the upstream has
 //! nothing yet).
@@ -54,6 +66,23 @@ pub enum Expiry {
     Idle,
     /// No request for the parking delay: hyper's connection state may be let go.
     Park,
+    /// HTTP/1: no complete request head for `header_read_timeout` since the connection
+    /// began or its last request ended: cut the connection (slowloris).
+    Head,
+}
+
+/// What a connection's watchdog times ([`Clock::expired`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// A response waiting for the client this long: [`Expiry::Send`].
+    pub send: Duration,
+    /// No request in progress for this long: [`Expiry::Idle`] (`None`: not watched).
+    pub idle: Option<Duration>,
+    /// No request in progress, and no complete head read, for this long: [`Expiry::Head`]
+    /// (`None`: not watched).
+    pub head: Option<Duration>,
+    /// When the connection may be parked (`None`: never).
+    pub park: Option<Parking>,
 }
 
 impl Clock {
@@ -107,17 +136,15 @@ impl Clock {
         self.last.store(self.now(), Ordering::Relaxed);
     }
 
-    /// Resolves when the connection's time runs out; `idle: None` watches only sending.
-    /// With `park`, resolves [`Expiry::Park`] once the connection has had no request for
-    /// `park.after` (shorter than `idle`), unless nothing happened since `park.held`.
-    pub async fn expired(
-        &self,
-        send: Duration,
-        idle: Option<Duration>,
-        park: Option<Parking>,
-    ) -> Expiry {
-        let (send, idle) = (send.as_millis() as u64, idle.map(|d| d.as_millis() as u64));
-        let park_after = park.map(|p| p.after.as_millis() as u64);
+    /// Resolves when the connection's time runs out (`limits`). With `limits.park`,
+    /// resolves [`Expiry::Park`] once the connection has had no request for `park.after`
+    /// (shorter than the others), unless nothing happened since `park.held`.
+    pub async fn expired(&self, limits: Timeouts) -> Expiry {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let send = ms(limits.send);
+        let (idle, head) = (limits.idle.map(ms), limits.head.map(ms));
+        let park = limits.park;
+        let park_after = park.map(|p| ms(p.after));
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
         loop {
@@ -126,27 +153,32 @@ impl Clock {
             let requests = self.requests.load(Ordering::Acquire);
             let last = self.last.load(Ordering::Relaxed);
             let now = self.now();
+            let quiet = now.saturating_sub(last);
             let next = if waiting > 0 {
-                if now.saturating_sub(last) >= send {
+                if quiet >= send {
                     return Expiry::Send;
                 }
                 last + send
-            } else if let (0, Some(idle)) = (requests, idle) {
-                if now.saturating_sub(last) >= idle {
+            } else if requests == 0 && (idle.is_some() || head.is_some()) {
+                if head.is_some_and(|head| quiet >= head) {
+                    return Expiry::Head;
+                }
+                if idle.is_some_and(|idle| quiet >= idle) {
                     return Expiry::Idle;
                 }
                 let parkable = park.filter(|p| p.held != Some(last)).and(park_after);
-                if parkable.is_some_and(|p| now.saturating_sub(last) >= p) {
+                if parkable.is_some_and(|p| quiet >= p) {
                     return Expiry::Park;
                 }
                 // A response may start waiting meanwhile: look again within `send`.
-                let due = parkable.map_or(last + idle, |p| (last + p).min(last + idle));
-                due.min(now + send)
+                let due = [head, idle, parkable].into_iter().flatten().min();
+                due.map_or(now + send, |due| (last + due).min(now + send))
             } else {
                 // Requests in their handlers: nothing to watch until one sends or all
                 // end. Looking that often is enough: a wait or an idle spell seen begun is
                 // then timed from `last`.
-                now + send.min(idle.unwrap_or(send))
+                let quiet_limit = [idle, head].into_iter().flatten().min();
+                now + quiet_limit.map_or(send, |q| send.min(q))
             };
             sleep
                 .as_mut()
@@ -178,8 +210,9 @@ pub struct Parking {
 /// [`Active`] once the handler answered, and the body reports whether it waits for the
 /// client. The accept loop needs nothing else of a handler's body type.
 pub trait Watched {
-    /// Takes over `active` for the time the body is being sent.
-    fn sending(self, active: Active) -> Self;
+    /// Takes over `active` for the time the body is being sent. In place: a response is
+    /// large (about 300 bytes), and `Response::map` would move it twice.
+    fn sending(&mut self, active: Active);
 }
 
 /// One request on a connection, carried by its response body.
@@ -237,3 +270,57 @@ impl Drop for Active {
 /// would read the rest of the body as a new request.
 #[derive(Debug, Clone)]
 pub struct Reading(#[allow(dead_code)] Arc<Active>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(idle: Option<u64>, head: Option<u64>) -> Timeouts {
+        Timeouts {
+            send: Duration::from_secs(30),
+            idle: idle.map(Duration::from_secs),
+            head: head.map(Duration::from_secs),
+            park: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_request_is_cut_at_the_head_limit() {
+        let clock = Clock::new();
+        let start = Instant::now();
+        assert_eq!(
+            clock.expired(limits(Some(60), Some(10))).await,
+            Expiry::Head
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        // Told to leave (no idle limit): a stalled head is still cut.
+        let start = Instant::now();
+        let clock = Clock::new();
+        assert_eq!(clock.expired(limits(None, Some(10))).await, Expiry::Head);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        // The shorter of the two decides.
+        let clock = Clock::new();
+        assert_eq!(clock.expired(limits(Some(5), Some(10))).await, Expiry::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_head_limit_counts_from_the_last_request_s_end() {
+        let clock = Clock::new();
+        let start = Instant::now();
+        let active = clock.start();
+        let watch = tokio::spawn({
+            let clock = Arc::clone(&clock);
+            async move { clock.expired(limits(Some(60), Some(10))).await }
+        });
+        // A request in its handler for 25 s is not a stalled head.
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert!(!watch.is_finished());
+        drop(active);
+        assert_eq!(watch.await.unwrap(), Expiry::Head);
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_secs(35) && waited <= Duration::from_secs(36),
+            "cut after {waited:?}, not 10 s after the request ended at 25 s"
+        );
+    }
+}
