@@ -48,6 +48,7 @@ use super::conn_io::ConnIo;
 use super::drain::{told_to_leave, Drain};
 use super::per_request::{PanicAnswer, PerRequest};
 use super::watchdog::{Clock, Expiry, Parking, Timeouts, Watched};
+use super::woken::Woken;
 use crate::config::Limits;
 
 /// How many header fields an HTTP/1.1 head may have, in requests and in upstream answers:
@@ -303,13 +304,14 @@ impl Watch<'_> {
             tokio::select! {
                 biased;
                 result = conn.as_mut() => break result,
-                () = told_to_leave(self.leave), if !self.leaving => {
+                // Both in `Woken`: polled only when they woke, not each time hyper does.
+                () = Woken::new(told_to_leave(self.leave)), if !self.leaving => {
                     // HTTP/1: `Connection: close` on the answer in progress, or closed now
                     // if idle. HTTP/2: GOAWAY, streams already opened still finish.
                     self.leaving = true;
                     shut(conn.as_mut());
                 }
-                expiry = self.clock.expired(limits) => match expiry {
+                expiry = Woken::new(self.clock.expired(limits)) => match expiry {
                     Expiry::Send => {
                         // Dropping the connection drops its responses: their in-flight
                         // slots and upstream connections are released.

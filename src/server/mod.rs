@@ -10,3 +10,4 @@ pub mod lifecycle;
 pub mod per_request;
 pub mod signals;
 pub mod watchdog;
+pub mod woken;
