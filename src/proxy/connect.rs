@@ -11,6 +11,10 @@
 //! protocol we speak (`h2`, or `http/1.1` with `http2: false`), so an HTTP/2-only upstream
 //! refuses the handshake with a clear alert instead of resetting an HTTP/1.1 request.
 //!
+//! It always connects to the configured upstream (`target`), whatever authority the URI
+//! it is handed names: the HTTP/1 client names its one pool key with one byte
+//! (`upstream::HttpClient`), so the URI's authority is not where to connect.
+//!
 //! The boxed future and the clones are per new connection, never per request.
 
 use std::future::Future;
@@ -45,11 +49,14 @@ pub struct Connector {
     server_name: Option<ServerName<'static>>,
     /// TCP connect and TLS handshake together.
     timeout: Duration,
+    /// The upstream's URL as configured: where every connection goes.
+    target: Uri,
 }
 
 impl Connector {
     /// `tls` is `None` for a plain `http://` upstream.
     pub fn new(
+        target: Uri,
         tls: Option<ClientConfig>,
         server_name: Option<ServerName<'static>>,
         timeout: Duration,
@@ -68,11 +75,13 @@ impl Connector {
             tls: tls.map(|config| TlsConnector::from(Arc::new(config))),
             server_name,
             timeout,
+            target,
         }
     }
 
-    async fn connect(mut self, uri: Uri) -> Result<Stream, BoxError> {
+    async fn connect(mut self) -> Result<Stream, BoxError> {
         use tower_service::Service;
+        let uri = self.target.clone();
         let tcp = self.http.call(uri.clone()).await?;
         let Some(tls) = self.tls.filter(|_| uri.scheme_str() == Some("https")) else {
             return Ok(MaybeHttpsStream::Http(tcp));
@@ -99,11 +108,12 @@ impl tower_service::Service<Uri> for Connector {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, uri: Uri) -> Self::Future {
+    /// Connects to `target`: the URI's authority may be the pool's name for it.
+    fn call(&mut self, _: Uri) -> Self::Future {
         let this = self.clone();
         let limit = self.timeout;
         Box::pin(async move {
-            match tokio::time::timeout(limit, this.connect(uri)).await {
+            match tokio::time::timeout(limit, this.connect()).await {
                 Ok(result) => result,
                 Err(_) => Err(Box::new(io::Error::new(
                     io::ErrorKind::TimedOut,

@@ -193,11 +193,13 @@ impl Connection {
             builder,
             mut leave,
         } = self;
+        // From here: `header_read_timeout` counts from the connection's start, not from its
+        // first byte.
+        let clock = Clock::new();
         let Some(protocol) = protocol_within(&stream, first_bytes).await else {
             debug!(peer = %peer, "connection closed: no request bytes in time");
             return;
         };
-        let clock = Clock::new();
         let mut service = PerRequest::new(make(peer), on_panic, Arc::clone(&clock), leave.clone());
         let mut watch = Watch {
             clock: &clock,

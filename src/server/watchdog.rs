@@ -149,8 +149,11 @@ impl Clock {
         tokio::pin!(sleep);
         loop {
             // Counters first (acquire): a counter seen changed comes with its `last`.
-            let waiting = self.waiting.load(Ordering::Acquire);
             let requests = self.requests.load(Ordering::Acquire);
+            // Response bytes hyper still holds for a client that is not reading count as a
+            // response waiting for the client, not as a connection without a request.
+            let held = requests == 0 && self.is_write_blocked();
+            let waiting = self.waiting.load(Ordering::Acquire) + usize::from(held);
             let last = self.last.load(Ordering::Relaxed);
             let now = self.now();
             let quiet = now.saturating_sub(last);
@@ -158,7 +161,13 @@ impl Clock {
                 if quiet >= send {
                     return Expiry::Send;
                 }
-                last + send
+                // Held bytes leave unseen: look again soon, to time the head after them.
+                let soon = if held {
+                    head.unwrap_or(send).min(send)
+                } else {
+                    send
+                };
+                (last + send).min(now + soon)
             } else if requests == 0 && (idle.is_some() || head.is_some()) {
                 if head.is_some_and(|head| quiet >= head) {
                     return Expiry::Head;
