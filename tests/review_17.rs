@@ -153,7 +153,7 @@ async fn a_head_trickled_after_parking_is_timed_from_the_last_answer() {
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     write.write_all(&get_request("1.1", "/", "")).await.unwrap();
-    let (status, _) = within(read_response_half(&mut read))
+    let (status, _) = within(read_response(&mut read))
         .await
         .expect("first answer");
     assert!(status.starts_with("http/1.1 200"), "{status}");
@@ -172,30 +172,6 @@ async fn a_head_trickled_after_parking_is_timed_from_the_last_answer() {
         "cut {after:?} after the last answer; header_read_timeout 2 s, timed from that \
          answer (3.5 s would mean it restarted when the parked connection was resumed)"
     );
-}
-
-/// `read_response` for a buffered read half.
-async fn read_response_half(
-    reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-) -> Option<(String, String)> {
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).await.ok()? == 0 {
-            return None;
-        }
-        if line.trim_end().is_empty() {
-            break;
-        }
-        head.push_str(&line.to_ascii_lowercase());
-    }
-    let len = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().expect("content-length"));
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).await.ok()?;
-    Some((head, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// A head begun and stalled on a fresh connection while the sidecar drains (SIGTERM's
@@ -349,7 +325,7 @@ async fn an_upload_still_running_after_its_answer_is_not_cut_as_a_slow_head() {
     write.write_all(head.as_bytes()).await.unwrap();
     let chunk = vec![b'u'; total / 10];
     write.write_all(&chunk).await.unwrap();
-    let (status, body) = within(read_response_half(&mut read))
+    let (status, body) = within(read_response(&mut read))
         .await
         .expect("early answer");
     assert!(
@@ -368,7 +344,7 @@ async fn an_upload_still_running_after_its_answer_is_not_cut_as_a_slow_head() {
         .write_all(&get_request("1.1", "/next", ""))
         .await
         .unwrap();
-    let next = within(read_response_half(&mut read)).await;
+    let next = within(read_response(&mut read)).await;
     let (status, _) = next.expect("no answer after the upload: the connection was cut");
     assert!(status.starts_with("http/1.1 200"), "{status}");
     support::eventually(|| upstream.after.load(Ordering::Relaxed) >= total - chunk.len()).await;

@@ -53,9 +53,12 @@ impl RawConn {
     }
 }
 
-/// Reads one response with a `content-length` body from a buffered stream: its head (names
+/// Reads one response with a `content-length` body from a buffered stream (or read half): its head (names
 /// lowercased) and body, or `None` if the server closed first. No time limit of its own.
-pub async fn read_response(reader: &mut BufReader<TcpStream>) -> Option<(String, String)> {
+pub async fn read_response<R>(reader: &mut R) -> Option<(String, String)>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
     let mut head = String::new();
     loop {
         let mut line = String::new();
