@@ -11,9 +11,7 @@
 //! protocol we speak (`h2`, or `http/1.1` with `http2: false`), so an HTTP/2-only upstream
 //! refuses the handshake with a clear alert instead of resetting an HTTP/1.1 request.
 //!
-//! It always connects to the configured upstream (`target`), whatever authority the URI
-//! it is handed names: the HTTP/1 client names its one pool key with one byte
-//! (`upstream::HttpClient`), so the URI's authority is not where to connect.
+//! It always connects to the configured upstream (`target`), whatever URI it is handed.
 //!
 //! The boxed future and the clones are per new connection, never per request.
 
@@ -39,7 +37,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A connected stream, plain or TLS.
 pub type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
 
-/// Connects to the upstream: a `tower` service from URI to stream, as hyper-util wants.
+/// Connects to the upstream: a `tower` service from URI to stream, as the pools call it.
 #[derive(Clone)]
 pub struct Connector {
     http: HttpConnector,
@@ -108,7 +106,7 @@ impl tower_service::Service<Uri> for Connector {
         Poll::Ready(Ok(()))
     }
 
-    /// Connects to `target`: the URI's authority may be the pool's name for it.
+    /// Connects to `target`, whatever the URI.
     fn call(&mut self, _: Uri) -> Self::Future {
         let this = self.clone();
         let limit = self.timeout;

@@ -23,6 +23,7 @@ pub mod degrade;
 pub mod failure;
 pub mod forward;
 pub mod grpc;
+pub mod h1pool;
 pub mod h2pool;
 pub mod h2settings;
 pub mod headers;

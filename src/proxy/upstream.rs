@@ -1,5 +1,5 @@
-//! The connection to the one upstream: the pooled client (hyper-util's for HTTP/1.1, ours
-//! for HTTP/2), its TLS settings, and the request head every attempt sends.
+//! The connection to the one upstream: the pooled client (our pools for HTTP/1.1 and
+//! HTTP/2), its TLS settings, and the request head every attempt sends.
 //!
 //! The URI is always built from `upstream.url` plus the client's path and query, whatever
 //! the client put in its request line: an absolute-form request for another host still
@@ -14,49 +14,36 @@ use std::sync::Arc;
 
 use http::header::{HeaderValue, HOST, TE};
 use http::request::Parts;
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, Method, Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::{ClientConfig, RootCertStore};
 
 use super::body::UpstreamBody;
 use super::connect::{BoxError, Connector};
+use super::h1pool::H1Pool;
 use super::h2pool::H2Pool;
 use super::headers;
 use crate::config::{HostHeader, Limits, Tls, Upstream};
 
-/// The client every attempt goes through (plain or TLS, by the URL's scheme): hyper-util's
-/// pool for HTTP/1.1, our own pool of HTTP/2 connections with `upstream.http2: true`.
-///
-/// hyper-util's pool is keyed by the request URI's scheme and authority, and hashes that
-/// key with SipHash a byte at a time (`Authority`'s `Hash` lowercases each byte) several
-/// times per request: checking a connection out, putting it back. With one upstream there
-/// is one key, so the HTTP/1 client names it with one byte ([`POOL_KEY`]) and the connector
-/// goes to the configured upstream whatever the URI says (`connect`). For
-/// `127.0.0.1:18380` that saved about 2,000 instructions per request (callgrind,
-/// `docs/benchmarks.md`); a cluster DNS name of 40-odd bytes costs three times as much to
-/// hash. `Host` is then set here from the upstream's URL when the head has none, as
-/// hyper-util would have set it from the URI.
+/// The client every attempt goes through (plain or TLS, by the URL's scheme): our own
+/// pools, of HTTP/1.1 connections (`h1pool`) or, with `upstream.http2: true`, of HTTP/2
+/// ones (`h2pool`). Both connect to the configured upstream only.
 pub struct HttpClient(Protocol);
 
 enum Protocol {
     Http1 {
-        client: Client<Connector, UpstreamBody>,
+        pool: H1Pool,
         /// `Host` for a request that has none: the URL's host, and its port unless default.
         host: HeaderValue,
     },
     Http2(H2Pool),
 }
 
-/// The authority every HTTP/1 request URI carries to hyper-util: the pool's one key.
-static POOL_KEY: Authority = Authority::from_static("u");
-
 impl HttpClient {
     /// Sends a request and waits for the response head. Not an `async fn`: the request
-    /// goes straight into the client's own (boxed) future instead of being kept, and
-    /// copied, in one of ours first.
+    /// goes straight into the pool's future instead of being kept, and copied, in one of
+    /// ours first.
     pub fn request(
         &self,
         mut req: Request<UpstreamBody>,
@@ -67,15 +54,15 @@ impl HttpClient {
             Http2(B),
         }
         let sent = match &self.0 {
-            // hyper-util boxes its own request future, so this arm is a few words.
-            Protocol::Http1 { client, host } => {
+            Protocol::Http1 { pool, host } => {
                 if !req.headers().contains_key(HOST) {
                     req.headers_mut().insert(HOST, host.clone());
                 }
-                let mut uri = std::mem::take(req.uri_mut()).into_parts();
-                uri.authority = Some(POOL_KEY.clone());
-                *req.uri_mut() = Uri::from_parts(uri).expect("a URI with a scheme and a path");
-                Sent::Http1(client.request(req))
+                // hyper writes the URI as it is given: origin form (`/path?query`).
+                let target = req.uri().path_and_query().cloned();
+                *req.uri_mut() =
+                    Uri::from(target.unwrap_or_else(|| PathAndQuery::from_static("/")));
+                Sent::Http1(pool.request(req))
             }
             // Boxed: the HTTP/2 pool's future holds a whole connect and handshake (about
             // 6.5 KB), and every future of the request path above this one would carry that
@@ -84,7 +71,7 @@ impl HttpClient {
         };
         async move {
             match sent {
-                Sent::Http1(sent) => sent.await.map_err(ClientError::Pooled),
+                Sent::Http1(sent) => sent.await,
                 Sent::Http2(sent) => sent.await,
             }
         }
@@ -94,11 +81,9 @@ impl HttpClient {
 /// Why the client could not get a response head.
 #[derive(Debug)]
 pub enum ClientError {
-    /// From hyper-util's pooled client.
-    Pooled(hyper_util::client::legacy::Error),
     /// No connection (TCP, TLS or the HTTP/2 preface) within `connect_timeout`, or refused.
     Connect(BoxError),
-    /// The request failed on an HTTP/2 connection of our pool.
+    /// The request failed on a connection (HTTP/1.1 or HTTP/2).
     Request(hyper::Error),
 }
 
@@ -106,7 +91,6 @@ impl ClientError {
     /// Whether no connection was made, so nothing was sent.
     pub fn is_connect(&self) -> bool {
         match self {
-            ClientError::Pooled(e) => e.is_connect(),
             ClientError::Connect(_) => true,
             ClientError::Request(_) => false,
         }
@@ -116,7 +100,6 @@ impl ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::Pooled(e) => e.fmt(f),
             ClientError::Connect(_) => f.write_str("client error (Connect)"),
             ClientError::Request(_) => f.write_str("client error (SendRequest)"),
         }
@@ -124,10 +107,9 @@ impl fmt::Display for ClientError {
 }
 
 impl std::error::Error for ClientError {
-    /// The cause, as hyper-util's own error gives it: the display above names the stage.
+    /// The cause: the display above names the stage.
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ClientError::Pooled(e) => e.source(),
             ClientError::Connect(e) => Some(&**e),
             ClientError::Request(e) => Some(e),
         }
@@ -163,15 +145,14 @@ pub fn client(upstream: &Upstream, limits: &Limits) -> HttpClient {
         );
         return HttpClient(Protocol::Http2(pool));
     }
-    let client = Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(upstream.pool_idle_timeout)
-        .pool_max_idle_per_host(upstream.pool_max_idle)
-        .http1_max_headers(limits.header_cap())
-        .build(connector);
+    let pool = H1Pool::new(
+        connector,
+        upstream.url.clone(),
+        (upstream.pool_max_idle, upstream.pool_idle_timeout),
+        limits.header_cap(),
+    );
     HttpClient(Protocol::Http1 {
-        client,
+        pool,
         host: host_of(&upstream.url),
     })
 }

@@ -1,0 +1,226 @@
+//! HTTP/1.1 connections to the upstream: a stack of idle ones, each a hyper connection
+//! handle (`SendRequest`) whose connection runs in a task of its own.
+//!
+//! Why not hyper-util's pooled client, which the first edition used: it serves any number
+//! of origins. For each request it cloned the connector and the URI, hashed the pool key,
+//! raced a `Checkout` against a lazy connect in a `Select`, stored the connection's details
+//! in the response, and moved those large futures from one state to the next: about 6,000
+//! instructions and 27 `memcpy` calls per request (callgrind, `docs/benchmarks.md`). We
+//! have one upstream, so a mutex around a `Vec` does the same job.
+//!
+//! The rules are hyper-util's:
+//! - Last in, first out: the connection used last is the least likely to have been closed
+//!   by the upstream's idle timer.
+//! - A connection goes back once hyper says it can take the next request: at once when the
+//!   response body came with its head (the usual small answer), else from a task that waits
+//!   for it. After a `101` the connection belongs to the tunnel and never goes back.
+//! - A request that fails on a reused connection before any of it was written (the
+//!   upstream closed the connection while it was idle) is sent on another one, whatever its
+//!   method: nothing reached the upstream. On a new connection such a failure is the
+//!   attempt's.
+//! - At most `pool_max_idle` idle connections (a connection coming back to a full stack is
+//!   closed), and none older than `pool_idle_timeout`: checked when one is taken, so a
+//!   request never goes out on an expired one, and by a sweep while any are idle, so they
+//!   are closed when traffic stops.
+//!
+//! Per request: two short mutex holds (take, give back), two clock reads, no allocation.
+
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{Builder, SendRequest};
+use tracing::debug;
+
+use super::body::UpstreamBody;
+use super::connect::Connector;
+use super::upstream::ClientError;
+
+/// The HTTP/1.1 connections to one upstream.
+pub struct H1Pool {
+    connector: Connector,
+    /// `upstream.url`: where to connect.
+    origin: Uri,
+    /// Most header lines a response may have.
+    max_headers: usize,
+    shelf: Arc<Shelf>,
+}
+
+/// The idle connections, shared with the tasks that wait to give one back.
+struct Shelf {
+    state: Mutex<State>,
+    /// `upstream.pool_max_idle`.
+    max_idle: usize,
+    /// `upstream.pool_idle_timeout`.
+    idle_timeout: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    /// Oldest first.
+    idle: Vec<Idle>,
+    /// Whether a sweep task is running.
+    sweeping: bool,
+}
+
+struct Idle {
+    send: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+type Sender = SendRequest<UpstreamBody>;
+
+impl H1Pool {
+    /// `limits` are `pool_max_idle` and `pool_idle_timeout`.
+    pub fn new(
+        connector: Connector,
+        origin: Uri,
+        limits: (usize, Duration),
+        max_headers: usize,
+    ) -> H1Pool {
+        let (max_idle, idle_timeout) = limits;
+        H1Pool {
+            connector,
+            origin,
+            max_headers,
+            shelf: Arc::new(Shelf {
+                state: Mutex::new(State::default()),
+                max_idle,
+                idle_timeout,
+            }),
+        }
+    }
+
+    /// Sends a request (its URI in origin form, `Host` set) on an idle connection, else on
+    /// a new one, and waits for the response head.
+    pub async fn request(
+        &self,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        loop {
+            let (mut send, reused) = match self.shelf.take() {
+                Some(send) => (send, true),
+                // Boxed: a connect and handshake are large, and rare.
+                None => (Box::pin(self.connect()).await?, false),
+            };
+            match send.try_send_request(req).await {
+                Ok(response) => {
+                    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                        Shelf::give_back(&self.shelf, send);
+                    }
+                    return Ok(response);
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: the upstream had closed this idle connection.
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(ClientError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// A new connection (TCP, TLS for `https://`, within `connect_timeout`).
+    async fn connect(&self) -> Result<Sender, ClientError> {
+        use tower_service::Service;
+        let stream = self
+            .connector
+            .clone()
+            .call(self.origin.clone())
+            .await
+            .map_err(ClientError::Connect)?;
+        let (send, connection) = Builder::new()
+            .max_headers(self.max_headers)
+            .handshake(stream)
+            .await
+            .map_err(|e| ClientError::Connect(Box::new(e)))?;
+        // Ends when the last `SendRequest` is gone, the upstream closes, or a `101` hands
+        // the stream to the tunnel.
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(send)
+    }
+}
+
+impl Shelf {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently idle connection that can take a request. Closed ones met on the
+    /// way are dropped, and an expired one means all below it expired too.
+    fn take(&self) -> Option<Sender> {
+        let mut state = self.lock();
+        while let Some(idle) = state.idle.pop() {
+            if idle.since.elapsed() >= self.idle_timeout {
+                let expired = std::mem::take(&mut state.idle);
+                drop(state);
+                drop(expired);
+                return None;
+            }
+            if idle.send.is_ready() {
+                return Some(idle.send);
+            }
+        }
+        None
+    }
+
+    /// Puts `send` back once it can take the next request.
+    fn give_back(shelf: &Arc<Shelf>, mut send: Sender) {
+        if send.is_ready() {
+            shelf.put(send);
+        } else if !send.is_closed() {
+            // The response body is still arriving on this connection.
+            let shelf = Arc::clone(shelf);
+            tokio::spawn(async move {
+                if send.ready().await.is_ok() {
+                    shelf.put(send);
+                }
+            });
+        }
+    }
+
+    fn put(self: &Arc<Shelf>, send: Sender) {
+        let mut state = self.lock();
+        if state.idle.len() >= self.max_idle {
+            return;
+        }
+        state.idle.push(Idle {
+            send,
+            since: Instant::now(),
+        });
+        if !state.sweeping {
+            state.sweeping = true;
+            tokio::spawn(sweep(Arc::downgrade(self), self.idle_timeout));
+        }
+    }
+}
+
+/// Closes expired and closed idle connections every half `pool_idle_timeout`, until none
+/// is idle (the next one given back starts another sweep) or the pool is gone.
+async fn sweep(shelf: Weak<Shelf>, idle_timeout: Duration) {
+    let every = (idle_timeout / 2).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(shelf) = shelf.upgrade() else {
+            return;
+        };
+        let mut state = shelf.lock();
+        let (kept, gone): (Vec<Idle>, Vec<Idle>) = std::mem::take(&mut state.idle)
+            .into_iter()
+            .partition(|i| i.since.elapsed() < idle_timeout && !i.send.is_closed());
+        state.idle = kept;
+        let done = state.idle.is_empty();
+        if done {
+            state.sweeping = false;
+        }
+        drop(state);
+        drop(gone);
+        if done {
+            return;
+        }
+    }
+}
