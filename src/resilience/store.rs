@@ -215,15 +215,21 @@ impl ResponseStore {
         if method != Method::GET && method != Method::HEAD {
             return None;
         }
-        for private in [header::AUTHORIZATION, header::COOKIE] {
-            if headers.contains_key(&private) && !self.policy.key_headers.contains(&private) {
+        // One pass over the head's dozen names, not three hashed lookups: a private header
+        // not in the key forbids a key, and the host is the first `X-Forwarded-Host`.
+        let mut host: &[u8] = &[];
+        let mut found_host = false;
+        for (name, value) in headers {
+            if (name == header::AUTHORIZATION || name == header::COOKIE)
+                && !self.policy.key_headers.contains(name)
+            {
                 return None;
             }
+            if !found_host && name == FORWARDED_HOST {
+                host = value.as_bytes();
+                found_host = true;
+            }
         }
-        let host = headers
-            .get(&FORWARDED_HOST)
-            .map(HeaderValue::as_bytes)
-            .unwrap_or_default();
         let mut key = Vec::with_capacity(128);
         push_field(&mut key, host);
         push_field(&mut key, target.as_bytes());
