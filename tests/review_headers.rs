@@ -291,3 +291,37 @@ async fn via_is_added_and_a_clients_forwarded_is_extended() {
     );
     assert_eq!(seen[2].header("via"), Some("2 outrigger"));
 }
+
+#[tokio::test]
+async fn headers_named_in_connection_are_gone_before_they_are_extended_or_joined() {
+    let backend = Backend::start().await;
+    let sidecar = Sidecar::in_front_of(&backend, "").await;
+    let reply = ask(
+        &sidecar,
+        "GET /hidden HTTP/1.1\r\nhost: shop.example\r\nforwarded: for=192.0.2.1\r\n\
+         cookie: a=1\r\ncookie: b=2\r\nte: trailers\r\nconnection: forwarded, cookie, close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let seen = &backend.received()[0];
+    assert_eq!(seen.header("forwarded"), None, "no list made only by us");
+    assert_eq!(seen.header("cookie"), None);
+    assert_eq!(
+        seen.header("te"),
+        Some("trailers"),
+        "trailers still offered"
+    );
+    let reply = ask(
+        &sidecar,
+        "GET /kept HTTP/1.1\r\nhost: shop.example\r\nforwarded: for=192.0.2.1\r\n\
+         cookie: a=1\r\ncookie: b=2\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let seen = &backend.received()[1];
+    assert_eq!(
+        seen.headers_named("forwarded"),
+        ["for=192.0.2.1, for=127.0.0.1;proto=http;host=\"shop.example\""]
+    );
+    assert_eq!(seen.headers_named("cookie"), ["a=1; b=2"]);
+}

@@ -61,6 +61,35 @@ pub fn count(n: u32) -> HeaderValue {
     }
 }
 
+/// Which of the request headers this hop reads (and most requests lack) the client sent,
+/// from one pass over the head: looking up a name that is absent still hashes it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Present {
+    pub te: bool,
+    /// `Cookie` lines (two or more are joined into one).
+    pub cookies: usize,
+    pub forwarded: bool,
+    /// `Connection`, which may name any of the others as hop-by-hop: after those are
+    /// removed, look again.
+    pub connection: bool,
+}
+
+impl Present {
+    pub fn of(headers: &HeaderMap) -> Present {
+        let mut present = Present::default();
+        for name in headers.keys() {
+            match *name {
+                header::TE => present.te = true,
+                header::COOKIE => present.cookies = headers.get_all(header::COOKIE).iter().count(),
+                header::FORWARDED => present.forwarded = true,
+                header::CONNECTION => present.connection = true,
+                _ => {}
+            }
+        }
+        present
+    }
+}
+
 /// Removes hop-by-hop headers, including every header that `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names says which of the fixed list are here (most messages carry
@@ -166,7 +195,12 @@ pub fn end_to_end(headers: &HeaderMap) -> std::borrow::Cow<'_, HeaderMap> {
 
 /// Sets `X-Forwarded-For` (appending the client to any earlier hops), `X-Forwarded-Proto`
 /// and `X-Forwarded-Host`, and appends this hop to a `Forwarded` the client sent.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    host: Option<&HeaderValue>,
+    present: Present,
+) {
     let client = client.to_canonical();
     // `entry`: one hash of the name where `contains_key` then `insert` took two.
     match headers.entry(&X_FORWARDED_FOR) {
@@ -175,7 +209,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&Head
             slot.insert(client_value(client));
         }
     }
-    if headers.contains_key(header::FORWARDED) {
+    if present.forwarded {
         extend_list(
             headers,
             &header::FORWARDED,
@@ -432,10 +466,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        let present = Present::of(&h);
         set_forwarded(
             &mut h,
             "127.0.0.1".parse().unwrap(),
             Some(&HeaderValue::from_static("shop.example")),
+            present,
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -466,14 +502,17 @@ mod tests {
     fn ipv4_mapped_clients_are_canonical_everywhere() {
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, mapped, None);
+        let present = Present::of(&h);
+        set_forwarded(&mut h, mapped, None, present);
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         h.insert(header::FORWARDED, HeaderValue::from_static("for=192.0.2.1"));
         h.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        let present = Present::of(&h);
         set_forwarded(
             &mut h,
             mapped,
             Some(&HeaderValue::from_static("a.example:81")),
+            present,
         );
         assert_eq!(
             h[header::FORWARDED],
@@ -485,7 +524,8 @@ mod tests {
         );
         let mut h = HeaderMap::new();
         h.insert(header::FORWARDED, HeaderValue::from_static("for=unknown"));
-        set_forwarded(&mut h, "2001:db8::1".parse().unwrap(), None);
+        let present = Present::of(&h);
+        set_forwarded(&mut h, "2001:db8::1".parse().unwrap(), None, present);
         assert_eq!(
             h[header::FORWARDED],
             "for=unknown, for=\"[2001:db8::1]\";proto=http"

@@ -233,8 +233,13 @@ impl Head {
     ) -> Result<Head, BadHead> {
         let mut headers = std::mem::take(&mut parts.headers);
         let client_host = client_host(&parts.uri, &headers)?;
-        let trailers = headers::offers_trailers(&headers);
+        let present = headers::Present::of(&headers);
+        let trailers = present.te && headers::offers_trailers(&headers);
         headers::strip_hop_by_hop(&mut headers);
+        let present = match present.connection {
+            true => headers::Present::of(&headers),
+            false => present,
+        };
         // Room for what this hop adds (`TE`, the three `X-Forwarded-*`, `Via`, the request
         // id, `Host`, the attempt), so that the map hyper sized to the client's headers
         // grows once rather than at each insert.
@@ -242,8 +247,10 @@ impl Head {
         if trailers {
             headers.insert(TE, HeaderValue::from_static("trailers"));
         }
-        headers::join_cookies(&mut headers);
-        headers::set_forwarded(&mut headers, peer.ip(), client_host.as_ref());
+        if present.cookies > 1 {
+            headers::join_cookies(&mut headers);
+        }
+        headers::set_forwarded(&mut headers, peer.ip(), client_host.as_ref(), present);
         headers::add_via(&mut headers, parts.version);
         headers.insert(&headers::REQUEST_ID, request_id.clone());
         // Attempt 1's number is in the head already: each attempt's copy of the head then
