@@ -857,3 +857,62 @@ async fn curl_uploads_with_expect_continue_and_a_head_keep_answers_in_order() {
     assert_eq!(upstream.count("/up1") + upstream.count("/up2"), 2);
     each_gets_its_own_answer(&sidecar, &["/x", "/y"]).await;
 }
+
+// ---- a request that finds every connection busy ----
+
+#[tokio::test]
+async fn a_request_that_cannot_connect_takes_a_connection_given_back_meanwhile() {
+    // An upstream at its connection limit: it serves its two connections and accepts no
+    // more, and its accept queue is full, so a new connection cannot be made (SYNs are
+    // dropped; `connect_timeout` ends the try). A third request while both are busy
+    // should get one of them when it comes back (100 ms later) rather than fail.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Log::default());
+    let for_task = Arc::clone(&log);
+    let task = tokio::spawn(async move {
+        let script: Script = Arc::new(|_, _| Act::EchoAfter(Duration::from_millis(100)));
+        let mut conns = Vec::new();
+        for n in 1..=2 {
+            let (stream, _) = listener.accept().await.unwrap();
+            for_task.accepted.fetch_add(1, Ordering::SeqCst);
+            let (script, log) = (Arc::clone(&script), Arc::clone(&for_task));
+            conns.push(tokio::spawn(async move {
+                serve(stream, n, &script, &log).await
+            }));
+        }
+        // No more accepts; the listener stays open.
+        std::future::pending::<()>().await;
+        drop((listener, conns));
+    });
+    let upstream = Upstream {
+        url: format!("http://{addr}"),
+        log,
+        task,
+    };
+    let extra = "  connect_timeout: 300ms\ndefaults:\n  retry:\n    attempts: 1\n";
+    let sidecar = Sidecar::start(&yaml(&upstream, extra)).await;
+    let warm: Vec<String> = (0..2).map(|i| sidecar.url(&format!("/warm{i}"))).collect();
+    within(futures_util::future::join_all(warm.iter().map(|u| get(u)))).await;
+    assert_eq!(upstream.accepted(), 2);
+    // Fill the accept queue: connections until one cannot be made.
+    let mut parked = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => parked.push(stream),
+            _ => break,
+        }
+    }
+    assert!(parked.len() < 8, "the accept queue never filled");
+    let urls: Vec<String> = (0..3).map(|i| sidecar.url(&format!("/busy{i}"))).collect();
+    let answers = within(futures_util::future::join_all(urls.iter().map(|u| get(u)))).await;
+    for (i, (status, headers, body)) in answers.into_iter().enumerate() {
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, format!("/busy{i}").as_str()),
+            "{headers:?}"
+        );
+    }
+}
