@@ -916,3 +916,72 @@ async fn a_request_that_cannot_connect_takes_a_connection_given_back_meanwhile()
         );
     }
 }
+
+#[tokio::test]
+async fn posts_racing_an_upstream_that_closes_after_each_answer_are_never_sent_twice() {
+    // Every answer says keep-alive, then the upstream closes at once: connections come
+    // back to the pool and die under the requests that take them. Each POST reaches the
+    // upstream at most once, whatever it gets back.
+    let upstream = Upstream::start(|_, _| Act::EchoThenClose(Duration::ZERO)).await;
+    let sidecar = Sidecar::start(&yaml(&upstream, "")).await;
+    let mut ok = 0;
+    for round in 0..5 {
+        let urls: Vec<String> = (0..40)
+            .map(|i| sidecar.url(&format!("/pay/{round}/{i}")))
+            .collect();
+        let posts = urls.iter().map(|u| send(post(u, b"once")));
+        for (status, _, _) in within(futures_util::future::join_all(posts)).await {
+            assert!(
+                status == StatusCode::OK || status == StatusCode::BAD_GATEWAY,
+                "{status}"
+            );
+            ok += usize::from(status == StatusCode::OK);
+        }
+    }
+    let mut paths: Vec<String> = upstream
+        .requests()
+        .iter()
+        .map(|r| r.split(' ').nth(1).unwrap_or("").to_string())
+        .collect();
+    let all = paths.len();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), all, "a POST reached the upstream twice");
+    assert!(ok > 0);
+    eprintln!("{ok} of 200 answered, {all} reached the upstream");
+}
+
+#[tokio::test]
+async fn reloads_leave_no_pool_tasks_or_connections_behind() {
+    let upstream = Upstream::start(|head, _| match head.path.as_str() {
+        "/big" => Act::Raw({
+            let mut out = b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n".to_vec();
+            out.resize(out.len() + 1024 * 1024, b'z');
+            out
+        }),
+        _ => Act::Echo,
+    })
+    .await;
+    let sidecar = Sidecar::start(&yaml(&upstream, "  pool_idle_timeout: 200ms\n")).await;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let round = || async {
+        for _ in 0..10 {
+            // A streamed answer (given back from a task) and a small one, then a reload.
+            let (status, _, body) = within(get(&sidecar.url("/big"))).await;
+            assert_eq!((status, body.len()), (StatusCode::OK, 1024 * 1024));
+            each_gets_its_own_answer(&sidecar, &["/small"]).await;
+            sidecar.app.reload().expect("reload");
+        }
+        // Every pool's idle connections expire and its sweep ends.
+        eventually(|| upstream.open() == 0).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        metrics.num_alive_tasks()
+    };
+    let after_one = round().await;
+    let after_two = round().await;
+    let after_three = round().await;
+    assert!(
+        after_three <= after_one && after_two <= after_one,
+        "tasks alive after rounds: {after_one}, {after_two}, {after_three}"
+    );
+}
