@@ -41,6 +41,8 @@ enum Act {
     Raw(Vec<u8>),
     /// Reads the body, writes the first bytes, waits, writes the second.
     RawThen(Vec<u8>, Duration, Vec<u8>),
+    /// Reads the body, writes these bytes, then closes the connection.
+    RawThenClose(Vec<u8>),
     /// Reads the body, echoes, then closes the connection after this long.
     EchoThenClose(Duration),
     /// Reads the body, then closes without answering.
@@ -279,6 +281,10 @@ async fn serve(stream: TcpStream, n: usize, script: &Script, log: &Log) {
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
+            }
+            Act::RawThenClose(bytes) => {
+                let _ = out.write_all(&bytes).await;
+                return;
             }
             Act::EchoThenClose(wait) => {
                 let _ = out.write_all(&echo(&head.path)).await;
@@ -983,5 +989,37 @@ async fn reloads_leave_no_pool_tasks_or_connections_behind() {
     assert!(
         after_three <= after_one && after_two <= after_one,
         "tasks alive after rounds: {after_one}, {after_two}, {after_three}"
+    );
+}
+
+#[tokio::test]
+async fn answers_framed_by_close_or_http_1_0_are_never_followed_on_their_connection() {
+    let upstream = Upstream::start(|head, _| match head.path.as_str() {
+        // No length: the body ends when the connection does.
+        "/until-close" => Act::RawThenClose(b"HTTP/1.1 200 OK\r\n\r\n/until-close".to_vec()),
+        // HTTP/1.0 without keep-alive, with a length: still the last on its connection.
+        "/old" => Act::Raw(b"HTTP/1.0 200 OK\r\ncontent-length: 4\r\n\r\n/old".to_vec()),
+        // HTTP/1.0 that asks to be kept: may be reused.
+        "/old-kept" => Act::Raw(
+            b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 9\r\n\r\n/old-kept"
+                .to_vec(),
+        ),
+        _ => Act::Echo,
+    })
+    .await;
+    let sidecar = Sidecar::start(&yaml(&upstream, "")).await;
+    each_gets_its_own_answer(&sidecar, &["/until-close", "/a", "/old", "/b"]).await;
+    each_gets_its_own_answer(&sidecar, &["/old-kept", "/c"]).await;
+    let requests = upstream.requests();
+    assert_eq!(
+        requests,
+        [
+            "GET /until-close #1",
+            "GET /a #2",
+            "GET /old #2",
+            "GET /b #3",
+            "GET /old-kept #3",
+            "GET /c #3"
+        ]
     );
 }
