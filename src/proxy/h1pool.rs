@@ -14,6 +14,11 @@
 //! - A connection goes back once hyper says it can take the next request: at once when the
 //!   response body came with its head (the usual small answer), else from a task that waits
 //!   for it. After a `101` the connection belongs to the tunnel and never goes back.
+//! - A request that finds no idle connection starts a new one, and takes whichever comes
+//!   first: that one, or an idle one given back meanwhile (the new one then goes on the
+//!   stack when made). Without this race a request that finds every connection busy
+//!   waits for a whole connect, and fails if the upstream, at its connection limit,
+//!   accepts none, while a busy connection would have served it a moment later.
 //! - A request that fails on a reused connection before any of it was written (the
 //!   upstream closed the connection while it was idle) is sent on another one, whatever its
 //!   method: nothing reached the upstream. On a new connection such a failure is the
@@ -31,6 +36,7 @@ use std::time::{Duration, Instant};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, SendRequest};
+use tokio::sync::Notify;
 use tracing::debug;
 
 use super::body::UpstreamBody;
@@ -54,6 +60,8 @@ struct Shelf {
     max_idle: usize,
     /// `upstream.pool_idle_timeout`.
     idle_timeout: Duration,
+    /// Wakes a request waiting for a connection to be given back.
+    returned: Notify,
 }
 
 #[derive(Default)]
@@ -88,6 +96,7 @@ impl H1Pool {
                 state: Mutex::new(State::default()),
                 max_idle,
                 idle_timeout,
+                returned: Notify::new(),
             }),
         }
     }
@@ -102,7 +111,7 @@ impl H1Pool {
             let (mut send, reused) = match self.shelf.take() {
                 Some(send) => (send, true),
                 // Boxed: a connect and handshake are large, and rare.
-                None => (Box::pin(self.connect()).await?, false),
+                None => Box::pin(self.connect_or_wait()).await?,
             };
             match send.try_send_request(req).await {
                 Ok(response) => {
@@ -120,29 +129,57 @@ impl H1Pool {
         }
     }
 
-    /// A new connection (TCP, TLS for `https://`, within `connect_timeout`).
-    async fn connect(&self) -> Result<Sender, ClientError> {
-        use tower_service::Service;
-        let stream = self
-            .connector
-            .clone()
-            .call(self.origin.clone())
-            .await
-            .map_err(ClientError::Connect)?;
-        let (send, connection) = Builder::new()
-            .max_headers(self.max_headers)
-            .handshake(stream)
-            .await
-            .map_err(|e| ClientError::Connect(Box::new(e)))?;
-        // Ends when the last `SendRequest` is gone, the upstream closes, or a `101` hands
-        // the stream to the tunnel.
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                debug!(error = %e, "upstream connection ended");
+    /// A new connection, or an idle one given back while it is being made, whichever
+    /// comes first; `true` with one given back (reused). A new connection made too late
+    /// is given back in its turn.
+    async fn connect_or_wait(&self) -> Result<(Sender, bool), ClientError> {
+        let mut connecting = Box::pin(connect(
+            self.connector.clone(),
+            self.origin.clone(),
+            self.max_headers,
+        ));
+        if self.shelf.max_idle == 0 {
+            // Nothing is ever given back.
+            return Ok((connecting.await?, false));
+        }
+        tokio::select! {
+            biased;
+            connected = &mut connecting => Ok((connected?, false)),
+            send = self.shelf.given_back() => {
+                let shelf = Arc::clone(&self.shelf);
+                tokio::spawn(async move {
+                    if let Ok(send) = connecting.await {
+                        Shelf::give_back(&shelf, send);
+                    }
+                });
+                Ok((send, true))
             }
-        });
-        Ok(send)
+        }
     }
+}
+
+/// A new connection (TCP, TLS for `https://`, within `connect_timeout`). Owns what it
+/// uses, so that one a request no longer needs can be finished in a task of its own.
+async fn connect(
+    mut connector: Connector,
+    origin: Uri,
+    max_headers: usize,
+) -> Result<Sender, ClientError> {
+    use tower_service::Service;
+    let stream = connector.call(origin).await.map_err(ClientError::Connect)?;
+    let (send, connection) = Builder::new()
+        .max_headers(max_headers)
+        .handshake(stream)
+        .await
+        .map_err(|e| ClientError::Connect(Box::new(e)))?;
+    // Ends when the last `SendRequest` is gone, the upstream closes, or a `101` hands
+    // the stream to the tunnel.
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(send)
 }
 
 impl Shelf {
@@ -166,6 +203,20 @@ impl Shelf {
             }
         }
         None
+    }
+
+    /// The next idle connection given back. Registered before the stack is looked at, so
+    /// that one given back in between is not missed.
+    async fn given_back(&self) -> Sender {
+        loop {
+            let notified = self.returned.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(send) = self.take() {
+                return send;
+            }
+            notified.await;
+        }
     }
 
     /// Puts `send` back once it can take the next request.
@@ -196,6 +247,10 @@ impl Shelf {
             state.sweeping = true;
             tokio::spawn(sweep(Arc::downgrade(self), self.idle_timeout));
         }
+        drop(state);
+        // No lock, no allocation: with no request waiting, it leaves a permit that the
+        // next waiter uses to look at the stack once more.
+        self.returned.notify_one();
     }
 }
 
