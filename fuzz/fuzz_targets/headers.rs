@@ -40,10 +40,12 @@ fuzz_target!(|data: &[u8]| {
     headers::strip_hop_by_hop(&mut rewritten);
     assert!(!rewritten.contains_key(http::header::CONNECTION));
     assert!(!rewritten.contains_key(http::header::TRANSFER_ENCODING));
+    let present = headers::Present::of(&rewritten);
     headers::set_forwarded(
         &mut rewritten,
         "127.0.0.1".parse().unwrap(),
         map.get(http::header::HOST),
+        present,
     );
     assert!(rewritten.contains_key("x-forwarded-for"));
 });
