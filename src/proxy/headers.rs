@@ -66,8 +66,7 @@ pub fn count(n: u32) -> HeaderValue {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Present {
     pub te: bool,
-    /// `Cookie` lines (two or more are joined into one).
-    pub cookies: usize,
+    pub cookie: bool,
     pub forwarded: bool,
     /// `Connection`, which may name any of the others as hop-by-hop: after those are
     /// removed, look again.
@@ -80,7 +79,7 @@ impl Present {
         for name in headers.keys() {
             match *name {
                 header::TE => present.te = true,
-                header::COOKIE => present.cookies = headers.get_all(header::COOKIE).iter().count(),
+                header::COOKIE => present.cookie = true,
                 header::FORWARDED => present.forwarded = true,
                 header::CONNECTION => present.connection = true,
                 _ => {}

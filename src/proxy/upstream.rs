@@ -58,10 +58,13 @@ impl HttpClient {
                 if !req.headers().contains_key(HOST) {
                     req.headers_mut().insert(HOST, host.clone());
                 }
-                // hyper writes the URI as it is given: origin form (`/path?query`).
-                let target = req.uri().path_and_query().cloned();
-                *req.uri_mut() =
-                    Uri::from(target.unwrap_or_else(|| PathAndQuery::from_static("/")));
+                // hyper writes the URI as it is given: origin form (`/path?query`). A
+                // `Head` is in that form already; a health probe's URI is absolute.
+                if req.uri().scheme().is_some() {
+                    let target = req.uri().path_and_query().cloned();
+                    *req.uri_mut() =
+                        Uri::from(target.unwrap_or_else(|| PathAndQuery::from_static("/")));
+                }
                 Sent::Http1(pool.request(req))
             }
             // Boxed: the HTTP/2 pool's future holds a whole connect and handshake (about
@@ -247,7 +250,7 @@ impl Head {
         if trailers {
             headers.insert(TE, HeaderValue::from_static("trailers"));
         }
-        if present.cookies > 1 {
+        if present.cookie {
             headers::join_cookies(&mut headers);
         }
         headers::set_forwarded(&mut headers, peer.ip(), client_host.as_ref(), present);
@@ -319,15 +322,19 @@ fn client_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<HeaderValue>, Ba
     }
 }
 
-/// `upstream.url` with the client's path and query appended.
+/// `upstream.url`'s base path with the client's path and query appended: in origin form
+/// for HTTP/1.1, as hyper writes it; with the URL's scheme and authority for HTTP/2, whose
+/// pseudo-headers carry them.
 fn upstream_uri(upstream: &Upstream, client_uri: &Uri) -> Result<Uri, http::Error> {
     let pq = client_uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut builder = Uri::builder();
-    if let Some(scheme) = upstream.url.scheme() {
-        builder = builder.scheme(scheme.clone());
-    }
-    if let Some(authority) = upstream.url.authority() {
-        builder = builder.authority(authority.clone());
+    if upstream.http2 {
+        if let Some(scheme) = upstream.url.scheme() {
+            builder = builder.scheme(scheme.clone());
+        }
+        if let Some(authority) = upstream.url.authority() {
+            builder = builder.authority(authority.clone());
+        }
     }
     if upstream.base_path.is_empty() {
         // Reuse the parsed path and query: no second parse on the hot path.

@@ -217,19 +217,18 @@ impl ResponseStore {
         }
         // One pass over the head's dozen names, not three hashed lookups: a private header
         // not in the key forbids a key, and the host is the first `X-Forwarded-Host`.
-        let mut host: &[u8] = &[];
-        let mut found_host = false;
+        let mut host = None;
         for (name, value) in headers {
             if (name == header::AUTHORIZATION || name == header::COOKIE)
                 && !self.policy.key_headers.contains(name)
             {
                 return None;
             }
-            if !found_host && name == FORWARDED_HOST {
-                host = value.as_bytes();
-                found_host = true;
+            if host.is_none() && name == FORWARDED_HOST {
+                host = Some(value.as_bytes());
             }
         }
+        let host = host.unwrap_or_default();
         let mut key = Vec::with_capacity(128);
         push_field(&mut key, host);
         push_field(&mut key, target.as_bytes());
