@@ -118,7 +118,7 @@ fn bookkeeping(c: &mut Criterion) {
     c.bench_function("breaker: admit and record success", |b| {
         b.iter(|| {
             if let Some(permit) = breaker.admit() {
-                permit.record(false);
+                permit.record(false, tokio::time::Instant::now());
             }
         })
     });

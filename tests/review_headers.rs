@@ -325,3 +325,20 @@ async fn headers_named_in_connection_are_gone_before_they_are_extended_or_joined
     );
     assert_eq!(seen.headers_named("cookie"), ["a=1; b=2"]);
 }
+
+/// `Connection` naming `Host` removes the client's line as hop-by-hop; with
+/// `host_header: preserve` (the default) the upstream still gets the client's host, not
+/// the upstream URL's and not none.
+#[tokio::test]
+async fn a_host_named_in_connection_is_still_the_client_s_host_upstream() {
+    let backend = Backend::start().await;
+    let sidecar = Sidecar::in_front_of(&backend, "").await;
+    let answer = ask(
+        &sidecar,
+        "GET /h HTTP/1.1\r\nhost: shop.example\r\nconnection: host, close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = &backend.received()[0];
+    assert_eq!(seen.headers_named("host"), ["shop.example"]);
+}

@@ -228,16 +228,19 @@ impl<'a> Attempts<'a> {
             Ok(resp) => status_class(resp.status()),
             Err(f) => f.reason(),
         };
+        // One clock read for the attempt's duration and the breaker's window.
+        let ended = Instant::now();
         if let Some(permit) = permit {
-            permit.record(result.as_ref().map_or(true, |r| {
+            let failed = result.as_ref().map_or(true, |r| {
                 r.status().is_server_error() || super::grpc::breaker_failure(r)
-            }));
+            });
+            permit.record(failed, ended);
         }
         let route = &self.route.name;
         self.series.attempt(self.metrics, route, label).inc();
         self.series
             .attempt_duration(self.metrics, route)
-            .observe(started.elapsed().as_secs_f64());
+            .observe((ended - started).as_secs_f64());
         result
     }
 

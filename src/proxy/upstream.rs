@@ -235,8 +235,10 @@ impl Head {
         request_id: &HeaderValue,
     ) -> Result<Head, BadHead> {
         let mut headers = std::mem::take(&mut parts.headers);
-        let client_host = client_host(&parts.uri, &headers)?;
+        let (client_host, host_line_is_it) = client_host(&parts.uri, &headers)?;
         let present = headers::Present::of(&headers);
+        // A `Connection` line may name `Host` itself: the line is then gone below.
+        let host_line_is_it = host_line_is_it && !present.connection;
         let trailers = present.te && headers::offers_trailers(&headers);
         headers::strip_hop_by_hop(&mut headers);
         let present = match present.connection {
@@ -268,10 +270,16 @@ impl Head {
             _ => None,
         };
         match host {
-            Some(h) => headers.insert(HOST, h),
+            // The usual HTTP/1.1 request: its one `Host` line is already the one to send.
+            Some(_) if host_line_is_it => {}
+            Some(h) => {
+                headers.insert(HOST, h);
+            }
             // The client sets `Host` from the upstream URI when none is given.
-            None => headers.remove(HOST),
-        };
+            None => {
+                headers.remove(HOST);
+            }
+        }
         Ok(Head {
             method: parts.method.clone(),
             uri: upstream_uri(upstream, &parts.uri)?,
@@ -299,14 +307,15 @@ impl Head {
 /// there is one (absolute form, RFC 9112 §3.2.2; HTTP/2's `:authority`, RFC 9113 §8.3.1),
 /// minus any userinfo; else `Host`. An empty `Host` (allowed when the target has no
 /// authority) is no host. A `Host` must be single and valid even when the target wins.
-fn client_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<HeaderValue>, BadHead> {
+/// `true` with it when the client's `Host` line holds exactly that host.
+fn client_host(uri: &Uri, headers: &HeaderMap) -> Result<(Option<HeaderValue>, bool), BadHead> {
     let mut lines = headers.get_all(HOST).iter();
     let host = lines.next().filter(|h| !h.is_empty());
     if lines.next().is_some() || host.is_some_and(|h| !headers::valid_host(h.as_bytes())) {
         return Err(BadHead::Host);
     }
     let Some(authority) = uri.authority() else {
-        return Ok(host.cloned());
+        return Ok((host.cloned(), host.is_some()));
     };
     let target = authority.as_str();
     let target = target.rsplit_once('@').map_or(target, |(_, host)| host);
@@ -315,9 +324,9 @@ fn client_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<HeaderValue>, Ba
     }
     // The usual HTTP/2 request repeats its authority in `Host`: share those bytes.
     match host {
-        Some(h) if h.as_bytes() == target.as_bytes() => Ok(Some(h.clone())),
+        Some(h) if h.as_bytes() == target.as_bytes() => Ok((Some(h.clone()), true)),
         _ => HeaderValue::from_str(target)
-            .map(Some)
+            .map(|h| (Some(h), false))
             .map_err(|_| BadHead::Host),
     }
 }

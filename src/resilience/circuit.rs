@@ -134,14 +134,14 @@ impl Breaker {
         let Ok(mut inner) = self.inner.lock() else {
             return State::Closed;
         };
-        self.expire(&mut inner, Instant::now());
+        self.expire(&mut inner);
         inner.state
     }
 
     /// Asks to make an attempt; `None` while open (or half-open with every probe taken).
     pub fn admit(&self) -> Option<Permit<'_>> {
         let mut inner = self.inner.lock().ok()?;
-        self.expire(&mut inner, Instant::now());
+        self.expire(&mut inner);
         let probe = match inner.state {
             State::Closed => false,
             State::Open => return None,
@@ -161,10 +161,14 @@ impl Breaker {
         })
     }
 
-    fn expire(&self, inner: &mut Inner, now: Instant) {
-        if inner.state == State::Open
-            && now.saturating_duration_since(inner.opened_at) >= self.policy.open_duration
-        {
+    /// An open breaker whose time is up turns half-open. Only an open one reads the
+    /// clock: the usual admit of a closed breaker needs no time.
+    fn expire(&self, inner: &mut Inner) {
+        if inner.state != State::Open {
+            return;
+        }
+        let now = Instant::now();
+        if now.saturating_duration_since(inner.opened_at) >= self.policy.open_duration {
             self.transition(inner, State::HalfOpen, now);
         }
     }
@@ -187,18 +191,16 @@ impl Breaker {
         warn!(route = %self.route, to = to.label(), "circuit breaker changed state");
     }
 
-    fn record(&self, probe: bool, generation: u64, failed: bool) {
+    fn record(&self, probe: bool, generation: u64, failed: bool, now: Instant) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
         if generation != inner.generation {
             return;
         }
-        let now = Instant::now();
         match inner.state {
             State::Closed => {
-                inner.window.add(now, 1, u64::from(failed));
-                let (attempts, failures) = inner.window.sums(now);
+                let (attempts, failures) = inner.window.add_then_sums(now, 1, u64::from(failed));
                 let tripped = attempts >= u64::from(self.policy.min_requests)
                     && failures as f64 >= self.policy.failure_ratio * attempts as f64;
                 if tripped {
@@ -223,10 +225,12 @@ impl Breaker {
 }
 
 impl Permit<'_> {
-    /// Reports the attempt's result.
-    pub fn record(mut self, failed: bool) {
+    /// Reports the attempt's result, known at `now` (the attempt's end, which its caller
+    /// read for its own metrics: one clock read serves both).
+    pub fn record(mut self, failed: bool, now: Instant) {
         self.recorded = true;
-        self.breaker.record(self.probe, self.generation, failed);
+        self.breaker
+            .record(self.probe, self.generation, failed, now);
     }
 }
 
@@ -269,7 +273,7 @@ mod tests {
     fn attempt(b: &Breaker, failed: bool) -> bool {
         match b.admit() {
             Some(p) => {
-                p.record(failed);
+                p.record(failed, Instant::now());
                 true
             }
             None => false,
@@ -311,7 +315,7 @@ mod tests {
             b.admit().is_none(),
             "only half_open_requests probes at once"
         );
-        probe.record(false);
+        probe.record(false, Instant::now());
         assert_eq!(b.state(), State::Closed);
         assert!(attempt(&b, false));
         assert_eq!(b.metrics.to[0].get(), 1);
@@ -349,7 +353,9 @@ mod tests {
         let b = breaker(2, 1);
         let permits = [b.admit().expect("closed"), b.admit().expect("closed")];
         b.retire();
-        permits.into_iter().for_each(|p| p.record(true));
+        permits
+            .into_iter()
+            .for_each(|p| p.record(true, Instant::now()));
         assert_eq!(b.state(), State::Open, "still protects its own requests");
         assert_eq!(b.metrics.state.get(), 0, "the gauge is the live breaker's");
         assert_eq!(b.metrics.to[2].get(), 0);

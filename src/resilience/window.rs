@@ -61,6 +61,13 @@ impl Window {
         self.b[self.head] += b;
     }
 
+    /// Adds to the counters at `now`, then the two sums: `add` and `sums` with one move of
+    /// the window.
+    pub fn add_then_sums(&mut self, now: Instant, a: u64, b: u64) -> (u64, u64) {
+        self.add(now, a, b);
+        (self.a.iter().sum(), self.b.iter().sum())
+    }
+
     /// The two sums over the window at `now`.
     pub fn sums(&mut self, now: Instant) -> (u64, u64) {
         self.advance(now);
