@@ -116,20 +116,22 @@ impl Proxy {
         let head = ctx.head(&mut parts);
         drop(parts);
         async move {
-            let Some(head) = head else {
+            // Borrowed, not moved out of the `Option`: a move would keep the head twice in
+            // this future (as captured and as the local), and copy it.
+            let Some(head) = &head else {
                 return Answer::bad_head();
             };
-            let key = store_key(ctx.state, &head);
-            if let Some(answer) = self.cached(ctx, &head, key.as_deref(), "hit") {
+            let key = store_key(ctx.state, head);
+            if let Some(answer) = self.cached(ctx, head, key.as_deref(), "hit") {
                 return answer;
             }
             // `cache.scope: shared`: a local miss looks in Redis, within `shared.timeout`.
             if shared::fill_fresh(ctx.state.store.as_ref(), key.as_deref()).await {
-                if let Some(answer) = self.cached(ctx, &head, key.as_deref(), "hit") {
+                if let Some(answer) = self.cached(ctx, head, key.as_deref(), "hit") {
                     return answer;
                 }
             }
-            let flight = match self.coalesce(ctx, &head, key.as_ref()).await {
+            let flight = match self.coalesce(ctx, head, key.as_ref()).await {
                 Joined::Served(answer) => return *answer,
                 Joined::Leader(flight) => Some(flight),
                 Joined::Alone => None,
@@ -152,7 +154,7 @@ impl Proxy {
                     .inc();
             }
             let mut answer = self
-                .forward_upstream(ctx, &head, (body, reading), key, flight, faults)
+                .forward_upstream(ctx, head, (body, reading), key, flight, faults)
                 .await;
             if let Some(kind) = kind {
                 answer.mark_fault(kind);

@@ -41,19 +41,15 @@ enum Protocol {
 }
 
 impl HttpClient {
-    /// Sends a request and waits for the response head. Not an `async fn`: the request
-    /// goes straight into the pool's future instead of being kept, and copied, in one of
-    /// ours first.
+    /// Sends a request and waits for the response head. Not an `async fn`, and no `async`
+    /// block around the pool's future: the request goes straight into that future, which
+    /// is returned as it is (each wrapper would copy it again).
     pub fn request(
         &self,
         mut req: Request<UpstreamBody>,
     ) -> impl std::future::Future<Output = Result<Response<Incoming>, ClientError>> + Send + '_
     {
-        enum Sent<A, B> {
-            Http1(A),
-            Http2(B),
-        }
-        let sent = match &self.0 {
+        match &self.0 {
             Protocol::Http1 { pool, host } => {
                 if !req.headers().contains_key(HOST) {
                     req.headers_mut().insert(HOST, host.clone());
@@ -65,18 +61,40 @@ impl HttpClient {
                     *req.uri_mut() =
                         Uri::from(target.unwrap_or_else(|| PathAndQuery::from_static("/")));
                 }
-                Sent::Http1(pool.request(req))
+                Sent::Http1 {
+                    sent: pool.request(req),
+                }
             }
             // Boxed: the HTTP/2 pool's future holds a whole connect and handshake (about
             // 6.5 KB), and every future of the request path above this one would carry that
             // room, and copy it each time one is created and moved, for every request.
-            Protocol::Http2(pool) => Sent::Http2(Box::pin(pool.request(req))),
-        };
-        async move {
-            match sent {
-                Sent::Http1(sent) => sent.await,
-                Sent::Http2(sent) => sent.await,
-            }
+            Protocol::Http2(pool) => Sent::Http2 {
+                sent: Box::pin(pool.request(req)),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request on its way, in the pool of the upstream's protocol.
+    #[project = SentNow]
+    enum Sent<A, B> {
+        Http1 { #[pin] sent: A },
+        Http2 { #[pin] sent: B },
+    }
+}
+
+impl<A, B, T> std::future::Future for Sent<A, B>
+where
+    A: std::future::Future<Output = T>,
+    B: std::future::Future<Output = T>,
+{
+    type Output = T;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        match self.project() {
+            SentNow::Http1 { sent } => sent.poll(cx),
+            SentNow::Http2 { sent } => sent.poll(cx),
         }
     }
 }
