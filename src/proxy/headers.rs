@@ -299,13 +299,42 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 /// IP-literal in brackets, then at most five digits. Anything else is a request we refuse:
 /// repeating it would hand the upstream a host we never understood ourselves.
 pub fn valid_host(value: &[u8]) -> bool {
-    // A port's `:` comes after an IP-literal's closing bracket, if there is one.
+    if value.first() != Some(&b'[') {
+        // A reg-name (which covers IPv4) holds no `:`: the usual host is read in one pass.
+        return reg_name_then_port(value);
+    }
+    // A port's `:` comes after an IP-literal's closing bracket.
     let from = value.iter().rposition(|&b| b == b']').map_or(0, |i| i + 1);
     let (host, port) = match value[from..].iter().position(|&b| b == b':') {
         Some(i) => (&value[..from + i], &value[from + i + 1..]),
         None => (value, &[][..]),
     };
-    port.len() <= 5 && port.iter().all(u8::is_ascii_digit) && (ip_literal(host) || reg_name(host))
+    valid_port(port) && ip_literal(host)
+}
+
+/// At most five digits (none: no port).
+fn valid_port(port: &[u8]) -> bool {
+    port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
+}
+
+/// `reg-name [ ":" port ]`, the reg-name not empty, in one pass.
+fn reg_name_then_port(value: &[u8]) -> bool {
+    let mut i = 0;
+    while i < value.len() {
+        match value[i] {
+            b':' => return i > 0 && valid_port(&value[i + 1..]),
+            b'%' => {
+                let hex = value.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+            }
+            b if unreserved_or_sub_delim(b) => i += 1,
+            _ => return false,
+        }
+    }
+    i > 0
 }
 
 /// `"[" ( IPv6address / IPvFuture ) "]"`.
@@ -325,25 +354,6 @@ fn ip_literal(host: &[u8]) -> bool {
         },
         _ => std::str::from_utf8(inner).is_ok_and(|s| s.parse::<Ipv6Addr>().is_ok()),
     }
-}
-
-/// `*( unreserved / pct-encoded / sub-delims )`, not empty.
-fn reg_name(host: &[u8]) -> bool {
-    let mut i = 0;
-    while i < host.len() {
-        match host[i] {
-            b'%' => {
-                let hex = host.get(i + 1..i + 3);
-                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                    return false;
-                }
-                i += 3;
-            }
-            b if unreserved_or_sub_delim(b) => i += 1,
-            _ => return false,
-        }
-    }
-    !host.is_empty()
 }
 
 fn unreserved_or_sub_delim(b: u8) -> bool {
