@@ -6,8 +6,11 @@
 #
 #   bash bench/tracing_cost.sh                                  # this tree only
 #   BASELINE=/path/to/old/outrigger bash bench/tracing_cost.sh  # plus an older binary
+#   KEEP=/tmp/tc bash bench/tracing_cost.sh   # also keeps each run's callgrind output
+#       (python3 bench/callgrind_diff.py compares two of them per function)
 #
-# Rows: before (BASELINE, no tracing block), tracing off, sample_ratio 0.01 and 1.0. The
+# Rows: before (BASELINE, no tracing block), tracing off, sample_ratio 0 (every request
+# unsampled: what tracing costs a request it does not record), 0.01 and 1.0. The
 # traced rows export to a local OTLP sink that answers 200 to everything, so the export
 # work is in the count. The 0.01 row's requests start new traces, so which of them are
 # sampled is random: about 1 in 100, each costing what a 1.0 request costs, and the number
@@ -25,6 +28,8 @@ if [ -z "${BIN:-}" ]; then
   BIN=target/release/outrigger
 fi
 BASELINE=${BASELINE:-}
+KEEP=${KEEP:-}
+[ -n "$KEEP" ] && mkdir -p "$KEEP"
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -52,6 +57,8 @@ yaml() { # file extra
     "$ORIGIN" "$2" > "$1"
 }
 yaml "$WORK/off.yaml" ""
+yaml "$WORK/r0.yaml" "tracing: { otlp_endpoint: \"http://$SINK\", sample_ratio: 0.0 }
+"
 yaml "$WORK/r001.yaml" "tracing: { otlp_endpoint: \"http://$SINK\", sample_ratio: 0.01 }
 "
 yaml "$WORK/r1.yaml" "tracing: { otlp_endpoint: \"http://$SINK\", sample_ratio: 1.0 }
@@ -84,6 +91,7 @@ count() { # binary config n
   local pid=$!
   python3 "$WORK/drive.py" 18582 "$3"
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  [ -n "$KEEP" ] && cp "$out" "$KEEP/callgrind-$(basename "$2" .yaml)-$3.out"
   awk '/^totals:/ {print $2}' "$out"
 }
 row() { # name binary config
@@ -94,6 +102,7 @@ row() { # name binary config
 printf '%-22s %12s\n' row instructions/request
 [ -n "$BASELINE" ] && row "before (baseline)" "$BASELINE" "$WORK/off.yaml"
 row "tracing off" "$BIN" "$WORK/off.yaml"
+row "sample_ratio 0" "$BIN" "$WORK/r0.yaml"
 row "sample_ratio 0.01" "$BIN" "$WORK/r001.yaml"
 row "sample_ratio 1.0" "$BIN" "$WORK/r1.yaml"
 [ -n "$BASELINE" ] && row "before (again)" "$BASELINE" "$WORK/off.yaml"
