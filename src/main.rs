@@ -20,9 +20,9 @@ use tracing::{info, warn};
 
 mod alloc;
 
-/// The system allocator, reusing hyper's header scratch arrays (see `alloc`).
+/// The system allocator, reusing freed blocks of a few KiB per thread (see `alloc`).
 #[global_allocator]
-static ALLOC: alloc::ReuseHeaderScratch = alloc::ReuseHeaderScratch;
+static ALLOC: alloc::ReuseBlocks = alloc::ReuseBlocks;
 
 /// A reverse-proxy sidecar that makes an unreliable HTTP backend look reliable.
 #[derive(Debug, Parser)]
