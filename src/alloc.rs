@@ -17,8 +17,13 @@
 //!   its per-thread cache: about 300 instructions for each `malloc` and each `free`
 //!   (callgrind), three times per proxied request.
 //!
-//! At most [`SLOTS_PER_THREAD`] blocks stay cached per thread, none above
-//! [`MAX_MID`] bytes except the header scratch size.
+//! Per thread: two slots for scratch arrays, which nothing else may take (losing them to
+//! a burst of other frees, parked connections' buffers say, would bring the holes back),
+//! and four for other blocks of at most [`MAX_MID`] bytes; so at most two scratch arrays
+//! and 64 KiB (128 KiB in all with the default 64 KiB header limit, whose cap of 1,024
+//! makes 32 KiB arrays). When the four are full, a freed block takes the place of one in
+//! turn. A block freed twice aborts the process, as glibc's own check would, instead of
+//! being handed out twice. A thread that ends gives its blocks back.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -35,23 +40,27 @@ const BYTES_PER_HEADER: usize = 4 * std::mem::size_of::<usize>();
 /// Allocations of this size or less are left to glibc's own per-thread cache.
 const MIN_CACHED: usize = 1024;
 
-/// The largest block cached whatever its size (hyper's 8 KiB buffers fit).
+/// The largest block cached that is not a scratch array (hyper's 8 KiB buffers fit).
 const MAX_MID: usize = 16 * 1024;
 
-/// Blocks cached per thread: the two scratch arrays, two read buffers and a request
-/// future in flight at once, and one more.
-const SLOTS_PER_THREAD: usize = 6;
+/// The alignment glibc's `malloc` gives every block (two words), so any cached block
+/// fits any layout of its size with at most this alignment.
+const MALLOC_ALIGN: usize = 2 * std::mem::size_of::<usize>();
+
+/// Slots for scratch arrays (hyper frees two per parse), then for other blocks.
+const SCRATCH_SLOTS: usize = 2;
+const OTHER_SLOTS: usize = 4;
+const SLOTS_PER_THREAD: usize = SCRATCH_SLOTS + OTHER_SLOTS;
 
 type Slots = [(*mut u8, usize); SLOTS_PER_THREAD];
 
 /// One thread's cached blocks.
 struct Cache {
-    /// Freed blocks, each with its size, ready for the next allocation of that size here.
+    /// Freed blocks, each with its size: `..SCRATCH_SLOTS` scratch arrays only, the rest
+    /// other sizes.
     slots: Cell<Slots>,
-    /// The slot to empty next when all are full: in turn, so that a block of a size no
-    /// longer asked for (start-up's, an old header cap's) leaves in time, whatever slot it
-    /// sits in.
-    next_out: Cell<usize>,
+    /// Which slot of its kind a freed block takes next when all of them are full.
+    next_out: Cell<[usize; 2]>,
 }
 
 impl Drop for Cache {
@@ -62,7 +71,7 @@ impl Drop for Cache {
             if !block.is_null() {
                 // SAFETY: cached blocks came from `System` with this size and an
                 // alignment `malloc` gives.
-                unsafe { System.dealloc(block, Layout::from_size_align_unchecked(size, 16)) };
+                unsafe { System.dealloc(block, malloc_layout(size)) };
             }
         }
     }
@@ -72,7 +81,7 @@ thread_local! {
     static CACHE: Cache = const {
         Cache {
             slots: Cell::new([(ptr::null_mut(), 0); SLOTS_PER_THREAD]),
-            next_out: Cell::new(0),
+            next_out: Cell::new([0; 2]),
         }
     };
 }
@@ -82,28 +91,41 @@ pub fn header_cap(cap: usize) {
     SCRATCH_SIZE.store(cap.saturating_mul(BYTES_PER_HEADER), Ordering::Relaxed);
 }
 
+/// A layout `System` frees any cached block of `size` with.
+fn malloc_layout(size: usize) -> Layout {
+    // SAFETY: `MALLOC_ALIGN` is a power of two, and a size `malloc` gave a block for
+    // cannot overflow when rounded up to it.
+    unsafe { Layout::from_size_align_unchecked(size, MALLOC_ALIGN) }
+}
+
 /// `System`, reusing freed blocks of a few KiB (and header scratch arrays) on the same
 /// thread.
 pub struct ReuseBlocks;
 
-fn cacheable(layout: Layout) -> bool {
+/// Which slots a block of this layout may use: `None` for one left to `System`.
+fn slots_for(layout: Layout) -> Option<std::ops::Range<usize>> {
     let size = layout.size();
-    // `System` hands out `malloc` memory (16-byte aligned) for these, so any block of the
-    // same size fits.
-    size > MIN_CACHED
-        && layout.align() <= 16
-        && (size <= MAX_MID || size == SCRATCH_SIZE.load(Ordering::Relaxed))
+    if size <= MIN_CACHED || layout.align() > MALLOC_ALIGN {
+        return None;
+    }
+    if size == SCRATCH_SIZE.load(Ordering::Relaxed) {
+        Some(0..SCRATCH_SLOTS)
+    } else if size <= MAX_MID {
+        Some(SCRATCH_SLOTS..SLOTS_PER_THREAD)
+    } else {
+        None
+    }
 }
 
 // SAFETY: every block comes from `System` with a layout of the same size and an alignment
 // `malloc` satisfies; a cached block is handed out once and only on the thread holding it.
 unsafe impl GlobalAlloc for ReuseBlocks {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if cacheable(layout) {
+        if let Some(range) = slots_for(layout) {
             let reused = CACHE
                 .try_with(|cache| {
                     let mut s = cache.slots.get();
-                    let found = s
+                    let found = s[range]
                         .iter_mut()
                         .find(|(p, n)| !p.is_null() && *n == layout.size());
                     let block = found.map_or(ptr::null_mut(), |slot| {
@@ -122,30 +144,34 @@ unsafe impl GlobalAlloc for ReuseBlocks {
     }
 
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
-        if cacheable(layout) {
+        if let Some(range) = slots_for(layout) {
             let kept = CACHE
                 .try_with(|cache| {
                     let mut s = cache.slots.get();
-                    let size = layout.size();
+                    if s.iter().any(|&(p, _)| p == block) {
+                        // Freed twice: handing it out twice would let two owners write
+                        // the same memory.
+                        std::process::abort();
+                    }
+                    let kind = usize::from(range.start == SCRATCH_SLOTS);
                     // An empty slot (an allocation that took a cached block left one),
-                    // else the next in turn: the newest block is the likelier to be asked
-                    // for again.
-                    let i = match s.iter().position(|(p, _)| p.is_null()) {
-                        Some(i) => i,
+                    // else the next of its kind in turn.
+                    let i = match s[range.clone()].iter().position(|(p, _)| p.is_null()) {
+                        Some(i) => range.start + i,
                         None => {
-                            let i = cache.next_out.get();
-                            cache.next_out.set((i + 1) % SLOTS_PER_THREAD);
+                            let mut next = cache.next_out.get();
+                            let i = range.start + next[kind] % range.len();
+                            next[kind] = (next[kind] + 1) % range.len();
+                            cache.next_out.set(next);
                             i
                         }
                     };
-                    let (old, old_size) = std::mem::replace(&mut s[i], (block, size));
+                    let (old, old_size) = std::mem::replace(&mut s[i], (block, layout.size()));
                     cache.slots.set(s);
                     if !old.is_null() {
                         // SAFETY: cached blocks came from `System` with this size and
                         // an alignment `malloc` gives.
-                        unsafe {
-                            System.dealloc(old, Layout::from_size_align_unchecked(old_size, 16))
-                        };
+                        unsafe { System.dealloc(old, malloc_layout(old_size)) };
                     }
                     true
                 })
@@ -201,9 +227,9 @@ mod tests {
     }
 
     #[test]
-    fn a_full_cache_lets_every_slot_go_in_turn() {
+    fn a_full_cache_lets_every_other_slot_go_in_turn() {
         std::thread::spawn(|| {
-            let layouts: Vec<Layout> = (0..2 * SLOTS_PER_THREAD)
+            let layouts: Vec<Layout> = (0..3 * OTHER_SLOTS)
                 .map(|i| Layout::from_size_align(2048 + 64 * i, 8).unwrap())
                 .collect();
             // SAFETY: each block is freed once, with the layout it was allocated with.
@@ -213,10 +239,41 @@ mod tests {
                     ReuseBlocks.dealloc(b, l);
                 }
             }
-            // The last SLOTS_PER_THREAD sizes freed are the ones kept.
+            // The last OTHER_SLOTS sizes freed are the ones kept.
             let kept: Vec<usize> = CACHE.with(|c| c.slots.get().iter().map(|&(_, n)| n).collect());
-            for l in &layouts[SLOTS_PER_THREAD..] {
+            for l in &layouts[layouts.len() - OTHER_SLOTS..] {
                 assert!(kept.contains(&l.size()), "{} not kept: {kept:?}", l.size());
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn scratch_arrays_keep_their_slots_whatever_else_is_freed() {
+        header_cap(1024);
+        let scratch = Layout::from_size_align(1024 * BYTES_PER_HEADER, 8).unwrap();
+        std::thread::spawn(move || {
+            // SAFETY: each block is freed once, with the layout it was allocated with.
+            unsafe {
+                let pair = [ReuseBlocks.alloc(scratch), ReuseBlocks.alloc(scratch)];
+                pair.iter().for_each(|&b| ReuseBlocks.dealloc(b, scratch));
+                for i in 0..3 * OTHER_SLOTS {
+                    let l = Layout::from_size_align(4096 + 64 * i, 8).unwrap();
+                    let b = ReuseBlocks.alloc(l);
+                    ReuseBlocks.dealloc(b, l);
+                }
+                let again = [ReuseBlocks.alloc(scratch), ReuseBlocks.alloc(scratch)];
+                assert!(
+                    again.iter().all(|b| pair.contains(b)),
+                    "a scratch array was lost"
+                );
+                again.iter().for_each(|&b| ReuseBlocks.dealloc(b, scratch));
+                // Larger blocks that are not scratch arrays go back to `System`.
+                let large = Layout::from_size_align(MAX_MID + 4096, 8).unwrap();
+                let b = ReuseBlocks.alloc(large);
+                ReuseBlocks.dealloc(b, large);
+                assert!(CACHE.with(|c| c.slots.get().iter().all(|&(_, n)| n != large.size())));
             }
         })
         .join()
