@@ -108,12 +108,7 @@ fn sane(id: &HeaderValue) -> bool {
 /// allocation (`Bytes::from_owner`), so the copies for the upstream and the client are
 /// reference counts, not the second allocation a `Vec`'s first clone would make.
 pub fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = [0u8; 32];
-    for (pair, byte) in id.chunks_exact_mut(2).zip(fastrand::u128(..).to_be_bytes()) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xf)];
-    }
+    let id = crate::hex::u128_digits(fastrand::u128(..));
     HeaderValue::from_maybe_shared(Bytes::from_owner(id))
         .expect("hex digits are a valid header value")
 }

@@ -48,6 +48,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod edge;
+pub mod hex;
 pub mod logging;
 pub mod metrics;
 pub mod otel;

@@ -151,8 +151,8 @@ fn hex(digits: &[u8]) -> Option<u128> {
 /// The `traceparent` value (version 00) naming span `span_id` of trace `trace_id`.
 pub fn traceparent(trace_id: u128, span_id: u64, sampled: bool) -> HeaderValue {
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    hex_into(&mut out[3..35], &trace_id.to_be_bytes());
-    hex_into(&mut out[36..52], &span_id.to_be_bytes());
+    out[3..35].copy_from_slice(&crate::hex::u128_digits(trace_id));
+    out[36..52].copy_from_slice(&crate::hex::u64_digits(span_id));
     if sampled {
         out[54] = b'1';
     }
@@ -160,15 +160,6 @@ pub fn traceparent(trace_id: u128, span_id: u64, sampled: bool) -> HeaderValue {
     // slice would be promoted to a shared buffer, a second allocation, at its first clone).
     HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
         .expect("hex digits and dashes are a valid header value")
-}
-
-/// Writes `bytes` as lowercase hex digits, two per byte, into `out`.
-fn hex_into(out: &mut [u8], bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(byte >> 4)];
-        pair[1] = DIGITS[usize::from(byte & 0xf)];
-    }
 }
 
 thread_local! {
