@@ -5,6 +5,13 @@
 #
 #   bash bench/resilience_cost.sh                 # 12 pairs of 4 s runs, about 2 minutes
 #   PAIRS=20 DURATION=5 bash bench/resilience_cost.sh
+#   AA=8 PAIRS=0 bash bench/resilience_cost.sh    # only how far the timing drifts (below)
+#
+# AA=N first runs outrigger-on against a second outrigger-on, both driven at once, N times:
+# one build timed against itself. Ratios far from 1.00 there mean these timed pairs cannot
+# resolve a difference of that size; bench/per_request.sh counts instructions instead
+# (docs/benchmarks.md, "Cost of resilience, counted and timed"). PAIRS=0 skips the pairs
+# and leaves docs/ alone.
 #
 # Each pair runs both, in alternating order (off-on, on-off, ...) so that drift of the
 # machine falls on both alike; a pair's ratio is on/off of CPU per request, the CPU read in
@@ -15,6 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PAIRS=${PAIRS:-12}
+AA=${AA:-0}
 DURATION=${DURATION:-4}
 CONNS=${CONNS:-64}
 OUT=bench/results
@@ -55,13 +63,16 @@ start off 18581 "defaults:
   retry: { attempts: 1 }
   circuit_breaker: { enabled: false }
 "
-start on 18582 "defaults:
+ON="defaults:
   retry: { attempts: 3 }
   stale_if_error: { max_age: 5m }
 "
-declare -A PORT=([off]=18581 [on]=18582)
-declare -A PID=([off]=$PID_off [on]=$PID_on)
-for t in off on; do
+start on 18582 "$ON"
+[ "$AA" -gt 0 ] && start on2 18583 "$ON"
+declare -A PORT=([off]=18581 [on]=18582 [on2]=18583)
+declare -A PID=([off]=$PID_off [on]=$PID_on [on2]=${PID_on2:-})
+TARGETS="off on"; [ "$AA" -gt 0 ] && TARGETS="off on on2"
+for t in $TARGETS; do
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:${PORT[$t]}/small" && break; sleep 0.05; done
   [ "$(curl -s "http://127.0.0.1:${PORT[$t]}/small")" = ok ] || { echo "outrigger-$t does not answer"; exit 1; }
 done
@@ -76,6 +87,21 @@ run() { # target: prints nanoseconds of CPU per request
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   awk -v a="$before" -v b="$after" -v n="$reqs" 'BEGIN {printf "%.1f", (b - a) / n}'
 }
+
+if [ "$AA" -gt 0 ]; then
+  echo "one build against itself (outrigger-on twice), both at once, $CONNS connections each, ${DURATION}s runs"
+  for i in $(seq "$AA"); do
+    a0=$(cpu_ns "${PID[on]}"); b0=$(cpu_ns "${PID[on2]}")
+    wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:${PORT[on]}/small" > "$WORK/a" 2>&1 & w=$!
+    wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:${PORT[on2]}/small" > "$WORK/b" 2>&1
+    wait "$w"
+    a1=$(cpu_ns "${PID[on]}"); b1=$(cpu_ns "${PID[on2]}")
+    na=$(awk '/requests in/ {print $1}' "$WORK/a"); nb=$(awk '/requests in/ {print $1}' "$WORK/b")
+    awk -v i="$i" -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v na="$na" -v nb="$nb" \
+      'BEGIN {pa = a / na; pb = b / nb; printf "  run %2d  A %7d req %7.0f ns/req   B %7d req %7.0f ns/req   B/A %.3f\n", i, na, pa, nb, pb, pb / pa}'
+  done
+fi
+[ "$PAIRS" -gt 0 ] || exit 0
 
 for t in off on; do run "$t" >/dev/null; done   # warm both (pools, allocator)
 TSV="$OUT/resilience_cost.tsv"

@@ -65,12 +65,16 @@ impl Window {
     /// the window.
     pub fn add_then_sums(&mut self, now: Instant, a: u64, b: u64) -> (u64, u64) {
         self.add(now, a, b);
-        (self.a.iter().sum(), self.b.iter().sum())
+        self.totals()
     }
 
     /// The two sums over the window at `now`.
     pub fn sums(&mut self, now: Instant) -> (u64, u64) {
         self.advance(now);
+        self.totals()
+    }
+
+    fn totals(&self) -> (u64, u64) {
         (self.a.iter().sum(), self.b.iter().sum())
     }
 

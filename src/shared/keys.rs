@@ -30,9 +30,10 @@ pub fn key(namespace: &str, kind: Kind, route: &str, local: &[u8]) -> String {
     out.push(':');
     out.push_str(kind);
     out.push(':');
-    for byte in hash.as_ref() {
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
+    for half in hash.as_ref().chunks_exact(16) {
+        let half = u128::from_be_bytes(half.try_into().expect("a SHA-256 digest is 32 bytes"));
+        let digits = crate::hex::u128_digits(half);
+        out.push_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"));
     }
     out
 }
@@ -57,5 +58,14 @@ mod tests {
             key("ns", Kind::Rate, "ab", b"c"),
             "the separator keeps route and key apart"
         );
+    }
+
+    #[test]
+    fn the_digest_is_written_a_byte_at_a_time_in_lowercase_hex() {
+        // Replicas of different builds share these keys: the spelling must never change.
+        let k = key("ns", Kind::Response, "r", b"k");
+        let hash = digest(&SHA256, b"r\0k");
+        let expected: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(k, format!("ns:rs:{expected}"));
     }
 }
