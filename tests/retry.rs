@@ -300,6 +300,46 @@ async fn per_try_timeout_moves_on_to_the_next_attempt() {
     );
 }
 
+/// The per-try timer is reused from one attempt to the next (`proxy::try_timer`): after
+/// many quick answers have each moved a reused timer's deadline later, a slow one must
+/// still time out at its own `per_try_timeout`.
+#[tokio::test]
+async fn per_try_timeout_fires_after_many_quick_answers_reused_its_timer() {
+    let backend = Backend::start().await;
+    let mut script: Vec<Action> = (0..20).map(|_| Action::Status(200)).collect();
+    script.push(Action::Delay(
+        Duration::from_secs(3),
+        Box::new(Action::Status(200)),
+    ));
+    backend.script(script);
+    let yaml =
+        "defaults:\n  retry: { per_try_timeout: 300ms, backoff: { base: 5ms, max: 20ms } }\n";
+    let sidecar = Sidecar::in_front_of(&backend, yaml).await;
+    for _ in 0..20 {
+        let (status, headers, _) = get(&sidecar.url("/quick")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-outrigger-attempts"], "1");
+    }
+    let started = Instant::now();
+    let (status, headers, _) = get(&sidecar.url("/slow-once")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-outrigger-attempts"], "2");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "outrigger_upstream_attempts_total",
+            &[("result", "timeout")]
+        ),
+        1.0
+    );
+}
+
 #[tokio::test]
 async fn the_overall_deadline_bounds_all_attempts() {
     let backend = Backend::start().await;

@@ -262,9 +262,10 @@ impl<'a> Attempts<'a> {
         let request = self.client.request(request);
         let Some(upload) = self.body.upload() else {
             // A body held whole (or none) is handed over at once: one timer, the sooner of
-            // the per-try timeout and the deadline, as cheap as a plain `timeout`.
+            // the per-try timeout and the deadline, reused from an earlier attempt
+            // (`try_timer`).
             let until = (started + per_try).min(self.deadline);
-            return tokio::time::timeout_at(until, request)
+            return super::try_timer::timeout_at(until, request)
                 .await
                 .map_err(|_| Failure::Timeout);
         };

@@ -32,6 +32,7 @@ pub mod probe;
 pub mod respond;
 pub mod route_metrics;
 pub mod runtime;
+pub mod try_timer;
 pub mod tunnel;
 pub mod upgrade;
 pub mod upload;
