@@ -60,9 +60,12 @@ fn header_rewriting(c: &mut Criterion) {
             let mut req = Request::get("/api/v1/items?page=2").body(()).unwrap();
             *req.headers_mut() = client_headers();
             let (mut parts, _) = req.into_parts();
+            let upstream = &cfg.upstream;
             black_box(
-                outrigger::proxy::upstream::Head::from_client(&mut parts, &cfg.upstream, peer, &id)
-                    .unwrap(),
+                outrigger::proxy::upstream::Head::from_client(
+                    &mut parts, upstream, None, peer, &id,
+                )
+                .unwrap(),
             )
         })
     });

@@ -342,3 +342,31 @@ async fn a_host_named_in_connection_is_still_the_client_s_host_upstream() {
     let seen = &backend.received()[0];
     assert_eq!(seen.headers_named("host"), ["shop.example"]);
 }
+
+/// A request with no host of its own (HTTP/1.0 without `Host`), and every request with
+/// `host_header: upstream`, reaches the upstream with exactly one `Host`: the upstream
+/// URL's (`Head::from_client` sets it; the client no longer adds it).
+#[tokio::test]
+async fn without_a_client_host_the_upstream_gets_its_own_host_once() {
+    let backend = Backend::start().await;
+    let upstream_host = backend.addr.to_string();
+    let sidecar = Sidecar::in_front_of(&backend, "").await;
+    let answer = ask(&sidecar, "GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert_eq!(
+        backend.received()[0].headers_named("host"),
+        [upstream_host.as_str()]
+    );
+
+    let sidecar = Sidecar::in_front_of(&backend, "  host_header: upstream\n").await;
+    let answer = ask(
+        &sidecar,
+        "GET /new HTTP/1.1\r\nhost: shop.example\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(
+        backend.received()[1].headers_named("host"),
+        [upstream_host.as_str()]
+    );
+}

@@ -283,7 +283,9 @@ impl Proxy {
     ) -> (Response<ResponseBody>, Outcome) {
         let (mut parts, _) = req.into_parts();
         // Stale copies are looked up as forwarding would: from the head the upstream gets.
-        let head = upstream::Head::from_client(&mut parts, &rt.config.upstream, peer, request_id);
+        let upstream = &rt.config.upstream;
+        let host = rt.client.default_host();
+        let head = upstream::Head::from_client(&mut parts, upstream, host, peer, request_id);
         let degraded = head.ok().and_then(|head| {
             let key = forward::store_key(state, &head);
             let failed = Failed {

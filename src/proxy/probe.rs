@@ -131,12 +131,15 @@ async fn probe_once(rt: &Runtime, check: &HealthCheck) -> Result<(), String> {
         rt.config.upstream.base_path,
         check.path
     );
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(Method::GET)
         .uri(uri)
         .header("user-agent", "outrigger-health-check")
         .body(UpstreamBody::Empty)
         .map_err(|e| format!("health check request is invalid: {e}"))?;
+    if let Some(host) = rt.client.default_host() {
+        req.headers_mut().insert(http::header::HOST, host.clone());
+    }
     match tokio::time::timeout(check.timeout, rt.client.request(req)).await {
         Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection() => Ok(()),
         Ok(Ok(resp)) => Err(format!("health check answered {}", resp.status().as_u16())),

@@ -41,7 +41,19 @@ enum Protocol {
 }
 
 impl HttpClient {
-    /// Sends a request and waits for the response head. Not an `async fn`, and no `async`
+    /// `Host` for an HTTP/1.1 request that has no client host to send: the URL's host, and
+    /// its port unless the scheme's default. `None` for HTTP/2, where `:authority` comes
+    /// from the URI.
+    pub fn default_host(&self) -> Option<&HeaderValue> {
+        match &self.0 {
+            Protocol::Http1 { host, .. } => Some(host),
+            Protocol::Http2(_) => None,
+        }
+    }
+
+    /// Sends a request and waits for the response head. Its `Host` is the caller's to set
+    /// ([`Head::from_client`], the health probe, both from [`HttpClient::default_host`]):
+    /// looking for one here cost a hashed lookup on every attempt. Not an `async fn`, and no `async`
     /// block around the pool's future: the request goes straight into that future, which
     /// is returned as it is (each wrapper would copy it again).
     pub fn request(
@@ -50,10 +62,7 @@ impl HttpClient {
     ) -> impl std::future::Future<Output = Result<Response<Incoming>, ClientError>> + Send + '_
     {
         match &self.0 {
-            Protocol::Http1 { pool, host } => {
-                if !req.headers().contains_key(HOST) {
-                    req.headers_mut().insert(HOST, host.clone());
-                }
+            Protocol::Http1 { pool, .. } => {
                 // hyper writes the URI as it is given: origin form (`/path?query`). A
                 // `Head` is in that form already; a health probe's URI is absolute.
                 if req.uri().scheme().is_some() {
@@ -246,9 +255,11 @@ pub enum BadHead {
 
 impl Head {
     /// Rewrites the client's request head for the upstream.
+    /// `default_host` is [`HttpClient::default_host`].
     pub fn from_client(
         parts: &mut Parts,
         upstream: &Upstream,
+        default_host: Option<&HeaderValue>,
         peer: SocketAddr,
         request_id: &HeaderValue,
     ) -> Result<Head, BadHead> {
@@ -293,10 +304,16 @@ impl Head {
             Some(h) => {
                 headers.insert(HOST, h);
             }
-            // The client sets `Host` from the upstream URI when none is given.
-            None => {
-                headers.remove(HOST);
-            }
+            // No client host to send: the upstream's own (a replaced value keeps its room).
+            None => match default_host {
+                Some(h) => {
+                    headers.insert(HOST, h.clone());
+                }
+                // HTTP/2: the pool writes `:authority` from the URI.
+                None => {
+                    headers.remove(HOST);
+                }
+            },
         }
         Ok(Head {
             method: parts.method.clone(),
