@@ -214,11 +214,15 @@ impl<'a> Attempts<'a> {
             }
             Ok(Ok(resp)) => Ok(resp),
         };
+        // One clock read for the attempt's duration, its concurrency slot and the breaker's
+        // window.
+        let ended = Instant::now();
         if let Some(slot) = slot {
-            slot.finish(result.as_ref().map_or_else(
+            let outcome = result.as_ref().map_or_else(
                 |f| Outcome::of_failure(*f),
                 |r| Outcome::of_status(r.status()),
-            ));
+            );
+            slot.finish(outcome, ended.into_std());
         }
         if result.as_ref().is_err_and(|f| f.is_client()) {
             // The client's body broke, not the upstream: nothing to count against it.
@@ -228,8 +232,6 @@ impl<'a> Attempts<'a> {
             Ok(resp) => status_class(resp.status()),
             Err(f) => f.reason(),
         };
-        // One clock read for the attempt's duration and the breaker's window.
-        let ended = Instant::now();
         if let Some(permit) = permit {
             let failed = result.as_ref().map_or(true, |r| {
                 r.status().is_server_error() || super::grpc::breaker_failure(r)

@@ -67,13 +67,12 @@ impl Attempts<'_> {
             return (result, 1);
         };
         tokio::pin!(first);
-        tokio::select! {
-            biased;
-            result = &mut first => {
-                sample(hedge, started, &result);
-                return (result, 1);
-            }
-            () = tokio::time::sleep_until((started + delay).min(self.deadline)) => {}
+        // The hedge's timer is a reused one (`try_timer`): nearly every first attempt
+        // answers before it, so it is armed on every request and almost never fires.
+        let hedge_at = (started + delay).min(self.deadline);
+        if let Ok(result) = super::try_timer::timeout_at(hedge_at, first.as_mut()).await {
+            sample(hedge, started, &result);
+            return (result, 1);
         }
         let Some((permit, slot)) = self.hedge_leave(hedge) else {
             self.count_hedge("skipped");

@@ -16,6 +16,9 @@
 //!   runs another runtime (tests, the probe command); reused there, it would panic.
 //! - A spare timer whose old deadline passes wakes the task that used it last, once: a
 //!   spurious wake-up, which tasks ignore. It stops holding that waker then.
+//! - The spare taken is the one, among the newest few, with the latest deadline not later
+//!   than the new one, so that it only moves later: a request that holds two (a hedge's
+//!   and the per-try one) would otherwise swap them from one request to the next.
 //! - At most [`SPARE`] timers per thread; the rest are dropped as before.
 
 use std::cell::RefCell;
@@ -28,6 +31,9 @@ use tokio::time::{Instant, Sleep};
 
 /// Spare timers kept per thread: about as many as attempts in flight on it at once.
 pub const SPARE: usize = 64;
+
+/// How many of the newest spares are looked at for one that only moves later.
+const LOOK: usize = 4;
 
 type Timer = Pin<Box<Sleep>>;
 
@@ -104,7 +110,19 @@ fn take(until: Instant) -> (Timer, Id) {
                 spares.timers.clear();
                 spares.runtime = Some(runtime);
             }
-            spares.timers.pop()
+            // Among the newest few, the one with the latest deadline not later than
+            // `until`: moving it is the atomic store. A request with two timers at once (a
+            // hedge's and the per-try one) would otherwise take each other's, and move one
+            // of them earlier, every time.
+            let timers = &mut spares.timers;
+            let newest = timers.len().saturating_sub(LOOK);
+            let fits = (newest..timers.len())
+                .filter(|&i| timers[i].deadline() <= until)
+                .max_by_key(|&i| timers[i].deadline());
+            match fits {
+                Some(i) => Some(timers.swap_remove(i)),
+                None => timers.pop(),
+            }
         })
         .ok()
         .flatten();
@@ -131,6 +149,19 @@ fn give_back(timer: Timer, runtime: Id) {
 #[cfg(test)]
 fn spares() -> usize {
     SPARES.with(|spares| spares.borrow().timers.len())
+}
+
+/// Deadlines of the spare timers on this thread, oldest spare first (tests).
+#[cfg(test)]
+fn spare_deadlines() -> Vec<Instant> {
+    SPARES.with(|spares| {
+        spares
+            .borrow()
+            .timers
+            .iter()
+            .map(|t| t.deadline())
+            .collect()
+    })
 }
 
 #[cfg(test)]
@@ -188,6 +219,34 @@ mod tests {
             "fired at the earlier deadline, not the spare's"
         );
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_spare_is_taken_that_only_moves_later() {
+        let start = Instant::now();
+        let soon = start + Duration::from_secs(10);
+        let late = start + Duration::from_secs(30);
+        // One timer around another: the outer one goes back first, the inner one is newest.
+        let inner = timeout_at(soon, answered_after(Duration::from_millis(5)));
+        let outer = timeout_at(late, inner);
+        assert_eq!(outer.await, Ok(Ok(())));
+        assert_eq!(spare_deadlines(), [late, soon]);
+        let later = start + Duration::from_secs(35);
+        let third = timeout_at(later, answered_after(Duration::from_millis(5)));
+        let left = spare_deadlines_while(third).await;
+        assert_eq!(
+            left,
+            [soon],
+            "took the latest deadline that only moves later"
+        );
+    }
+
+    /// The spares' deadlines while `future` (which takes a timer) is pending.
+    async fn spare_deadlines_while<F: Future>(future: F) -> Vec<Instant> {
+        let mut future = std::pin::pin!(future);
+        let polled = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx).is_ready()));
+        assert!(!polled.await, "still pending, holding its timer");
+        spare_deadlines()
     }
 
     #[tokio::test]

@@ -32,9 +32,18 @@ use crate::shared::SharedLimit;
 #[derive(Debug)]
 pub struct RateLimiter {
     policy: RateLimitPolicy,
-    buckets: Mutex<Lru<Vec<u8>, Bucket>>,
+    buckets: Mutex<Buckets>,
     /// The fleet-wide limiter, with `scope: shared`.
     shared: Option<Arc<SharedLimit>>,
+}
+
+/// The buckets by key. With `key: route` there is one key, the empty one, and its bucket
+/// is held apart: a keyed table lookup (SipHash, since keys come from clients) cost about
+/// 300 instructions per request for a table of one.
+#[derive(Debug, Default)]
+struct Buckets {
+    route: Option<Bucket>,
+    keyed: Lru<Vec<u8>, Bucket>,
 }
 
 #[derive(Debug)]
@@ -48,7 +57,7 @@ impl RateLimiter {
     pub fn new(policy: RateLimitPolicy) -> RateLimiter {
         RateLimiter {
             policy,
-            buckets: Mutex::new(Lru::default()),
+            buckets: Mutex::new(Buckets::default()),
             shared: None,
         }
     }
@@ -96,22 +105,26 @@ impl RateLimiter {
             return shared.take_now(key);
         }
         let now = Instant::now();
-        let mut buckets = self.lock();
+        let mut guard = self.lock();
+        let buckets = &mut *guard;
         let burst = f64::from(self.policy.burst);
-        let bucket = match buckets.get_mut(key) {
-            Some(bucket) => bucket,
-            None => {
-                while buckets.len() >= self.policy.max_keys {
-                    buckets.pop_oldest();
+        let full = Bucket {
+            tokens: burst,
+            updated: now,
+        };
+        let bucket = if matches!(self.policy.key, RateKey::Route) {
+            buckets.route.get_or_insert(full)
+        } else {
+            let keyed = &mut buckets.keyed;
+            match keyed.get_mut(key) {
+                Some(bucket) => bucket,
+                None => {
+                    while keyed.len() >= self.policy.max_keys {
+                        keyed.pop_oldest();
+                    }
+                    keyed.insert(key.to_vec(), full);
+                    keyed.get_mut(key).expect("just inserted")
                 }
-                buckets.insert(
-                    key.to_vec(),
-                    Bucket {
-                        tokens: burst,
-                        updated: now,
-                    },
-                );
-                buckets.get_mut(key).expect("just inserted")
             }
         };
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
@@ -127,12 +140,13 @@ impl RateLimiter {
 
     /// How many keys are tracked.
     pub fn keys(&self) -> usize {
-        self.lock().len()
+        let buckets = self.lock();
+        buckets.keyed.len() + usize::from(buckets.route.is_some())
     }
 
     /// The key table, taken over as it stands if a panic poisoned the lock: refusing to
     /// limit after a panic would let everything through.
-    fn lock(&self) -> MutexGuard<'_, Lru<Vec<u8>, Bucket>> {
+    fn lock(&self) -> MutexGuard<'_, Buckets> {
         self.buckets.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

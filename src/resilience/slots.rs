@@ -51,6 +51,8 @@ pub struct Slot<'a> {
     /// Attempts in flight when this one started, itself included.
     in_flight: usize,
     outcome: Outcome,
+    /// When the attempt ended, if its caller read the clock already (`finish`).
+    ended: Option<Instant>,
 }
 
 impl ConcurrencyLimit {
@@ -121,13 +123,14 @@ impl ConcurrencyLimit {
             started: Instant::now(),
             in_flight,
             outcome: Outcome::Ignored,
+            ended: None,
         })
     }
 
     fn release(&self, slot: &Slot<'_>) {
         let mut state = self.lock();
         let before = state.controller.limit();
-        let now = Instant::now();
+        let now = slot.ended.unwrap_or_else(Instant::now);
         state
             .controller
             .record(slot.started, now, slot.in_flight, slot.outcome);
@@ -160,9 +163,11 @@ impl ConcurrencyLimit {
 }
 
 impl Slot<'_> {
-    /// Releases the slot and teaches the controller how the attempt ended.
-    pub fn finish(mut self, outcome: Outcome) {
+    /// Releases the slot and teaches the controller how the attempt ended, and when (the
+    /// caller's clock reading, so the slot need not take another).
+    pub fn finish(mut self, outcome: Outcome, ended: Instant) {
         self.outcome = outcome;
+        self.ended = Some(ended);
     }
 
     /// Starts the clock again: a retry's slot is taken before its backoff, and the wait is
@@ -223,7 +228,7 @@ mod tests {
         let waiter = l.acquire();
         let release = async {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            a.finish(Outcome::Success);
+            a.finish(Outcome::Success, Instant::now());
         };
         let (slot, ()) = tokio::join!(waiter, release);
         assert!(slot.is_some());
