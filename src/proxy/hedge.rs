@@ -41,9 +41,10 @@ impl Attempts<'_> {
     ) -> (Attempt, u32) {
         match self.hedge {
             None => (self.attempt(1, permit, slot).await, 1),
-            // Boxed: the hedged path holds two attempts at once, and a future's size is
-            // that of its largest state. Inline, every request of every route would carry
-            // (and hyper keep per connection, even idle) room for a second attempt.
+            // Boxed: inline, every request of every route would carry (and hyper keep per
+            // connection, even idle) room for the hedged path's state beside the attempt's,
+            // and copy it at each move. Its second attempt is boxed apart (`hedged`), so
+            // this box holds one attempt only.
             Some(hedge) => Box::pin(self.hedged(hedge, permit, slot)).await,
         }
     }
@@ -80,8 +81,10 @@ impl Attempts<'_> {
             sample(hedge, started, &result);
             return (result, 1);
         };
-        let second = self.attempt(2, permit, slot);
-        tokio::pin!(second);
+        // Boxed: made only when the delay passed (rare), and a future's size is that of its
+        // largest state: inline, every request of a hedged route would carry (and hyper
+        // keep per connection) room for a second attempt.
+        let mut second = Box::pin(self.attempt(2, permit, slot));
         // The first headers win; a failure without headers waits for the other attempt.
         let (result, hedge_won) = tokio::select! {
             r = &mut first => match r {
