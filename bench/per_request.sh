@@ -178,7 +178,9 @@ block = ["<!-- BEGIN per-request -->", "## Work per request, counted (bench/per_
          f"requests (start-up cancels out). User-space only: the kernel's share is not counted. These",
          f"counts repeat from run to run whatever the machine is doing, so a regression shows here first.",
          f"Built from {rev} (`-dirty`: with changes not yet committed, the ones in the commit",
-         f"that records these figures).", "",
+         f"that records these figures). outrigger-all is outrigger-on with the later features on as well",
+         f"(adaptive concurrency limit, a rate limit and a hedge delay never reached); outrigger-shared",
+         f"is outrigger-all with the rate limit and stale copies shared through a local redis-server.", "",
          "| target | instructions/request | x floor | allocations/request |", "| --- | --- | --- | --- |"]
 for r in rows:
     ratio = f"{float(r['instructions_per_req']) / floor:.2f}" if floor else ""
