@@ -259,9 +259,13 @@ impl<'a> Attempts<'a> {
         started: Instant,
     ) -> Result<Result<Response<Incoming>, super::upstream::ClientError>, Failure> {
         let per_try = self.route.policy.retry.per_try_timeout;
-        let mut request = self.head.request(n, body);
-        crate::otel::inject(request.headers_mut());
-        let request = self.client.request(request);
+        // In a block: the request moves into the client's future, and a binding of it
+        // left in this scope would keep its 352 bytes in this future across the `await`.
+        let request = {
+            let mut request = self.head.request(n, body);
+            crate::otel::inject(request.headers_mut());
+            self.client.request(request)
+        };
         let Some(upload) = self.body.upload() else {
             // A body held whole (or none) is handed over at once: one timer, the sooner of
             // the per-try timeout and the deadline, reused from an earlier attempt
