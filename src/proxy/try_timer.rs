@@ -19,7 +19,12 @@
 //! - The spare taken is the one, among the newest few, with the latest deadline not later
 //!   than the new one, so that it only moves later: a request that holds two (a hedge's
 //!   and the per-try one) would otherwise swap them from one request to the next.
-//! - At most [`SPARE`] timers per thread; the rest are dropped as before.
+//! - At most [`SPARE`] timers per thread; the rest are dropped as before. What spares
+//!   hold: the waker of the task that used each last, until its old deadline passes (a
+//!   finished task's memory, up to `per_try_timeout`), and a handle on their runtime, so a
+//!   runtime that ends while a thread that outlives it holds spares is freed only when that
+//!   thread ends or another runtime takes a timer there (tests, not the one runtime of the
+//!   binary).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -87,12 +92,21 @@ impl<F: Future> Future for Timeout<F> {
     type Output = Result<F::Output, Elapsed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        use tokio::task::coop;
         let this = self.project();
+        let had_budget = coop::has_budget_remaining();
         if let Poll::Ready(v) = this.future.poll(cx) {
             return Poll::Ready(Ok(v));
         }
         let (timer, _) = this.timer.get_or_insert_with(|| take(*this.until));
-        match timer.as_mut().poll(cx) {
+        // A future that used up the task's budget would keep the timer from being looked
+        // at (a `Sleep` polled without budget is `Pending`), every time if it always does:
+        // then the timer is polled unconstrained, as tokio's own `Timeout` does.
+        let polled = match had_budget && !coop::has_budget_remaining() {
+            true => Pin::new(&mut coop::unconstrained(timer.as_mut())).poll(cx),
+            false => timer.as_mut().poll(cx),
+        };
+        match polled {
             Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
             Poll::Pending => Poll::Pending,
         }
@@ -247,6 +261,23 @@ mod tests {
         let polled = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx).is_ready()));
         assert!(!polled.await, "still pending, holding its timer");
         spare_deadlines()
+    }
+
+    /// A future that uses up the task's coop budget on every poll still times out.
+    #[tokio::test]
+    async fn a_future_that_uses_up_the_budget_still_times_out() {
+        let hog = async {
+            loop {
+                tokio::task::coop::consume_budget().await;
+            }
+        };
+        let until = Instant::now() + Duration::from_millis(50);
+        let result = tokio::time::timeout(Duration::from_secs(5), timeout_at(until, hog)).await;
+        assert_eq!(
+            result,
+            Ok(Err(Elapsed)),
+            "the 50 ms timer fired, not the 5 s one"
+        );
     }
 
     #[tokio::test]

@@ -120,7 +120,7 @@ impl ConcurrencyLimit {
         self.publish(&state);
         Some(Slot {
             owner: self,
-            started: Instant::now(),
+            started: now(),
             in_flight,
             outcome: Outcome::Ignored,
             ended: None,
@@ -130,7 +130,7 @@ impl ConcurrencyLimit {
     fn release(&self, slot: &Slot<'_>) {
         let mut state = self.lock();
         let before = state.controller.limit();
-        let now = slot.ended.unwrap_or_else(Instant::now);
+        let now = slot.ended.unwrap_or_else(now);
         state
             .controller
             .record(slot.started, now, slot.in_flight, slot.outcome);
@@ -164,7 +164,7 @@ impl ConcurrencyLimit {
 
 impl Slot<'_> {
     /// Releases the slot and teaches the controller how the attempt ended, and when (the
-    /// caller's clock reading, so the slot need not take another).
+    /// caller's reading of tokio's clock, so the slot need not take another).
     pub fn finish(mut self, outcome: Outcome, ended: Instant) {
         self.outcome = outcome;
         self.ended = Some(ended);
@@ -173,9 +173,15 @@ impl Slot<'_> {
     /// Starts the clock again: a retry's slot is taken before its backoff, and the wait is
     /// not the upstream's latency.
     pub fn restarted(mut self) -> Self {
-        self.started = Instant::now();
+        self.started = now();
         self
     }
+}
+
+/// The time on tokio's clock (the same as the system's, except in tests with paused time),
+/// which is also the clock of the end times callers give [`Slot::finish`].
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 impl Drop for Slot<'_> {
@@ -228,7 +234,7 @@ mod tests {
         let waiter = l.acquire();
         let release = async {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            a.finish(Outcome::Success, Instant::now());
+            a.finish(Outcome::Success, now());
         };
         let (slot, ()) = tokio::join!(waiter, release);
         assert!(slot.is_some());
