@@ -153,7 +153,7 @@ w(f"  request and served {fmt(ratio(med(s, on, 'req_per_s'), med(s, ng, 'req_per
 w("  machine is large (short runs of the same build have ranged from 0.8x to 1.6x nginx's CPU per request),")
 w("  so read ratios from one run only, and prefer several full runs before concluding. Against")
 w("  the floor too: full runs have put outrigger-on's CPU per request from 0.99x (65f79c8) to")
-w("  1.31x (6e16a34) the floor's, for builds whose counted instructions differ by 1.3%; the")
+w("  1.31x (6e16a34) the floor's, for builds whose counted instructions differ by about 1%; the")
 w("  counted ratio in the headline table (1.12x on 65f79c8) is the one to compare builds by.")
 w("- Where the time goes: the instructions of each request are counted in the per-request")
 w("  block below (callgrind; they repeat from run to run, unlike these timed figures). A timed")
