@@ -56,9 +56,7 @@ impl Ctx<'_> {
     /// The client's head rewritten for the upstream; `None` for one that cannot be (answer
     /// it with [`Answer::bad_head`]).
     pub(super) fn head(&self, parts: &mut http::request::Parts) -> Option<Head> {
-        let upstream = &self.rt.config.upstream;
-        let host = self.rt.client.default_host();
-        Head::from_client(parts, upstream, host, self.peer, self.request_id).ok()
+        self.rt.head(parts, self.peer, self.request_id).ok()
     }
 }
 

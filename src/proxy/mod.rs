@@ -283,9 +283,7 @@ impl Proxy {
     ) -> (Response<ResponseBody>, Outcome) {
         let (mut parts, _) = req.into_parts();
         // Stale copies are looked up as forwarding would: from the head the upstream gets.
-        let upstream = &rt.config.upstream;
-        let host = rt.client.default_host();
-        let head = upstream::Head::from_client(&mut parts, upstream, host, peer, request_id);
+        let head = rt.head(&mut parts, peer, request_id);
         let degraded = head.ok().and_then(|head| {
             let key = forward::store_key(state, &head);
             let failed = Failed {

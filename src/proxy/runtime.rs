@@ -103,6 +103,19 @@ impl Runtime {
             .filter_map(|(route, state)| Some((route, state.breaker.as_ref()?.state())))
     }
 
+    /// A client's request head rewritten for this config's upstream; a request with no
+    /// host of its own gets the upstream's ([`HttpClient::default_host`]).
+    pub fn head(
+        &self,
+        parts: &mut http::request::Parts,
+        peer: std::net::SocketAddr,
+        request_id: &http::HeaderValue,
+    ) -> Result<upstream::Head, upstream::BadHead> {
+        let upstream = &self.config.upstream;
+        let host = self.client.default_host();
+        upstream::Head::from_client(parts, upstream, host, peer, request_id)
+    }
+
     /// The route a request takes (first match, else `default`) and its state.
     pub fn route(&self, method: &Method, path: &str, headers: &HeaderMap) -> (&Route, &RouteState) {
         let ix = self.config.route_index(method, path, headers);

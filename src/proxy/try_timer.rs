@@ -160,12 +160,6 @@ fn give_back(timer: Timer, runtime: Id) {
     });
 }
 
-/// Spare timers on this thread (tests).
-#[cfg(test)]
-fn spares() -> usize {
-    SPARES.with(|spares| spares.borrow().timers.len())
-}
-
 /// Deadlines of the spare timers on this thread, oldest spare first (tests).
 #[cfg(test)]
 fn spare_deadlines() -> Vec<Instant> {
@@ -183,6 +177,10 @@ fn spare_deadlines() -> Vec<Instant> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    fn spares() -> usize {
+        spare_deadlines().len()
+    }
 
     /// A future that finishes after `after`, so that its timer was taken (not ready at once).
     async fn answered_after(after: Duration) {
