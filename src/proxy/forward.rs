@@ -33,7 +33,7 @@ use crate::resilience::circuit::State;
 use crate::resilience::coalesce::Flight;
 use crate::resilience::fault::{self, Faults};
 use crate::resilience::retry;
-use crate::resilience::store::{Key, ResponseStore};
+use crate::resilience::store::{self, Key, ResponseStore};
 use crate::server::watchdog::Reading;
 use crate::shared;
 
@@ -376,14 +376,22 @@ fn tee(
     flight: Option<Flight>,
 ) -> Option<Tee> {
     let storable = method == Method::GET && ResponseStore::storable(resp.status(), resp.headers());
-    let (Some(store), Some(key), true) = (store, key, storable) else {
-        if let Some(flight) = flight {
-            flight.unshared();
+    let (store, key) = match (store, key) {
+        (Some(store), Some(key)) if storable => (store, key),
+        (_, key) => {
+            if let Some(flight) = flight {
+                flight.unshared();
+            }
+            if let Some(key) = key {
+                store::recycle(key);
+            }
+            return None;
         }
-        return None;
     };
-    // A follower flight must end with a store, so only skip when nobody waits.
+    // A follower flight must end with a store, so only skip when nobody waits. The key
+    // goes back for the next request's.
     if flight.is_none() && store.recently_stored(&key) {
+        store::recycle(key);
         return None;
     }
     if let Some(flight) = &flight {
