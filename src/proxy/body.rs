@@ -302,8 +302,10 @@ impl Drop for Tee {
 enum Inner {
     Upstream(Incoming),
     Full(Option<Bytes>),
-    /// One chunk, then trailers (a gRPC fallback's message and status).
-    Trailed(Option<Bytes>, Option<HeaderMap>),
+    /// One chunk, then trailers (a gRPC fallback's message and status). The trailers are
+    /// boxed: inline, their map would make every response 80 bytes larger, and a response
+    /// is copied at each layer it is returned through.
+    Trailed(Option<Bytes>, Option<Box<HeaderMap>>),
 }
 
 impl ResponseBody {
@@ -344,7 +346,7 @@ impl ResponseBody {
     /// One chunk followed by trailers.
     pub fn full_with_trailers(bytes: Bytes, trailers: HeaderMap) -> ResponseBody {
         let mut body = ResponseBody::full(Bytes::new());
-        body.inner = Inner::Trailed(Some(bytes), Some(trailers));
+        body.inner = Inner::Trailed(Some(bytes), Some(Box::new(trailers)));
         body
     }
 
@@ -375,7 +377,7 @@ impl ResponseBody {
             Inner::Trailed(bytes, trailers) => {
                 let frame = match bytes.take() {
                     Some(b) => Some(Frame::data(b)),
-                    None => trailers.take().map(Frame::trailers),
+                    None => trailers.take().map(|t| Frame::trailers(*t)),
                 };
                 return Poll::Ready(frame.map(Ok));
             }
