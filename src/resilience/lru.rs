@@ -86,6 +86,12 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// The keys as the map holds them, in no order.
+    #[cfg(test)]
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.entries.keys()
+    }
 }
 
 #[cfg(test)]

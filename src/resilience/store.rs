@@ -54,7 +54,8 @@ const SPARE_KEY_MAX: usize = 1024;
 /// Gives back a key that nothing keeps, for the next [`ResponseStore::key`] on this thread.
 pub fn recycle(key: Key) {
     if key.capacity() <= SPARE_KEY_MAX {
-        SPARE_KEY.set(key);
+        // `try_with`: a thread being torn down has no spare to keep.
+        let _ = SPARE_KEY.try_with(|spare| spare.set(key));
     }
 }
 
@@ -247,7 +248,7 @@ impl ResponseStore {
             }
         }
         let host = host.unwrap_or_default();
-        let mut key = SPARE_KEY.take();
+        let mut key = SPARE_KEY.try_with(Cell::take).unwrap_or_default();
         key.clear();
         key.reserve(128);
         push_field(&mut key, host);
@@ -352,11 +353,14 @@ impl ResponseStore {
         self.keep(key, stored);
     }
 
-    fn keep(&self, key: Key, stored: Arc<Stored>) {
+    fn keep(&self, mut key: Key, stored: Arc<Stored>) {
         if self.policy.keep_for(&stored).is_zero() {
             return;
         }
         let size = stored.size();
+        // A key may be a reused buffer with room for a longer one (`recycle`): the store
+        // keeps only its bytes (`max_bytes` counts a key as part of a flat 128 per entry).
+        key.shrink_to_fit();
         let Ok(mut entries) = self.inner.lock() else {
             return;
         };
@@ -541,6 +545,28 @@ mod tests {
             "the given-back buffer is used again"
         );
         assert_eq!(reused, fresh);
+    }
+
+    #[test]
+    fn a_stored_key_keeps_no_room_of_a_recycled_buffer() {
+        let plain = store(10, 1 << 20, vec![]);
+        let long = "/".repeat(600);
+        recycle(plain.key(&Method::GET, &long, &HeaderMap::new()).unwrap());
+        let key = plain.key(&Method::GET, "/a", &HeaderMap::new()).unwrap();
+        assert!(key.capacity() > 600, "the recycled buffer was taken");
+        let body = Bytes::from_static(b"ok");
+        plain.insert(key, &HeaderMap::new(), HeaderMap::new(), body);
+        let entries = plain.inner.lock().unwrap();
+        let kept: Vec<_> = entries
+            .lru
+            .keys()
+            .map(|k| (k.len(), k.capacity()))
+            .collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            kept[0].0, kept[0].1,
+            "the stored key is shrunk to its bytes"
+        );
     }
 
     #[test]
