@@ -30,12 +30,16 @@
 //!
 //! Per request: two short mutex holds (take, give back), two clock reads, no allocation.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, SendRequest};
+use hyper::client::conn::TrySendError;
 use tokio::sync::Notify;
 use tracing::debug;
 
@@ -79,6 +83,66 @@ struct Idle {
 
 type Sender = SendRequest<UpstreamBody>;
 
+/// What hyper's wait for a response on one connection ends with: the response, or the
+/// error with the request when none of it was written.
+type Handed = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>;
+
+/// The slow path's future, boxed: a connect is large, and rare.
+type Slow<'a> = Pin<Box<dyn Future<Output = Result<Response<Incoming>, ClientError>> + Send + 'a>>;
+
+pin_project_lite::pin_project! {
+    /// [`H1Pool::request`]'s future.
+    #[project = ExchangeNow]
+    pub enum Exchange<'a, F> {
+        /// Handed to an idle connection: waiting for its response head.
+        Handed {
+            #[pin]
+            response: F,
+            // Given back once the response head is in.
+            send: Option<Sender>,
+            pool: &'a H1Pool,
+        },
+        /// No idle connection, or the one taken had been closed: another or a new one.
+        Slow { slow: Slow<'a> },
+    }
+}
+
+impl<F: Future<Output = Handed>> Future for Exchange<'_, F> {
+    type Output = Result<Response<Incoming>, ClientError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (handed, send, pool) = match self.as_mut().project() {
+            ExchangeNow::Slow { slow } => return slow.as_mut().poll(cx),
+            ExchangeNow::Handed {
+                response,
+                send,
+                pool,
+            } => (ready!(response.poll(cx)), send.take(), *pool),
+        };
+        match handed {
+            Ok(response) => {
+                // After a `101` the connection belongs to the tunnel.
+                if let Some(send) =
+                    send.filter(|_| response.status() != StatusCode::SWITCHING_PROTOCOLS)
+                {
+                    Shelf::give_back(&pool.shelf, send);
+                }
+                Poll::Ready(Ok(response))
+            }
+            Err(mut e) => match e.take_message() {
+                // Never written: the upstream had closed this idle connection.
+                Some(unsent) => {
+                    self.set(Exchange::Slow {
+                        slow: Box::pin(pool.request_on_any(unsent)),
+                    });
+                    self.poll(cx)
+                }
+                None => Poll::Ready(Err(ClientError::Request(e.into_error()))),
+            },
+        }
+    }
+}
+
 impl H1Pool {
     /// `limits` are `pool_max_idle` and `pool_idle_timeout`.
     pub fn new(
@@ -103,7 +167,31 @@ impl H1Pool {
 
     /// Sends a request (its URI in origin form, `Host` set) on an idle connection, else on
     /// a new one, and waits for the response head.
-    pub async fn request(
+    ///
+    /// With an idle connection at hand, the usual case, the request is handed to it now,
+    /// and the future returned holds hyper's wait for the answer and little else. An
+    /// `async fn` would keep room for the request (272 bytes) beside hyper's future, which
+    /// holds the request too until it is written, and every future above this one carries
+    /// that room and copies it when moved.
+    pub fn request(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Exchange<'_, impl Future<Output = Handed>> {
+        match self.shelf.take() {
+            Some(mut send) => Exchange::Handed {
+                response: send.try_send_request(req),
+                send: Some(send),
+                pool: self,
+            },
+            None => Exchange::Slow {
+                slow: Box::pin(self.request_on_any(req)),
+            },
+        }
+    }
+
+    /// [`H1Pool::request`] when no idle connection was at hand, or the one taken had been
+    /// closed before the request was written.
+    async fn request_on_any(
         &self,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, ClientError> {
