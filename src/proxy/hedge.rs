@@ -61,13 +61,15 @@ impl Attempts<'_> {
             h.delay(started)
         })
         .flatten();
+        // Pinned before any branch awaits it: awaited by value in one branch, it would be
+        // moved into a second slot of this future as large as itself (640 bytes more).
         let first = self.attempt(1, permit, slot);
+        tokio::pin!(first);
         let Some(delay) = delay.filter(|_| self.may_hedge()) else {
             let result = first.await;
             sample(hedge, started, &result);
             return (result, 1);
         };
-        tokio::pin!(first);
         // The hedge's timer is a reused one (`try_timer`): nearly every first attempt
         // answers before it, so it is armed on every request and almost never fires.
         let hedge_at = (started + delay).min(self.deadline);
