@@ -30,16 +30,12 @@
 //!
 //! Per request: two short mutex holds (take, give back), two clock reads, no allocation.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, SendRequest};
-use hyper::client::conn::TrySendError;
 use tokio::sync::Notify;
 use tracing::debug;
 
@@ -83,66 +79,6 @@ struct Idle {
 
 type Sender = SendRequest<UpstreamBody>;
 
-/// What hyper's wait for a response on one connection ends with: the response, or the
-/// error with the request when none of it was written.
-type Handed = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>;
-
-/// The slow path's future, boxed: a connect is large, and rare.
-type Slow<'a> = Pin<Box<dyn Future<Output = Result<Response<Incoming>, ClientError>> + Send + 'a>>;
-
-pin_project_lite::pin_project! {
-    /// [`H1Pool::request`]'s future.
-    #[project = ExchangeNow]
-    pub enum Exchange<'a, F> {
-        /// Handed to an idle connection: waiting for its response head.
-        Handed {
-            #[pin]
-            response: F,
-            // Given back once the response head is in.
-            send: Option<Sender>,
-            pool: &'a H1Pool,
-        },
-        /// No idle connection, or the one taken had been closed: another or a new one.
-        Slow { slow: Slow<'a> },
-    }
-}
-
-impl<F: Future<Output = Handed>> Future for Exchange<'_, F> {
-    type Output = Result<Response<Incoming>, ClientError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (handed, send, pool) = match self.as_mut().project() {
-            ExchangeNow::Slow { slow } => return slow.as_mut().poll(cx),
-            ExchangeNow::Handed {
-                response,
-                send,
-                pool,
-            } => (ready!(response.poll(cx)), send.take(), *pool),
-        };
-        match handed {
-            Ok(response) => {
-                // After a `101` the connection belongs to the tunnel.
-                if let Some(send) =
-                    send.filter(|_| response.status() != StatusCode::SWITCHING_PROTOCOLS)
-                {
-                    Shelf::give_back(&pool.shelf, send);
-                }
-                Poll::Ready(Ok(response))
-            }
-            Err(mut e) => match e.take_message() {
-                // Never written: the upstream had closed this idle connection.
-                Some(unsent) => {
-                    self.set(Exchange::Slow {
-                        slow: Box::pin(pool.request_on_any(unsent)),
-                    });
-                    self.poll(cx)
-                }
-                None => Poll::Ready(Err(ClientError::Request(e.into_error()))),
-            },
-        }
-    }
-}
-
 impl H1Pool {
     /// `limits` are `pool_max_idle` and `pool_idle_timeout`.
     pub fn new(
@@ -167,31 +103,7 @@ impl H1Pool {
 
     /// Sends a request (its URI in origin form, `Host` set) on an idle connection, else on
     /// a new one, and waits for the response head.
-    ///
-    /// With an idle connection at hand, the usual case, the request is handed to it now,
-    /// and the future returned holds hyper's wait for the answer and little else. An
-    /// `async fn` would keep room for the request (272 bytes) beside hyper's future, which
-    /// holds the request too until it is written, and every future above this one carries
-    /// that room and copies it when moved.
-    pub fn request(
-        &self,
-        req: Request<UpstreamBody>,
-    ) -> Exchange<'_, impl Future<Output = Handed>> {
-        match self.shelf.take() {
-            Some(mut send) => Exchange::Handed {
-                response: send.try_send_request(req),
-                send: Some(send),
-                pool: self,
-            },
-            None => Exchange::Slow {
-                slow: Box::pin(self.request_on_any(req)),
-            },
-        }
-    }
-
-    /// [`H1Pool::request`] when no idle connection was at hand, or the one taken had been
-    /// closed before the request was written.
-    async fn request_on_any(
+    pub async fn request(
         &self,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, ClientError> {
@@ -365,5 +277,84 @@ async fn sweep(shelf: Weak<Shelf>, idle_timeout: Duration) {
         if done {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An upstream on loopback that answers every request `200 ok` and logs its request
+    /// lines; also counts the connections it accepted.
+    async fn upstream() -> (Uri, Arc<Mutex<Vec<String>>>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (log2, accepted2) = (Arc::clone(&log), Arc::clone(&accepted));
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                accepted2.fetch_add(1, Ordering::SeqCst);
+                let log = Arc::clone(&log2);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                            seen.drain(..end + 4);
+                            let line = head.lines().next().unwrap_or("").to_owned();
+                            log.lock().unwrap().push(line);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (url, log, accepted)
+    }
+
+    fn get(path: &str) -> Request<UpstreamBody> {
+        Request::builder()
+            .uri(path)
+            .header(http::header::HOST, "upstream")
+            .body(UpstreamBody::Empty)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_future_never_polled_sends_nothing_and_keeps_the_idle_connection() {
+        let (url, log, accepted) = upstream().await;
+        let connector = Connector::new(url.clone(), None, None, Duration::from_secs(2));
+        let pool = H1Pool::new(connector, url, (4, Duration::from_secs(60)), 100);
+        let warm = pool.request(get("/warm")).await.unwrap();
+        assert_eq!(warm.status(), StatusCode::OK);
+        drop(warm);
+        // The connection goes back once hyper can take the next request.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        drop(pool.request(get("/never-polled")));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let after = pool.request(get("/after")).await.unwrap();
+        assert_eq!(after.status(), StatusCode::OK);
+
+        let lines = log.lock().unwrap().clone();
+        assert_eq!(lines, ["GET /warm HTTP/1.1", "GET /after HTTP/1.1"]);
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the idle connection was kept"
+        );
     }
 }
