@@ -276,8 +276,14 @@ impl<'a> Attempts<'a> {
                 .map_err(|_| Failure::Timeout);
         };
         // Boxed: three futures at once, which only a streamed upload needs; inline, every
-        // request's future would carry their room (and move it at each level above).
-        Box::pin(self.send_streaming(request, upload, per_try)).await
+        // request's future would carry their room (and move it at each level above). Built
+        // in its box, not copied there (`edge::proxy`).
+        let slot = Box::new_uninit();
+        Box::into_pin(Box::write(
+            slot,
+            self.send_streaming(request, upload, per_try),
+        ))
+        .await
     }
 
     /// `send` for a body still streaming from the client.

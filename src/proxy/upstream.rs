@@ -77,9 +77,13 @@ impl HttpClient {
             // Boxed: the HTTP/2 pool's future holds a whole connect and handshake (about
             // 6.5 KB), and every future of the request path above this one would carry that
             // room, and copy it each time one is created and moved, for every request.
-            Protocol::Http2(pool) => Sent::Http2 {
-                sent: Box::pin(pool.request(req)),
-            },
+            // Built in its box, not copied there (`edge::proxy`).
+            Protocol::Http2(pool) => {
+                let slot = Box::new_uninit();
+                Sent::Http2 {
+                    sent: Box::into_pin(Box::write(slot, pool.request(req))),
+                }
+            }
         }
     }
 }
