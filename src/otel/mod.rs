@@ -280,8 +280,8 @@ pub fn inject(headers: &mut http::HeaderMap) {
 }
 
 /// The attempt ended: its status, the REASON when it failed and the backoff chosen.
-pub fn attempt_end<B, E: Display>(
-    result: &Result<Response<B>, E>,
+pub fn attempt_end<R: std::ops::Deref<Target = Response<B>>, B, E: Display>(
+    result: &Result<R, E>,
     reason: Option<&dyn Display>,
     backoff: Option<Duration>,
 ) {

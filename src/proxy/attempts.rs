@@ -9,14 +9,12 @@
 
 use std::time::Duration;
 
-use http::Response;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::body::Prepared;
 use super::failure::{Failure, Reason};
-use super::upstream::{Head, HttpClient};
+use super::upstream::{Head, HttpClient, UpstreamResponse};
 use crate::config::Route;
 use crate::metrics::{status_class, Metrics};
 use crate::resilience::budget::RetryBudget;
@@ -32,7 +30,7 @@ type Retry<'p, 'a> = (Duration, Option<Permit<'p>>, Option<Slot<'a>>);
 /// How the attempts ended.
 pub enum Ended {
     /// The upstream answered; this response goes to the client (it may be a final 5xx).
-    Answered(Response<Incoming>),
+    Answered(UpstreamResponse),
     /// No usable answer.
     Failed(Failure),
 }
@@ -193,7 +191,7 @@ impl<'a> Attempts<'a> {
         n: u32,
         permit: Option<Permit<'_>>,
         slot: Option<Slot<'_>>,
-    ) -> Result<Response<Incoming>, Failure> {
+    ) -> Result<UpstreamResponse, Failure> {
         let Some(body) = self.body.for_attempt() else {
             // Guarded by `next_backoff`: an attempt is only made when the body is available.
             return Err(Failure::Reset);
@@ -257,7 +255,7 @@ impl<'a> Attempts<'a> {
         n: u32,
         body: super::body::UpstreamBody,
         started: Instant,
-    ) -> Result<Result<Response<Incoming>, super::upstream::ClientError>, Failure> {
+    ) -> Result<Result<UpstreamResponse, super::upstream::ClientError>, Failure> {
         let per_try = self.route.policy.retry.per_try_timeout;
         // In a block: the request moves into the client's future, and a binding of it
         // left in this scope would keep its 352 bytes in this future across the `await`.
@@ -290,11 +288,11 @@ impl<'a> Attempts<'a> {
     async fn send_streaming(
         &self,
         request: impl std::future::Future<
-            Output = Result<Response<Incoming>, super::upstream::ClientError>,
+            Output = Result<UpstreamResponse, super::upstream::ClientError>,
         >,
         upload: &super::upload::Upload,
         per_try: Duration,
-    ) -> Result<Result<Response<Incoming>, super::upstream::ClientError>, Failure> {
+    ) -> Result<Result<UpstreamResponse, super::upstream::ClientError>, Failure> {
         let upload = Some(upload);
         let per_try_timer = async {
             if let Some(upload) = upload {
@@ -318,7 +316,7 @@ impl<'a> Attempts<'a> {
     fn next_backoff(
         &self,
         n: u32,
-        result: &Result<Response<Incoming>, Failure>,
+        result: &Result<UpstreamResponse, Failure>,
     ) -> Result<Retry<'_, 'a>, Option<&'static str>> {
         let policy = &self.route.policy.retry;
         if n >= policy.attempts {
@@ -371,7 +369,7 @@ impl<'a> Attempts<'a> {
 
     fn finish(
         &self,
-        result: Result<Response<Incoming>, Failure>,
+        result: Result<UpstreamResponse, Failure>,
         attempts: u32,
         retried: bool,
         reason: Option<Reason>,

@@ -19,17 +19,16 @@
 
 use std::sync::Mutex;
 
-use http::Response;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::attempts::Attempts;
 use super::failure::Failure;
+use super::upstream::UpstreamResponse;
 use crate::resilience::circuit::Permit;
 use crate::resilience::hedge::HedgeState;
 use crate::resilience::slots::Slot;
 
-type Attempt = Result<Response<Incoming>, Failure>;
+type Attempt = Result<UpstreamResponse, Failure>;
 
 impl Attempts<'_> {
     /// The first attempt, hedged when the route hedges and the request allows it. Returns

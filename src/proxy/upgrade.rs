@@ -199,7 +199,7 @@ impl Proxy {
         let finished = attempts.run().await;
         let n = finished.attempts;
         let mut resp = match finished.ended {
-            Ended::Answered(resp) => resp,
+            Ended::Answered(resp) => *resp,
             Ended::Failed(f) => return Answer::new(respond::failure(f), Outcome::Error, n),
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
