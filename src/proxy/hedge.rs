@@ -43,8 +43,8 @@ impl Attempts<'_> {
             // Boxed: inline, every request of every route would carry (and hyper keep per
             // connection, even idle) room for the hedged path's state beside the attempt's,
             // and copy it at each move. Its second attempt is boxed apart (`hedged`), so
-            // this box holds one attempt only.
-            // Built in its box, not copied there (`edge::proxy`).
+            // this box holds one attempt only. Built in its box, not copied there
+            // (`edge::proxy`).
             Some(hedge) => {
                 let boxed = Box::new_uninit();
                 Box::into_pin(Box::write(boxed, self.hedged(hedge, permit, slot))).await
