@@ -74,11 +74,15 @@ pub fn proxy(
         let request_id = request_id(&mut req);
         let trace = proxy.traces().start(&mut req, peer);
         // Boxed where it is made, with nothing around it: the request path's future is
-        // large (2.9 KB), and each layer around it would move all of it again. The box is
-        // allocated before the future is made, so that it is built in place:
-        // `Box::pin(future)` builds it on the stack and copies all of it into the box.
-        let slot = Box::new_uninit();
-        let answer = Box::write(slot, Arc::clone(&proxy).handle(req, peer, request_id));
+        // large (2.6 KB), and each layer around it would move all of it again. The box is
+        // allocated before the future is made, so that the optimiser builds it in place
+        // (Rust does not promise that; the release build does it, and
+        // `bench/per_request.sh` would show a copy coming back): `Box::pin(future)` builds
+        // it on the stack and copies all of it into the box. Written out at each large
+        // future rather than in a helper: a helper taking a closure that makes the future
+        // saved this copy but added three copies of the request (`docs/benchmarks.md`).
+        let room = Box::new_uninit();
+        let answer = Box::write(room, Arc::clone(&proxy).handle(req, peer, request_id));
         Answer(match trace {
             None => Box::into_pin(answer),
             Some(trace) => Box::pin(crate::otel::scope(trace, Box::into_pin(answer))),

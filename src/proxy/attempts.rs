@@ -276,9 +276,9 @@ impl<'a> Attempts<'a> {
         // Boxed: three futures at once, which only a streamed upload needs; inline, every
         // request's future would carry their room (and move it at each level above). Built
         // in its box, not copied there (`edge::proxy`).
-        let slot = Box::new_uninit();
+        let room = Box::new_uninit();
         Box::into_pin(Box::write(
-            slot,
+            room,
             self.send_streaming(request, upload, per_try),
         ))
         .await

@@ -46,8 +46,8 @@ impl Attempts<'_> {
             // this box holds one attempt only. Built in its box, not copied there
             // (`edge::proxy`).
             Some(hedge) => {
-                let boxed = Box::new_uninit();
-                Box::into_pin(Box::write(boxed, self.hedged(hedge, permit, slot))).await
+                let room = Box::new_uninit();
+                Box::into_pin(Box::write(room, self.hedged(hedge, permit, slot))).await
             }
         }
     }
@@ -65,7 +65,7 @@ impl Attempts<'_> {
         })
         .flatten();
         // Pinned before any branch awaits it: awaited by value in one branch, it would be
-        // moved into a second slot of this future as large as itself (640 bytes more).
+        // moved into a second slot of this future as large as itself.
         let first = self.attempt(1, permit, slot);
         tokio::pin!(first);
         let Some(delay) = delay.filter(|_| self.may_hedge()) else {
