@@ -50,6 +50,40 @@ async fn partial_http2_prefaces_cost_no_cpu_and_are_cut_at_header_read_timeout()
 }
 
 #[tokio::test]
+async fn a_partial_http2_preface_then_end_of_stream_is_closed_at_once_and_costs_no_cpu() {
+    let backend = Backend::start().await;
+    let (proxy, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "listen: 127.0.0.1:{proxy}\nadmin_listen: 127.0.0.1:{admin}\nupstream:\n  url: {}\n\
+         limits:\n  header_read_timeout: 30s\n",
+        backend.url()
+    );
+    let config = temp_file("outrigger.yaml", &yaml);
+    let process = Process::spawn(&["--config", config.to_str().unwrap()], &[]);
+    let addr = format!("127.0.0.1:{proxy}").parse().unwrap();
+    wait_ready(format!("127.0.0.1:{admin}").parse().unwrap()).await;
+
+    // Part of the preface, then FIN: the rest can never come.
+    let mut half = RawConn::connect(addr).await;
+    half.send(b"PRI * HTTP/2.0\r\n\r\n").await;
+    half.end_writing().await;
+    assert!(
+        half.closed().await,
+        "closed well before header_read_timeout"
+    );
+
+    let (cpu_before, wall) = (cpu_time(process.pid()), std::time::Instant::now());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (cpu, wall) = (cpu_time(process.pid()) - cpu_before, wall.elapsed());
+    assert!(
+        cpu < wall / 10,
+        "{cpu:?} of CPU in {wall:?} after the client left"
+    );
+    let (status, _, body) = get(&format!("http://{addr}/other")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+}
+
+#[tokio::test]
 async fn during_the_drain_http1_answers_say_close_and_clients_reconnect() {
     let backend = Backend::start().await;
     let sidecar = Sidecar::in_front_of(&backend, LONG_DRAIN).await;

@@ -380,17 +380,24 @@ impl Watch<'_> {
 ///
 /// A partial preface waits for the socket to become readable again, never on a timer:
 /// a thousand clients that send `PRI * HTTP/2` and stop cost nothing until they send more.
+/// One that sends part of it and then ends its side is closed at once.
 async fn protocol_within(stream: &TcpStream, limit: Duration) -> Option<Protocol> {
     let wait = async {
         loop {
-            if stream.readable().await.is_err() {
+            let Ok(ready) = stream.ready(Interest::READABLE).await else {
                 return None;
-            }
+            };
             // The peek runs inside `try_io`, so readiness is cleared only if no byte came
             // since it was last reported: a partial preface reports `WouldBlock` and the
-            // next `readable()` waits for new bytes.
+            // next `ready()` waits for new bytes.
             match stream.try_io(Interest::READABLE, || sniff(stream)) {
                 Ok(known) => return known,
+                // The client ended its side with part of the preface sent: the rest can
+                // never come. (The end stays reported as readable, so waiting again would
+                // return at once, forever, and hold this worker thread.)
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && ready.is_read_closed() => {
+                    return None
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return None,
             }

@@ -40,6 +40,13 @@ impl RawConn {
             .expect("write");
     }
 
+    /// Ends the writing side (the client sends FIN) and keeps reading.
+    pub async fn end_writing(&mut self) {
+        within(self.reader.get_mut().shutdown())
+            .await
+            .expect("shutdown");
+    }
+
     /// Reads one response with a `content-length` body: its head (names lowercased) and
     /// body, or `None` if the server closed the connection first.
     pub async fn response(&mut self) -> Option<(String, String)> {
