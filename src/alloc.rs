@@ -12,7 +12,7 @@
 //!   against 191 MiB with 100, and a cap on the upstream client alone cost as much. Keeping
 //!   the freed arrays for the next parse on the same thread brought it back to 191 MiB.
 //! - blocks of a few KiB made and freed for every request (issue 17): the boxed request
-//!   future (about 2.6 KiB since issue 17's later changes) and hyper's 8 KiB read buffers, which it replaces while the
+//!   future (about 2.6 KiB) and hyper's 8 KiB read buffers, which it replaces while the
 //!   request's headers still point into the old one. glibc serves each from its bins, not
 //!   its per-thread cache: about 300 instructions for each `malloc` and each `free`
 //!   (callgrind), three times per proxied request.

@@ -97,10 +97,10 @@ pin_project_lite::pin_project! {
 }
 
 /// The upstream's response (its head and the handle on its body), boxed as it comes out
-/// of the pool: it is then moved up
-/// through every level of the request path (the timeout, the attempt, the hedge, the
-/// loop, `forward`), more than a dozen moves of 152 bytes where a box moves 8. The one
-/// allocation costs less than those copies (callgrind, `docs/benchmarks.md`).
+/// of the pool: it is then moved up through every level of the request path (the
+/// timeout, the attempt, the hedge, the loop, `forward`), more than a dozen moves of 152
+/// bytes where a box moves 8. The one allocation costs less than those copies
+/// (callgrind, `docs/benchmarks.md`).
 pub type UpstreamResponse = Box<Response<Incoming>>;
 
 impl<A, B> std::future::Future for Sent<A, B>
