@@ -76,6 +76,10 @@ pub struct Stored {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub stored_at: Instant,
+    /// Until when a new copy of the same response is not worth taking
+    /// ([`ResponseStore::recently_stored`]): settled once here, so the check on every
+    /// response is one comparison.
+    recent_until: Instant,
     /// How long it may be served without asking the upstream (zero: never).
     fresh_for: Duration,
     /// Request headers the response varies on, with what it remembers of their values.
@@ -166,7 +170,17 @@ impl StorePolicy {
 
     /// How long an entry is worth keeping at all.
     fn keep_for(&self, stored: &Stored) -> Duration {
-        stored.fresh_for.max(self.stale_max_age.unwrap_or_default())
+        self.keep_for_fresh(stored.fresh_for)
+    }
+
+    fn keep_for_fresh(&self, fresh_for: Duration) -> Duration {
+        fresh_for.max(self.stale_max_age.unwrap_or_default())
+    }
+
+    /// The end of a copy's recent time: a second, or a tenth of the time it is kept when
+    /// that is shorter.
+    fn recent_until(&self, stored_at: Instant, fresh_for: Duration) -> Instant {
+        stored_at + Duration::from_secs(1).min(self.keep_for_fresh(fresh_for) / 10)
     }
 }
 
@@ -313,10 +327,12 @@ impl ResponseStore {
             .policy
             .ttl
             .map_or(Duration::ZERO, |ttl| fresh_for(ttl, &headers));
+        let stored_at = Instant::now();
         let stored = Arc::new(Stored {
             headers,
             body,
-            stored_at: Instant::now(),
+            stored_at,
+            recent_until: self.policy.recent_until(stored_at, fresh_for),
             fresh_for,
             vary,
         });
@@ -345,6 +361,7 @@ impl ResponseStore {
             headers: envelope.headers,
             body: envelope.body,
             stored_at,
+            recent_until: self.policy.recent_until(stored_at, fresh_for),
             fresh_for,
             vary: (envelope.vary.into_iter())
                 .map(|(name, d)| (name, Varied::Digest(d)))
@@ -383,10 +400,11 @@ impl ResponseStore {
             return false;
         };
         // A peek: asking whether to copy again is not a use of the copy.
-        entries.lru.peek(key).is_some_and(|stored| {
-            let recent = Duration::from_secs(1).min(self.policy.keep_for(stored) / 10);
-            stored.stored_at.elapsed() < recent
-        })
+        let now = Instant::now();
+        entries
+            .lru
+            .peek(key)
+            .is_some_and(|stored| now < stored.recent_until)
     }
 
     /// A copy that may be served without asking the upstream, with its age.
@@ -588,6 +606,31 @@ mod tests {
                 "{h:?}"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_is_recent_for_a_second_or_a_tenth_of_its_keep() {
+        let none = HeaderMap::new();
+        let body = || Bytes::from_static(b"1");
+        // Kept for a minute (stale_max_age): recent for a second.
+        let s = store(10, 1 << 20, vec![]);
+        assert!(!s.recently_stored(b"a"), "nothing stored yet");
+        s.insert("a".into(), &none, HeaderMap::new(), body());
+        assert!(s.recently_stored(b"a"));
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(s.recently_stored(b"a"));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!s.recently_stored(b"a"));
+        // Kept for five seconds: recent for half a second.
+        let short = ResponseStore::new(StorePolicy {
+            stale_max_age: Some(Duration::from_secs(5)),
+            ..s.policy.clone()
+        });
+        short.insert("a".into(), &none, HeaderMap::new(), body());
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert!(short.recently_stored(b"a"));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!short.recently_stored(b"a"));
     }
 
     #[test]
