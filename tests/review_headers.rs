@@ -326,6 +326,26 @@ async fn headers_named_in_connection_are_gone_before_they_are_extended_or_joined
     assert_eq!(seen.headers_named("cookie"), ["a=1; b=2"]);
 }
 
+/// A `Connection` value holding a byte that is not visible ASCII (`é`, obs-text) still
+/// names the header names beside it: read as a string, the whole value failed, and the
+/// header it named went upstream (review of 2026-12-01).
+#[tokio::test]
+async fn a_header_named_beside_a_non_ascii_connection_token_is_still_removed() {
+    let backend = Backend::start().await;
+    let sidecar = Sidecar::in_front_of(&backend, "").await;
+    let reply = ask(
+        &sidecar,
+        "GET /hidden HTTP/1.1\r\nhost: shop.example\r\nx-secret: 1\r\nx-kept: 2\r\n\
+         connection: x-secret, \u{e9}, close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let seen = &backend.received()[0];
+    assert_eq!(seen.header("x-secret"), None);
+    assert_eq!(seen.header("x-kept"), Some("2"));
+    assert_eq!(seen.header("connection"), None);
+}
+
 /// `Connection` naming `Host` removes the client's line as hop-by-hop; with
 /// `host_header: preserve` (the default) the upstream still gets the client's host, not
 /// the upstream URL's and not none.

@@ -113,9 +113,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .flat_map(connection_tokens)
+            .filter_map(|token| HeaderName::from_bytes(token).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -137,16 +136,24 @@ fn names_beyond_fixed(value: &HeaderValue) -> bool {
     if whole.eq_ignore_ascii_case(b"keep-alive") || whole.eq_ignore_ascii_case(b"close") {
         return false;
     }
-    // A value that is not visible ASCII names nothing anyone can parse.
-    value.to_str().is_ok_and(|v| {
-        v.split(',').map(str::trim).any(|token| {
-            !token.is_empty()
-                && !token.eq_ignore_ascii_case("close")
-                && !HOP_BY_HOP
-                    .iter()
-                    .any(|name| name.as_str().eq_ignore_ascii_case(token))
-        })
+    connection_tokens(value).any(|token| {
+        !token.is_empty()
+            && !token.eq_ignore_ascii_case(b"close")
+            && !HOP_BY_HOP
+                .iter()
+                .any(|name| name.as_str().as_bytes().eq_ignore_ascii_case(token))
     })
+}
+
+/// The comma-separated tokens of a `Connection` value, trimmed, as bytes: a value with a
+/// byte that is not visible ASCII (a token that is no header name) still names the header
+/// names beside it. Read as a `str`, the whole value failed, and a header it named was
+/// forwarded.
+fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
 }
 
 /// Where `name` is in `HOP_BY_HOP`. A `match` on the spelling: it sorts by length first,
@@ -448,6 +455,19 @@ mod tests {
             let v = HeaderValue::from_str(value).unwrap();
             assert_eq!(names_beyond_fixed(&v), beyond, "{value:?}");
         }
+    }
+
+    #[test]
+    fn a_non_ascii_connection_token_does_not_hide_the_names_beside_it() {
+        let mut h = HeaderMap::new();
+        let value = HeaderValue::from_bytes(b"x-secret, \xc3\xa9, keep-alive").unwrap();
+        assert!(names_beyond_fixed(&value));
+        h.insert(header::CONNECTION, value);
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-keep"], "yes");
     }
 
     #[test]
