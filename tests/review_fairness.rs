@@ -116,6 +116,46 @@ async fn followers_are_released_from_a_leaders_slow_body() {
     leader.abort();
 }
 
+/// A GET that trickles a body never leads a flight: the upload is its client's pace, and
+/// as leader it held every other client of the URL until their deadlines, then 504 (an
+/// attack review of the release binary, 2026-12-01).
+#[tokio::test]
+async fn a_get_trickling_its_body_does_not_hold_the_other_clients_of_its_url() {
+    let backend = Backend::start().await;
+    backend.set_default(Action::Status(200));
+    let sidecar = Sidecar::in_front_of(
+        &backend,
+        "defaults:\n  timeout: 3s\n  cache: { ttl: 60s }\n",
+    )
+    .await;
+    let url = sidecar.url("/hot");
+
+    // The same host as the others' client sends: one key. A byte of 1 MB (streamed, being
+    // over the body buffer) every 300 ms, so its upload never stalls long enough to be cut.
+    let mut trickler = within(TcpStream::connect(sidecar.addr)).await.unwrap();
+    let head = format!(
+        "GET /hot HTTP/1.1\r\nhost: {}\r\ncontent-length: 1000000\r\n\r\n",
+        sidecar.addr
+    );
+    trickler.write_all(head.as_bytes()).await.unwrap();
+    let trickling = tokio::spawn(async move {
+        for _ in 0..20 {
+            if trickler.write_all(b"x").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Held behind it, they got 504 at their 3 s deadline.
+    let others: Vec<_> = (0..3).map(|_| spawn_get(&url)).collect();
+    for other in others {
+        let (status, _, body) = other.await.unwrap();
+        assert_eq!((status.as_u16(), body.as_str()), (200, "ok"));
+    }
+    trickling.abort();
+}
+
 #[tokio::test]
 async fn a_cancelled_leader_hands_the_flight_to_one_follower() {
     let backend = Backend::start().await;

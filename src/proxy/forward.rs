@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue, AGE, RETRY_AFTER};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use tokio::time::Instant;
 
 use super::attempts::{Attempts, Ended};
@@ -115,6 +115,7 @@ impl Proxy {
         // all read from exactly what the upstream will receive.
         let head = ctx.head(&mut parts);
         drop(parts);
+        let has_body = !body.is_end_stream();
         async move {
             // Borrowed, not moved out of the `Option`: a move would keep the head twice in
             // this future (as captured and as the local), and copy it.
@@ -131,7 +132,7 @@ impl Proxy {
                     return answer;
                 }
             }
-            let flight = match self.coalesce(ctx, head, key.as_ref()).await {
+            let flight = match self.coalesce(ctx, head, key.as_ref(), has_body).await {
                 Joined::Served(answer) => return *answer,
                 Joined::Leader(flight) => Some(flight),
                 Joined::Alone => None,
