@@ -376,6 +376,39 @@ async fn a_failed_leader_does_not_become_n_failures() {
     );
 }
 
+/// A leader refused by its own rate limit does not refuse its followers, who each have a
+/// token: one of them leads instead (an attack review, 2026-12-01: a client with a spent
+/// key led a flight and every follower got the rate-limited fallback). The fault delay
+/// holds the leader before it takes its token, so the followers join meanwhile.
+#[tokio::test]
+async fn a_leader_over_its_own_rate_limit_hands_the_flight_on() {
+    let backend = Backend::start().await;
+    let yaml = "defaults:\n  cache: { ttl: 5s }\n  \
+                rate_limit: { rate: 1/m, burst: 1, key: \"header:x-api-key\" }\n  \
+                fault: { delay: { percent: 100, duration: 300ms } }\n  \
+                fallback: { body: slow down, when: [rate-limited] }\n";
+    let sidecar = Sidecar::in_front_of(&backend, yaml).await;
+    let as_key = |path: &str, k: &'static str| get_with(&sidecar.url(path), &[("x-api-key", k)]);
+    // The leader's key spends its one token on another URL.
+    assert_eq!(send(as_key("/spent", "leader")).await.2, "ok");
+    let leader = tokio::spawn(send(as_key("/feed", "leader")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let followers: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .map(|k| tokio::spawn(send(as_key("/feed", k))))
+        .collect();
+    assert_eq!(leader.await.unwrap().2, "slow down", "its own limit");
+    for follower in followers {
+        let (status, _, body) = follower.await.unwrap();
+        assert_eq!((status.as_u16(), body.as_str()), (200, "ok"));
+    }
+    assert_eq!(
+        backend.count(),
+        2,
+        "/spent, then /feed once for the followers"
+    );
+}
+
 #[tokio::test]
 async fn waiters_past_their_deadline_time_out_without_asking_the_backend() {
     let backend = Backend::start().await;

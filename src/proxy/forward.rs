@@ -242,8 +242,11 @@ impl Proxy {
         let limiter_key = match self.take_token(ctx, request_headers).await {
             Ok(key) => key,
             Err(wait) => {
+                // The limit refused this request, under its own key: the followers are not
+                // refused with it. Let go of the flight, so one of them leads instead,
+                // under its own limit (`Abandoned`).
+                drop(flight);
                 let reason = Reason::Failure(Failure::RateLimited);
-                tell(&flight, reason);
                 return match degrade::answer(ctx.route, ctx.state, &self.metrics, &failed(reason)) {
                     Some((resp, outcome)) => Answer::new(resp, outcome, 0),
                     None => Answer::new(rate_limited(wait), Outcome::Error, 0),
