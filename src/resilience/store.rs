@@ -96,13 +96,29 @@ enum Varied {
 }
 
 impl Stored {
-    fn size(&self) -> u64 {
+    /// What this copy holds, under `key`, counted against `max_bytes`: its body, its
+    /// headers, the request values it varies on and the key, which the table holds twice
+    /// (its map and its recency order). Keys and varied values are the client's, as long
+    /// as a request head may be: counted flat, a flood of long URLs held many times
+    /// `max_bytes` (an attack review: 3,000 keys of 60 KB, +374 MB under a 64 MiB bound).
+    fn size(&self, key: &[u8]) -> u64 {
         let headers: usize = self
             .headers
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len() + 32)
             .sum();
-        (self.body.len() + headers + 128) as u64
+        let varied: usize = self
+            .vary
+            .iter()
+            .map(|(name, varied)| {
+                let values = match varied {
+                    Varied::Values(values) => values.iter().map(|v| v.len() + 32).sum(),
+                    Varied::Digest(_) => 32,
+                };
+                name.as_str().len() + 32 + values
+            })
+            .sum();
+        (self.body.len() + headers + varied + 2 * key.len() + 128) as u64
     }
 
     /// How long it may be served without asking the upstream.
@@ -205,7 +221,7 @@ struct Entries {
 impl Entries {
     fn remove(&mut self, key: &[u8]) {
         if let Some(stored) = self.lru.remove(key) {
-            self.bytes -= stored.size();
+            self.bytes -= stored.size(key);
         }
     }
 }
@@ -374,9 +390,9 @@ impl ResponseStore {
         if self.policy.keep_for(&stored).is_zero() {
             return;
         }
-        let size = stored.size();
+        let size = stored.size(&key);
         // A key may be a reused buffer with room for a longer one (`recycle`): the store
-        // keeps only its bytes (`max_bytes` counts a key as part of a flat 128 per entry).
+        // keeps only its bytes, which is what `size` counts.
         key.shrink_to_fit();
         let Ok(mut entries) = self.inner.lock() else {
             return;
@@ -385,10 +401,10 @@ impl ResponseStore {
         entries.lru.insert(key, stored);
         entries.bytes += size;
         while entries.lru.len() > self.policy.max_entries || entries.bytes > self.policy.max_bytes {
-            let Some((_, oldest)) = entries.lru.pop_oldest() else {
+            let Some((key, oldest)) = entries.lru.pop_oldest() else {
                 break;
             };
-            entries.bytes -= oldest.size();
+            entries.bytes -= oldest.size(&key);
         }
     }
 
@@ -631,6 +647,20 @@ mod tests {
         assert!(short.recently_stored(b"a"));
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(!short.recently_stored(b"a"));
+    }
+
+    #[test]
+    fn long_keys_count_against_max_bytes() {
+        let s = store(100, 100_000, vec![]);
+        let none = HeaderMap::new();
+        for i in 0..5u8 {
+            let mut key = vec![b'/'; 20_000];
+            key[1] = b'a' + i;
+            s.insert(key, &none, HeaderMap::new(), Bytes::from_static(b"1"));
+        }
+        let (entries, bytes) = s.usage();
+        assert_eq!(entries, 2, "each entry holds its 20 KB key twice");
+        assert!(bytes <= 100_000, "{bytes}");
     }
 
     #[test]
