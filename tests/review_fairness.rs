@@ -90,6 +90,47 @@ async fn an_upload_longer_than_per_try_timeout_reaches_the_upstream_whole() {
     assert_eq!(backend.received()[0].body, b"0123456789");
 }
 
+/// A client that trickles a streamed upload (a byte every 300 ms, never a whole `timeout`
+/// apart) is cut with 408 once its own time passes the route's timeout, for sending under
+/// the least rate: it held its in-flight slot and an upstream connection for as long as it
+/// trickled (an attack review, 2026-12-01: 120 bytes/s held all 1,024 slots).
+#[tokio::test]
+async fn a_trickled_upload_is_cut_once_its_time_passes_the_route_timeout() {
+    let backend = Backend::start().await;
+    backend.set_default(Action::Echo);
+    let yaml = "defaults:\n  timeout: 1s\n";
+    let sidecar = Sidecar::in_front_of(&backend, yaml).await;
+
+    // 1 MB announced (streamed: over the body buffer), 40 bytes sent over 12 s.
+    let mut stream = within(TcpStream::connect(sidecar.addr))
+        .await
+        .expect("connect");
+    let head = "POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let (mut reading, mut writing) = stream.into_split();
+    let started = std::time::Instant::now();
+    let trickling = tokio::spawn(async move {
+        for _ in 0..40 {
+            if writing.write_all(b"x").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut answer = vec![0; 1024];
+    let n = within(reading.read(&mut answer)).await.expect("an answer");
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"reason\":\"client-body\""), "{answer}");
+    // Cut while it still trickled, not after its last byte and a whole timeout.
+    assert!(
+        !trickling.is_finished(),
+        "answered only after {:?}",
+        started.elapsed()
+    );
+    trickling.abort();
+}
+
 #[tokio::test]
 async fn followers_are_released_from_a_leaders_slow_body() {
     let backend = Backend::start().await;

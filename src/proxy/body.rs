@@ -170,12 +170,16 @@ impl Body for UpstreamBody {
                 UpstreamBody::Flowing(streamed) => {
                     if let Some(chunk) = streamed.prefix.pop_front() {
                         let end = streamed.prefix.is_empty() && streamed.rest.is_end_stream();
-                        streamed.upload.read(false, end);
+                        streamed.upload.read(false, end, chunk.len());
                         return Poll::Ready(Some(Ok(Frame::data(chunk))));
                     }
                     let polled = Pin::new(&mut streamed.rest).poll_frame(cx);
                     let end = matches!(polled, Poll::Ready(None)) || streamed.rest.is_end_stream();
-                    streamed.upload.read(polled.is_pending(), end);
+                    let bytes = match &polled {
+                        Poll::Ready(Some(Ok(frame))) => frame.data_ref().map_or(0, |d| d.len()),
+                        _ => 0,
+                    };
+                    streamed.upload.read(polled.is_pending(), end, bytes);
                     return polled.map_err(|e| Box::new(e) as BoxError);
                 }
             }

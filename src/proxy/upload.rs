@@ -6,6 +6,13 @@
 //! bounded instead: a client that sends nothing for the route's `timeout` fails as the
 //! client's (`ClientTimeout`, 408), an upstream connection that takes nothing for
 //! `per_try_timeout` as the upstream's (`Timeout`).
+//!
+//! A client that trickles (a byte now and then, never a whole `timeout` apart) is bounded
+//! by a least rate: once the client's own time on the upload (the waits for it to send,
+//! not those for the upstream to take) passes the route's `timeout`, it must have sent at
+//! least [`MIN_RATE`] bytes for each second of it, else the same 408. Without it, one
+//! client at about 120 bytes/s held every in-flight slot, and an upstream connection with
+//! each (an attack review of the release binary, 2026-12-01).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -29,10 +36,18 @@ pub struct Upload {
     last_poll: AtomicU64,
     /// Milliseconds since `base` when the last byte was handed over.
     done_at: AtomicU64,
+    /// Body bytes read from the client.
+    received: AtomicU64,
+    /// Milliseconds spent waiting for the client, in waits that have ended.
+    client_time: AtomicU64,
     finished: Notify,
 }
 
 const NOT_WAITING: u64 = u64::MAX;
+
+/// The least upload rate, in bytes per second of the client's own time, once that time
+/// passed the route's `timeout`: about 2 kbit/s, far below any real client's.
+const MIN_RATE: u64 = 240;
 
 impl Default for Upload {
     fn default() -> Self {
@@ -42,6 +57,8 @@ impl Default for Upload {
             waiting_since: AtomicU64::new(NOT_WAITING),
             last_poll: AtomicU64::new(0),
             done_at: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            client_time: AtomicU64::new(0),
             finished: Notify::new(),
         }
     }
@@ -67,15 +84,18 @@ impl Upload {
     }
 
     /// Notes one read from the client, asked for by the upstream connection: `pending`
-    /// when the client had nothing yet, `end` when nothing is left to send. One clock
-    /// read per read (a chunk of the body).
-    pub(super) fn read(&self, pending: bool, end: bool) {
+    /// when the client had nothing yet, `end` when nothing is left to send, `bytes` of
+    /// body it gave. One clock read per read (a chunk of the body).
+    pub(super) fn read(&self, pending: bool, end: bool, bytes: usize) {
         let now = self.now();
         self.last_poll.store(now, Ordering::Relaxed);
+        self.received.fetch_add(bytes as u64, Ordering::Relaxed);
         let since = self.waiting_since.load(Ordering::Relaxed);
         if pending && since == NOT_WAITING {
             self.waiting_since.store(now, Ordering::Relaxed);
         } else if !pending && since != NOT_WAITING {
+            let waited = now.saturating_sub(since);
+            self.client_time.fetch_add(waited, Ordering::Relaxed);
             self.waiting_since.store(NOT_WAITING, Ordering::Relaxed);
         }
         if end && !self.done.swap(true, Ordering::AcqRel) {
@@ -84,22 +104,30 @@ impl Upload {
         }
     }
 
-    /// While unfinished: the failure if one side stalled too long, else when to look again
-    /// (milliseconds since `base`).
+    /// While unfinished: the failure if one side stalled too long, or the client sent too
+    /// slowly, else when to look again (milliseconds since `base`).
     fn stalled(&self, client: Duration, upstream: Duration) -> Result<u64, Failure> {
         let now = self.now();
         let since = self.waiting_since.load(Ordering::Relaxed);
-        let (from, limit, failure) = if since == NOT_WAITING {
+        if since == NOT_WAITING {
             let last = self.last_poll.load(Ordering::Relaxed);
-            (last, upstream, Failure::Timeout)
-        } else {
-            (since, client, Failure::ClientTimeout)
-        };
-        let limit = limit.as_millis() as u64;
-        if now.saturating_sub(from) >= limit {
-            return Err(failure);
+            let limit = upstream.as_millis() as u64;
+            if now.saturating_sub(last) >= limit {
+                return Err(Failure::Timeout);
+            }
+            return Ok(last + limit);
         }
-        Ok(from + limit)
+        let limit = client.as_millis() as u64;
+        let waiting = now.saturating_sub(since);
+        // The client's time so far, against what its bytes pay for at the least rate (and
+        // never less than the route's `timeout`).
+        let spent = self.client_time.load(Ordering::Relaxed) + waiting;
+        let paid = self.received.load(Ordering::Relaxed).saturating_mul(1000) / MIN_RATE;
+        let allowed = paid.max(limit);
+        if waiting >= limit || spent >= allowed {
+            return Err(Failure::ClientTimeout);
+        }
+        Ok((since + limit).min(now + (allowed - spent)))
     }
 }
 
