@@ -346,6 +346,35 @@ async fn a_header_named_beside_a_non_ascii_connection_token_is_still_removed() {
     assert_eq!(seen.header("connection"), None);
 }
 
+/// Request targets in a form their method does not take, and an HTTP/1.1 request without
+/// `Host`, are answered 400 and never forwarded (RFC 9112 §3.2; an attack review found
+/// `GET *` forwarded as is, and `GET echo` forwarded as `GET /` with `Host: echo`).
+#[tokio::test]
+async fn target_forms_a_method_does_not_take_and_a_missing_host_are_refused() {
+    let backend = Backend::start().await;
+    let sidecar = Sidecar::in_front_of(&backend, "").await;
+    for request in [
+        "GET * HTTP/1.1\r\nhost: shop.example\r\nconnection: close\r\n\r\n",
+        "GET echo HTTP/1.1\r\nhost: shop.example\r\nconnection: close\r\n\r\n",
+        "connect evil.example:443 HTTP/1.1\r\nhost: shop.example\r\nconnection: close\r\n\r\n",
+        "GET /x HTTP/1.1\r\nconnection: close\r\n\r\n",
+    ] {
+        let answer = ask(&sidecar, request).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{request:?}: {answer}");
+    }
+    assert_eq!(backend.count(), 0, "none was forwarded");
+    // The forms that are right still go through: OPTIONS *, an empty Host, HTTP/1.0.
+    for request in [
+        "OPTIONS * HTTP/1.1\r\nhost: shop.example\r\nconnection: close\r\n\r\n",
+        "GET /x HTTP/1.1\r\nhost:\r\nconnection: close\r\n\r\n",
+        "GET /x HTTP/1.0\r\n\r\n",
+    ] {
+        let answer = ask(&sidecar, request).await;
+        assert!(answer.contains(" 200 "), "{request:?}: {answer}");
+    }
+    assert_eq!(backend.count(), 3);
+}
+
 /// `Connection` naming `Host` removes the client's line as hop-by-hop; with
 /// `host_header: preserve` (the default) the upstream still gets the client's host, not
 /// the upstream URL's and not none.

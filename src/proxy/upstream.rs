@@ -265,6 +265,13 @@ pub enum BadHead {
     /// The upstream URI could not be built from the client's path and query.
     #[error("the request target is not valid: {0}")]
     Target(#[from] http::Error),
+    /// A request target in a form its method does not take (RFC 9112 §3.2): the authority
+    /// form is CONNECT's (refused before this), the asterisk form OPTIONS's.
+    #[error("the request target's form does not go with its method")]
+    Form,
+    /// An HTTP/1.1 request without `Host` (RFC 9112 §3.2: a server must answer 400).
+    #[error("an HTTP/1.1 request must carry Host")]
+    NoHost,
 }
 
 impl Head {
@@ -277,8 +284,21 @@ impl Head {
         peer: SocketAddr,
         request_id: &HeaderValue,
     ) -> Result<Head, BadHead> {
+        let target = &parts.uri;
+        if target.scheme().is_none() && target.authority().is_some() {
+            return Err(BadHead::Form);
+        }
+        if target.path() == "*" && parts.method != Method::OPTIONS {
+            return Err(BadHead::Form);
+        }
         let mut headers = std::mem::take(&mut parts.headers);
         let (client_host, host_line_is_it) = client_host(&parts.uri, &headers)?;
+        if client_host.is_none()
+            && parts.version == http::Version::HTTP_11
+            && !headers.contains_key(HOST)
+        {
+            return Err(BadHead::NoHost);
+        }
         let present = headers::Present::of(&headers);
         // A `Connection` line may name `Host` itself: the line is then gone below.
         let host_line_is_it = host_line_is_it && !present.connection;
