@@ -353,6 +353,29 @@ async fn responses_that_may_not_be_cached_are_not_shared() {
     assert_eq!(backend.count(), 20);
 }
 
+/// A GET with a body is neither answered from a copy nor stored: the key is the head's,
+/// and the body may ask something else (a search sent as a GET with a body). Stored, one
+/// client's answer went to the next client with another body (a review, 2026-12-01).
+#[tokio::test]
+async fn a_get_with_a_body_is_neither_served_from_nor_kept_in_the_cache() {
+    let backend = Backend::start().await;
+    backend.set_default(Action::Echo);
+    let sidecar = Sidecar::in_front_of(&backend, CACHE).await;
+    let search = |body: &'static str| {
+        Request::get(sidecar.url("/search"))
+            .body(Full::from(body))
+            .unwrap()
+    };
+    assert_eq!(send(search("alice's query")).await.2, "alice's query");
+    let (_, headers, body) = send(search("bob's query")).await;
+    assert_eq!(body, "bob's query", "another client's answer");
+    assert!(headers.get("x-outrigger-cache").is_none());
+    // A GET without a body is not answered from either.
+    let (_, headers, _) = send(get_with(&sidecar.url("/search"), &[])).await;
+    assert!(headers.get("x-outrigger-cache").is_none(), "{headers:?}");
+    assert_eq!(backend.count(), 3);
+}
+
 #[tokio::test]
 async fn a_failed_leader_does_not_become_n_failures() {
     let backend = Backend::start().await;

@@ -171,8 +171,9 @@ async fn a_get_trickling_its_body_does_not_hold_the_other_clients_of_its_url() {
     .await;
     let url = sidecar.url("/hot");
 
-    // The same host as the others' client sends: one key. A byte of 1 MB (streamed, being
-    // over the body buffer) every 300 ms, so its upload never stalls long enough to be cut.
+    // The same host as the others' client sends: one key. 100 bytes of 1 MB (streamed,
+    // being over the body buffer) every 300 ms: above the least upload rate, so its upload
+    // is never cut while the others wait.
     let mut trickler = within(TcpStream::connect(sidecar.addr)).await.unwrap();
     let head = format!(
         "GET /hot HTTP/1.1\r\nhost: {}\r\ncontent-length: 1000000\r\n\r\n",
@@ -181,7 +182,7 @@ async fn a_get_trickling_its_body_does_not_hold_the_other_clients_of_its_url() {
     trickler.write_all(head.as_bytes()).await.unwrap();
     let trickling = tokio::spawn(async move {
         for _ in 0..20 {
-            if trickler.write_all(b"x").await.is_err() {
+            if trickler.write_all(&[b'x'; 100]).await.is_err() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(300)).await;

@@ -29,21 +29,14 @@ pub(super) enum Joined {
 
 impl Proxy {
     /// Joins the coalescing flight for a cache miss, waiting for the leader if there is one.
-    /// A request with a body (`has_body`: not known to be empty) never joins: a leader's
-    /// upload is its client's pace, and a client trickling a GET's body would hold every
-    /// other client of that URL until their deadlines.
-    pub(super) async fn coalesce(
-        &self,
-        ctx: &Ctx<'_>,
-        head: &Head,
-        key: Option<&Key>,
-        has_body: bool,
-    ) -> Joined {
+    /// A request with a body has no key (`forward`), so it never joins: besides its body
+    /// making the answer its own, a leader's upload goes at its client's pace.
+    pub(super) async fn coalesce(&self, ctx: &Ctx<'_>, head: &Head, key: Option<&Key>) -> Joined {
         let Some(cache) = ctx.route.policy.cache.as_ref() else {
             return Joined::Alone;
         };
         let Some(key) = key else { return Joined::Alone };
-        if !cache.coalesce || head.method != Method::GET || has_body {
+        if !cache.coalesce || head.method != Method::GET {
             self.miss(ctx);
             return Joined::Alone;
         }

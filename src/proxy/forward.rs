@@ -122,7 +122,15 @@ impl Proxy {
             let Some(head) = &head else {
                 return Answer::bad_head();
             };
-            let key = store_key(ctx.state, head);
+            // A request with a body (not known to be empty) has no store key: the key is
+            // the head's, and a body may make the answer another (a search sent as a GET
+            // with a body), so it is neither answered from a copy, nor stored, nor
+            // coalesced (a leader's upload would hold its followers at its client's pace).
+            let key = if has_body {
+                None
+            } else {
+                store_key(ctx.state, head)
+            };
             if let Some(answer) = self.cached(ctx, head, key.as_deref(), "hit") {
                 return answer;
             }
@@ -132,7 +140,7 @@ impl Proxy {
                     return answer;
                 }
             }
-            let flight = match self.coalesce(ctx, head, key.as_ref(), has_body).await {
+            let flight = match self.coalesce(ctx, head, key.as_ref()).await {
                 Joined::Served(answer) => return *answer,
                 Joined::Leader(flight) => Some(flight),
                 Joined::Alone => None,
