@@ -432,6 +432,36 @@ async fn a_leader_over_its_own_rate_limit_hands_the_flight_on() {
     );
 }
 
+/// With the route's one bucket (`key: route`) the leader's refusal is the followers' too:
+/// they get it at once, rather than each leading in turn to be refused (a review: N
+/// followers took N rounds, each with the fault's delay).
+#[tokio::test]
+async fn a_leader_over_the_route_s_rate_limit_answers_its_followers_with_it() {
+    let backend = Backend::start().await;
+    let yaml = "defaults:\n  cache: { ttl: 5s }\n  \
+                rate_limit: { rate: 1/m, burst: 1 }\n  \
+                fault: { delay: { percent: 100, duration: 300ms } }\n  \
+                fallback: { body: slow down, when: [rate-limited] }\n";
+    let sidecar = Sidecar::in_front_of(&backend, yaml).await;
+    assert_eq!(send(get_with(&sidecar.url("/spent"), &[])).await.2, "ok");
+    let leader = tokio::spawn(send(get_with(&sidecar.url("/feed"), &[])));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let followers: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(send(get_with(&sidecar.url("/feed"), &[]))))
+        .collect();
+    assert_eq!(leader.await.unwrap().2, "slow down");
+    for follower in followers {
+        assert_eq!(follower.await.unwrap().2, "slow down");
+    }
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        metric(&m, "outrigger_faults_injected_total", &[("kind", "delay")]),
+        2.0,
+        "/spent and the one leader: no follower led in turn"
+    );
+    assert_eq!(backend.count(), 1);
+}
+
 #[tokio::test]
 async fn waiters_past_their_deadline_time_out_without_asking_the_backend() {
     let backend = Backend::start().await;

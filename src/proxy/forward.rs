@@ -28,7 +28,7 @@ use super::failure::{Failure, Reason};
 use super::runtime::{RouteState, Runtime};
 use super::upstream::Head;
 use super::{headers, respond, Outcome, Proxy};
-use crate::config::Route;
+use crate::config::{RateKey, Route};
 use crate::resilience::circuit::State;
 use crate::resilience::coalesce::Flight;
 use crate::resilience::fault::{self, Faults};
@@ -250,11 +250,16 @@ impl Proxy {
         let limiter_key = match self.take_token(ctx, request_headers).await {
             Ok(key) => key,
             Err(wait) => {
-                // The limit refused this request, under its own key: the followers are not
-                // refused with it. Let go of the flight, so one of them leads instead,
-                // under its own limit (`Abandoned`).
-                drop(flight);
                 let reason = Reason::Failure(Failure::RateLimited);
+                // The route's one bucket refuses the followers too: tell them. A client's
+                // own key does not: let go of the flight (`Abandoned`), so one of them
+                // leads instead, under its own limit.
+                let route_wide = limiter.is_some_and(|l| l.policy().key == RateKey::Route);
+                if route_wide {
+                    tell(&flight, reason);
+                } else {
+                    drop(flight);
+                }
                 return match degrade::answer(ctx.route, ctx.state, &self.metrics, &failed(reason)) {
                     Some((resp, outcome)) => Answer::new(resp, outcome, 0),
                     None => Answer::new(rate_limited(wait), Outcome::Error, 0),
