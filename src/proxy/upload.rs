@@ -41,6 +41,9 @@ pub struct Upload {
     /// Milliseconds spent waiting for the client, in waits that have ended.
     client_time: AtomicU64,
     finished: Notify,
+    /// A wait for the client began: the deadline loop looks again (it may be asleep until
+    /// the upstream side's stall, later than the client's).
+    client_wait: Notify,
 }
 
 const NOT_WAITING: u64 = u64::MAX;
@@ -60,6 +63,7 @@ impl Default for Upload {
             received: AtomicU64::new(0),
             client_time: AtomicU64::new(0),
             finished: Notify::new(),
+            client_wait: Notify::new(),
         }
     }
 }
@@ -90,13 +94,16 @@ impl Upload {
         let now = self.now();
         self.last_poll.store(now, Ordering::Relaxed);
         self.received.fetch_add(bytes as u64, Ordering::Relaxed);
-        let since = self.waiting_since.load(Ordering::Relaxed);
+        let since = self.waiting_since.load(Ordering::Acquire);
         if pending && since == NOT_WAITING {
-            self.waiting_since.store(now, Ordering::Relaxed);
+            self.waiting_since.store(now, Ordering::Release);
+            self.client_wait.notify_one();
         } else if !pending && since != NOT_WAITING {
+            // The wait ends before its time is added: a look in between (`stalled` reads
+            // in the other order) counts it at most once.
+            self.waiting_since.store(NOT_WAITING, Ordering::Release);
             let waited = now.saturating_sub(since);
-            self.client_time.fetch_add(waited, Ordering::Relaxed);
-            self.waiting_since.store(NOT_WAITING, Ordering::Relaxed);
+            self.client_time.fetch_add(waited, Ordering::Release);
         }
         if end && !self.done.swap(true, Ordering::AcqRel) {
             self.done_at.store(now, Ordering::Relaxed);
@@ -108,7 +115,8 @@ impl Upload {
     /// slowly, else when to look again (milliseconds since `base`).
     fn stalled(&self, client: Duration, upstream: Duration) -> Result<u64, Failure> {
         let now = self.now();
-        let since = self.waiting_since.load(Ordering::Relaxed);
+        let client_time = self.client_time.load(Ordering::Acquire);
+        let since = self.waiting_since.load(Ordering::Acquire);
         if since == NOT_WAITING {
             let last = self.last_poll.load(Ordering::Relaxed);
             let limit = upstream.as_millis() as u64;
@@ -121,7 +129,7 @@ impl Upload {
         let waiting = now.saturating_sub(since);
         // The client's time so far, against what its bytes pay for at the least rate (and
         // never less than the route's `timeout`).
-        let spent = self.client_time.load(Ordering::Relaxed) + waiting;
+        let spent = client_time + waiting;
         let paid = self.received.load(Ordering::Relaxed).saturating_mul(1000) / MIN_RATE;
         let allowed = paid.max(limit);
         if waiting >= limit || spent >= allowed {
@@ -158,6 +166,7 @@ pub async fn deadline(
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
             () = upload.handed_over() => {}
+            () = upload.client_wait.notified() => {}
         }
     }
     let took = Duration::from_millis(upload.done_at.load(Ordering::Relaxed));
