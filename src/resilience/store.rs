@@ -391,6 +391,10 @@ impl ResponseStore {
             return;
         }
         let size = stored.size(&key);
+        if size > self.policy.max_bytes {
+            // It would push out every other copy, then itself.
+            return;
+        }
         // A key may be a reused buffer with room for a longer one (`recycle`): the store
         // keeps only its bytes, which is what `size` counts.
         key.shrink_to_fit();
@@ -661,6 +665,14 @@ mod tests {
         let (entries, bytes) = s.usage();
         assert_eq!(entries, 2, "each entry holds its 20 KB key twice");
         assert!(bytes <= 100_000, "{bytes}");
+        // One copy larger than the whole bound is not kept, and pushes out nothing.
+        s.insert(
+            vec![b'/'; 60_000],
+            &none,
+            HeaderMap::new(),
+            Bytes::from_static(b"1"),
+        );
+        assert_eq!(s.usage(), (entries, bytes));
     }
 
     #[test]
