@@ -113,7 +113,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .flat_map(connection_tokens)
+            .flat_map(list_tokens)
             .filter_map(|token| HeaderName::from_bytes(token).ok())
             .collect();
         for name in named {
@@ -136,7 +136,7 @@ fn names_beyond_fixed(value: &HeaderValue) -> bool {
     if whole.eq_ignore_ascii_case(b"keep-alive") || whole.eq_ignore_ascii_case(b"close") {
         return false;
     }
-    connection_tokens(value).any(|token| {
+    list_tokens(value).any(|token| {
         !token.is_empty()
             && !token.eq_ignore_ascii_case(b"close")
             && !HOP_BY_HOP
@@ -145,11 +145,10 @@ fn names_beyond_fixed(value: &HeaderValue) -> bool {
     })
 }
 
-/// The comma-separated tokens of a `Connection` value, trimmed, as bytes: a value with a
-/// byte that is not visible ASCII (a token that is no header name) still names the header
-/// names beside it. Read as a `str`, the whole value failed, and a header it named was
-/// forwarded.
-fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+/// The comma-separated elements of a list header's value (`Connection`, `TE`), trimmed, as
+/// bytes: a value with a byte that is not visible ASCII still holds the elements beside it.
+/// Read as a `str`, the whole value failed: a header `Connection` named was forwarded.
+pub fn list_tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
     value
         .as_bytes()
         .split(|&b| b == b',')
@@ -178,11 +177,10 @@ pub fn offers_trailers(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::TE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+        .flat_map(list_tokens)
         .any(|token| {
-            let name = token.split(';').next().unwrap_or("").trim();
-            name.eq_ignore_ascii_case("trailers")
+            let name = token.split(|&b| b == b';').next().unwrap_or_default();
+            name.trim_ascii().eq_ignore_ascii_case(b"trailers")
         })
 }
 
@@ -525,6 +523,10 @@ mod tests {
         assert!(offers_trailers(&h));
         h.insert(header::TE, HeaderValue::from_static("gzip, trailersx"));
         assert!(!offers_trailers(&h));
+        // An element that is not visible ASCII does not hide the others.
+        let odd = HeaderValue::from_bytes(b"\xc3\xa9, trailers").unwrap();
+        h.insert(header::TE, odd);
+        assert!(offers_trailers(&h));
     }
 
     #[test]

@@ -55,9 +55,8 @@ pub fn is_upgrade(req: &Request<Incoming>) -> bool {
             .headers()
             .get_all(CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            .flat_map(super::headers::list_tokens)
+            .any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }
 
 /// The open tunnels (and handshakes holding a slot), for the cap and for shutdown.

@@ -31,10 +31,12 @@ pub fn confirm<B>(resp: &mut Response<B>) {
     }
 }
 
+/// Read from the bytes: an element that is not visible ASCII does not hide the others.
 fn has_token(value: &HeaderValue, token: &str) -> bool {
     value
-        .to_str()
-        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 #[cfg(test)]
@@ -47,6 +49,13 @@ mod tests {
             req = req.header(CONNECTION, c);
         }
         req.body(()).unwrap()
+    }
+
+    #[test]
+    fn a_token_that_is_not_ascii_hides_no_other() {
+        let odd = HeaderValue::from_bytes(b"\xc3\xa9, keep-alive").unwrap();
+        assert!(has_token(&odd, "keep-alive"));
+        assert!(!has_token(&odd, "close"));
     }
 
     #[test]
