@@ -95,6 +95,39 @@ async fn request_trailers_reach_the_upstream_streamed_and_buffered_on_every_atte
     }
 }
 
+/// A client's trailers never carry what this hop sets in the head, nor hop-by-hop names:
+/// an upstream reading trailers took `x-outrigger-attempt: 9` and `Connection` from the
+/// client (an attack review, 2026-12-01). End-to-end trailers still pass.
+#[tokio::test]
+async fn request_trailers_lose_hop_by_hop_and_this_hop_s_own_names() {
+    let upstream = RawUpstream::start(vec![OK, OK]).await;
+    let yaml = format!("upstream:\n  url: http://{}\n", upstream.addr);
+    let sidecar = Sidecar::start(&yaml).await;
+    for method in ["POST", "PUT"] {
+        let answer = ask(
+            &sidecar,
+            &format!(
+                "{method} /up HTTP/1.1\r\nhost: x\r\n\
+                 trailer: x-checksum, x-outrigger-attempt, x-forwarded-for, keep-alive\r\n\
+                 transfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+                 5\r\nhello\r\n0\r\nx-outrigger-attempt: 9\r\nx-checksum: abc123\r\n\
+                 x-forwarded-for: 6.6.6.6\r\nkeep-alive: 1\r\n\r\n"
+            ),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{method}: {answer}");
+    }
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for request in &seen {
+        let lower = request.to_ascii_lowercase();
+        assert!(
+            lower.ends_with("0\r\nx-checksum: abc123\r\n\r\n"),
+            "{request}"
+        );
+    }
+}
+
 // Item 15 ----------------------------------------------------------------------------------
 
 #[tokio::test]

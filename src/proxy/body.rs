@@ -173,10 +173,15 @@ impl Body for UpstreamBody {
                         streamed.upload.read(false, end, chunk.len());
                         return Poll::Ready(Some(Ok(Frame::data(chunk))));
                     }
-                    let polled = Pin::new(&mut streamed.rest).poll_frame(cx);
+                    let mut polled = Pin::new(&mut streamed.rest).poll_frame(cx);
                     let end = matches!(polled, Poll::Ready(None)) || streamed.rest.is_end_stream();
-                    let bytes = match &polled {
-                        Poll::Ready(Some(Ok(frame))) => frame.data_ref().map_or(0, |d| d.len()),
+                    let bytes = match &mut polled {
+                        Poll::Ready(Some(Ok(frame))) => {
+                            if let Some(trailers) = frame.trailers_mut() {
+                                super::headers::strip_from_trailers(trailers);
+                            }
+                            frame.data_ref().map_or(0, |d| d.len())
+                        }
                         _ => 0,
                     };
                     streamed.upload.read(polled.is_pending(), end, bytes);
@@ -504,7 +509,10 @@ pub async fn prepare(
             Ok(data) => data,
             // Trailers come last: kept, and replayed after the data on every attempt.
             Err(frame) => {
-                trailers = frame.into_trailers().ok().map(Box::new);
+                trailers = frame.into_trailers().ok().map(|mut t| {
+                    super::headers::strip_from_trailers(&mut t);
+                    Box::new(t)
+                });
                 continue;
             }
         };

@@ -24,6 +24,9 @@ use http::Version;
 /// The request id header, kept from the client or generated, sent both ways.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Header telling the upstream which attempt this is (1 for the first).
+pub static ATTEMPT: HeaderName = HeaderName::from_static("x-outrigger-attempt");
+
 // `static`s, not names made where they are used: `HeaderName::from_static` outside a
 // constant checks its argument each time it runs.
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -124,6 +127,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         if present & (1 << i) != 0 {
             headers.remove(name);
         }
+    }
+}
+
+/// Cleans a request's trailers for the upstream: no hop-by-hop names, and none of the
+/// names this hop sets in the head (`Host`, the `X-Forwarded-*`, `Forwarded`, `Via`, the
+/// request id, the attempt), which an upstream reading trailers could otherwise take
+/// from the client. A client's trailers are end-to-end data only (RFC 9110 §6.5.1).
+pub fn strip_from_trailers(trailers: &mut HeaderMap) {
+    strip_hop_by_hop(trailers);
+    for name in [
+        &header::HOST,
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &header::FORWARDED,
+        &header::VIA,
+        &REQUEST_ID,
+        &ATTEMPT,
+    ] {
+        trailers.remove(name);
     }
 }
 

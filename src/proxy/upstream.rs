@@ -15,7 +15,7 @@ use std::sync::Arc;
 use http::header::{HeaderValue, HOST, TE};
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, Method, Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use rustls::{ClientConfig, RootCertStore};
 
@@ -160,8 +160,8 @@ impl std::error::Error for ClientError {
     }
 }
 
-/// Header telling the upstream which attempt this is (1 for the first).
-pub static ATTEMPT: HeaderName = HeaderName::from_static("x-outrigger-attempt");
+/// The header telling the upstream which attempt this is, named with the others.
+pub use super::headers::ATTEMPT;
 
 /// Builds the client for an upstream. Over HTTP/2 its answers may carry as many header
 /// bytes as requests may (hyper's client default is 16 KiB).
