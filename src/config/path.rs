@@ -4,13 +4,16 @@
 //! Why: a route's rate limit, breaker or fallback must not be escaped by writing the same
 //! path differently. `/./quotes`, `//quotes`, `/%71uotes` and `/x/../quotes` all name
 //! `/quotes` to a typical backend, so they must all take the `quotes` route. The rules
-//! (RFC 3986 section 6.2.2 plus repeated slashes), in this order:
+//! (RFC 3986 section 6.2.2 plus repeated slashes and path parameters), in this order:
 //!
 //! 1. `%XX` that encodes an unreserved character (`A-Z a-z 0-9 - . _ ~`) is decoded; any
 //!    other `%XX` stays encoded, its hex digits upper-cased (`%2f` and `%2F` are one thing,
 //!    and neither is a `/`). A `%` not followed by two hex digits is left alone.
 //! 2. Runs of `/` become one `/`.
-//! 3. Dot segments are removed: `.` goes, `..` removes the segment before it and never
+//! 3. Path parameters go: `;` and what follows it within a segment (RFC 3986 section 3.3).
+//!    Servlet containers and other upstreams read `/quotes;x/1` as `/quotes/1`, so it must
+//!    take the `quotes` route too; and `..;` is `..` to them, so this comes before step 4.
+//! 4. Dot segments are removed: `.` goes, `..` removes the segment before it and never
 //!    climbs above the root.
 //!
 //! Only matching uses the result: the upstream receives the path exactly as the client
@@ -25,7 +28,7 @@ pub fn normalize(path: &str) -> Cow<'_, str> {
     if is_normal(path) {
         Cow::Borrowed(path)
     } else {
-        Cow::Owned(remove_dot_segments(&decode_unreserved(path)))
+        Cow::Owned(remove_dot_segments(&strip_params(&decode_unreserved(path))))
     }
 }
 
@@ -36,6 +39,9 @@ fn is_normal(path: &str) -> bool {
         return true;
     };
     let bytes = path.as_bytes();
+    if bytes.contains(&b';') {
+        return false;
+    }
     let rewrites_a_triplet = (0..bytes.len())
         .filter(|&i| bytes[i] == b'%')
         .any(|i| triplet(&bytes[i..]).is_some_and(Triplet::changes));
@@ -114,6 +120,14 @@ fn decode_unreserved(path: &str) -> String {
 }
 
 /// Steps 2 and 3, on a path that starts with `/`.
+/// Each segment without its parameters: what follows a `;` up to the next `/`.
+fn strip_params(path: &str) -> String {
+    path.split('/')
+        .map(|segment| segment.split(';').next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 fn remove_dot_segments(path: &str) -> String {
     // `out` ends with `/` between segments; `named` says the last segment kept was a name
     // (not `.`, `..` or empty), whose trailing `/` goes again at the end.
@@ -177,6 +191,11 @@ mod tests {
             ("/%41%zz%4", "/A%zz%4"),
             ("/é/./x", "/é/x"),
             ("/a/b/../../..", "/"),
+            ("/quotes;x/1", "/quotes/1"),
+            ("/quotes;jsessionid=1", "/quotes"),
+            ("/a/..;/quotes", "/quotes"),
+            ("/a;b=c;d/b", "/a/b"),
+            ("/a%3Bx/b", "/a%3Bx/b"),
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input), want, "{input}");
@@ -185,7 +204,7 @@ mod tests {
 
     #[test]
     fn normalizing_twice_changes_nothing() {
-        for p in ["/./a//b/%2e%2e/c%2f", "/%25%34%31", "//..//.%2E/x/"] {
+        for p in ["/./a//b/%2e%2e/c%2f", "/%25%34%31", "//..//.%2E/x/", "/a;x/..;/b;"] {
             let once = normalize(p).into_owned();
             assert!(
                 matches!(normalize(&once), Cow::Borrowed(_)),
