@@ -119,8 +119,7 @@ fn decode_unreserved(path: &str) -> String {
     out
 }
 
-/// Steps 2 and 3, on a path that starts with `/`.
-/// Each segment without its parameters: what follows a `;` up to the next `/`.
+/// Step 3: each segment without its parameters (what follows a `;` up to the next `/`).
 fn strip_params(path: &str) -> String {
     path.split('/')
         .map(|segment| segment.split(';').next().unwrap_or_default())
@@ -128,6 +127,7 @@ fn strip_params(path: &str) -> String {
         .join("/")
 }
 
+/// Steps 2 and 4, on a path that starts with `/`.
 fn remove_dot_segments(path: &str) -> String {
     // `out` ends with `/` between segments; `named` says the last segment kept was a name
     // (not `.`, `..` or empty), whose trailing `/` goes again at the end.

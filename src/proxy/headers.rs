@@ -21,6 +21,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
+use crate::vocab::list;
+
 /// The request id header, kept from the client or generated, sent both ways.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -116,7 +118,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .flat_map(list_tokens)
+            .flat_map(list::tokens)
             .filter_map(|token| HeaderName::from_bytes(token).ok())
             .collect();
         for name in named {
@@ -159,23 +161,13 @@ fn names_beyond_fixed(value: &HeaderValue) -> bool {
     if whole.eq_ignore_ascii_case(b"keep-alive") || whole.eq_ignore_ascii_case(b"close") {
         return false;
     }
-    list_tokens(value).any(|token| {
+    list::tokens(value).any(|token| {
         !token.is_empty()
             && !token.eq_ignore_ascii_case(b"close")
             && !HOP_BY_HOP
                 .iter()
                 .any(|name| name.as_str().as_bytes().eq_ignore_ascii_case(token))
     })
-}
-
-/// The comma-separated elements of a list header's value (`Connection`, `TE`), trimmed, as
-/// bytes: a value with a byte that is not visible ASCII still holds the elements beside it.
-/// Read as a `str`, the whole value failed: a header `Connection` named was forwarded.
-pub fn list_tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
-    value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
 }
 
 /// Where `name` is in `HOP_BY_HOP`. A `match` on the spelling: it sorts by length first,
@@ -200,7 +192,7 @@ pub fn offers_trailers(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::TE)
         .iter()
-        .flat_map(list_tokens)
+        .flat_map(list::tokens)
         .any(|token| {
             let name = token.split(|&b| b == b';').next().unwrap_or_default();
             name.trim_ascii().eq_ignore_ascii_case(b"trailers")

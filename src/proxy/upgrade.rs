@@ -55,7 +55,7 @@ pub fn is_upgrade(req: &Request<Incoming>) -> bool {
             .headers()
             .get_all(CONNECTION)
             .iter()
-            .flat_map(super::headers::list_tokens)
+            .flat_map(crate::vocab::list::tokens)
             .any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }
 

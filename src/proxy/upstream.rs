@@ -23,7 +23,7 @@ use super::body::UpstreamBody;
 use super::connect::{BoxError, Connector};
 use super::h1pool::H1Pool;
 use super::h2pool::H2Pool;
-use super::headers;
+use super::headers::{self, ATTEMPT};
 use crate::config::{HostHeader, Limits, Tls, Upstream};
 
 /// The client every attempt goes through (plain or TLS, by the URL's scheme): our own
@@ -159,9 +159,6 @@ impl std::error::Error for ClientError {
         }
     }
 }
-
-/// The header telling the upstream which attempt this is, named with the others.
-pub use super::headers::ATTEMPT;
 
 /// Builds the client for an upstream. Over HTTP/2 its answers may carry as many header
 /// bytes as requests may (hyper's client default is 16 KiB).

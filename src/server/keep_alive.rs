@@ -31,12 +31,8 @@ pub fn confirm<B>(resp: &mut Response<B>) {
     }
 }
 
-/// Read from the bytes: an element that is not visible ASCII does not hide the others.
 fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    crate::vocab::list::tokens(value).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 #[cfg(test)]
