@@ -8,6 +8,7 @@
 #
 #   bash bench/per_request.sh            # N1=500 N2=2500, about 5 minutes
 #   BIN=/path/to/old/outrigger bash bench/per_request.sh   # the same for another binary
+#       (allocations counted on BIN itself, or on COUNT_BIN: a plain-malloc build of it)
 #       (run once per binary for a before/after; bench/tracing_cost.sh adds traced rows)
 #   TARGETS=outrigger-on bash bench/per_request.sh   # only these rows; docs left alone
 #   KEEP=/tmp/cg bash bench/per_request.sh   # also keeps each run's callgrind/DHAT output;
@@ -25,10 +26,16 @@ mkdir -p "$OUT"
 
 need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
 need valgrind valgrind; need nginx nginx-light; need curl curl; need python3 python3
+# DHAT counts calls to malloc, and the binary's own cache of freed blocks (src/alloc.rs)
+# takes most of them before malloc sees them: allocations are counted on a build without
+# it (feature plain-malloc, its own target directory), instructions on the real one.
 if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet
   BIN=target/release/outrigger
+  cargo build --release --quiet --features plain-malloc --target-dir target/plain-malloc
+  COUNT_BIN=target/plain-malloc/release/outrigger
 fi
+COUNT_BIN=${COUNT_BIN:-$BIN}
 cargo build --release --quiet --example floor
 FLOOR=target/release/examples/floor
 
@@ -138,6 +145,7 @@ count() {
     outrigger-shared) port=18382; cmd=("$BIN" --config "$WORK/shared.yaml" --threads 1 --log-level warn) ;;
   esac
   local log="$WORK/$tool-$target-$n.log" out="$WORK/$tool-$target-$n.out"
+  if [ "$tool" = dhat ] && [ "${cmd[0]}" = "$BIN" ]; then cmd[0]=$COUNT_BIN; fi
   case $tool in
     callgrind) valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" 2>"$log" >/dev/null & ;;
     dhat) valgrind --tool=dhat --dhat-out-file="$out" "${cmd[@]}" 2>"$log" >/dev/null & ;;
@@ -173,7 +181,8 @@ tsv, md, n1, n2, rev = sys.argv[1:6]
 rows = list(csv.DictReader(open(tsv), delimiter="\t"))
 floor = next((float(r["instructions_per_req"]) for r in rows if r["target"] == "floor"), None)
 block = ["<!-- BEGIN per-request -->", "## Work per request, counted (bench/per_request.sh)", "",
-         f"Instructions (valgrind callgrind) and heap allocations (valgrind DHAT) of the proxy process per",
+         f"Instructions (valgrind callgrind) and heap allocations (valgrind DHAT; for outrigger on a",
+         f"`--features plain-malloc` build, whose allocations all reach malloc) of the proxy process per",
          f"proxied GET of 2 bytes, one keep-alive connection, from the difference between runs of {n1} and {n2}",
          f"requests (start-up cancels out). User-space only: the kernel's share is not counted. These",
          f"counts repeat from run to run whatever the machine is doing, so a regression shows here first.",

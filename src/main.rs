@@ -18,9 +18,11 @@ use outrigger::logging::{self, LogFormat};
 use outrigger::server::signals;
 use tracing::{info, warn};
 
+#[cfg_attr(feature = "plain-malloc", allow(dead_code))]
 mod alloc;
 
-/// The system allocator, reusing freed blocks of a few KiB per thread (see `alloc`).
+/// The system allocator behind a per-thread cache of freed blocks by size (see `alloc`).
+#[cfg(not(feature = "plain-malloc"))]
 #[global_allocator]
 static ALLOC: alloc::ReuseBlocks = alloc::ReuseBlocks;
 
