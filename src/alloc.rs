@@ -24,7 +24,9 @@
 //! exact size when it is larger. A block of a class is always allocated with the class's
 //! full size, so any block of the class serves any request of it; `realloc` keeps that
 //! true. Larger blocks, and blocks aligned to more than `malloc`'s 16 bytes, go straight to
-//! `malloc` and `free`.
+//! `System` (`malloc`, or `posix_memalign` for the larger alignments) and `free`. Zeroed
+//! allocations are not taken from the cache (`calloc` of the class size). The sizes are
+//! those of a 64-bit target, where `malloc` aligns to 16 bytes.
 //!
 //! Bounds, per thread: at most [`PER_CLASS`] blocks in a class and [`CACHE_BYTES`] (1 MiB)
 //! in all; a freed block beyond either goes back to glibc. glibc would keep most of these
@@ -32,9 +34,12 @@
 //! heap), so the cache adds little to the process's memory. A thread that ends gives its
 //! blocks back.
 //!
-//! A block freed twice aborts the process, as glibc's own check would, instead of being
-//! handed out twice: a cached block carries a marker in its second word, and a freed block
-//! that has it is looked for in its class's stack.
+//! Double frees: glibc's own check does not see blocks this cache holds. A block freed
+//! twice in a row on one thread (the top of its class's stack freed again) aborts the
+//! process, as glibc's fast-bin check would, instead of being handed out twice; debug
+//! builds look through the whole class. A second free on another thread, or after the
+//! block went back to glibc, is not caught. Nothing in the cache reads a freed block's
+//! contents other than the link it wrote there itself.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -49,7 +54,7 @@ static SCRATCH_SIZE: AtomicUsize = AtomicUsize::new(0);
 const BYTES_PER_HEADER: usize = 4 * std::mem::size_of::<usize>();
 
 /// The alignment glibc's `malloc` gives every block (two words): blocks aligned to more
-/// are not cached. It is also the smallest class, room for the link and the marker.
+/// are not cached. It is also the smallest class.
 const MALLOC_ALIGN: usize = 2 * std::mem::size_of::<usize>();
 
 /// The largest block of the 16-byte classes.
@@ -69,10 +74,6 @@ const PER_CLASS: usize = 128;
 
 /// Bytes kept per thread, all classes together.
 const CACHE_BYTES: usize = 1024 * 1024;
-
-/// What a cached block's second word holds, so that a second free of it is noticed. A live
-/// block may hold it too; its free then only costs a look through its class.
-const CACHED: usize = 0x6361_6368_6564_2121;
 
 /// The class of an allocation, if it is one the cache keeps.
 #[inline]
@@ -123,15 +124,17 @@ fn class_size(class: usize) -> usize {
 /// The layout `System` allocates and frees every block of a class with.
 #[inline]
 fn class_layout(class: usize) -> Layout {
-    // SAFETY: `MALLOC_ALIGN` is a power of two and class sizes are far below `isize::MAX`.
+    // SAFETY: `MALLOC_ALIGN` is a power of two. The fixed classes are at most 16 KiB; the
+    // scratch class's size is that of a layout a caller asked for (a multiple of 16), and
+    // saturates to `usize::MAX` (which no layout matches, so the class is never used) if
+    // the cap was absurd.
     unsafe { Layout::from_size_align_unchecked(class_size(class), MALLOC_ALIGN) }
 }
 
-/// A cached block's first two words.
+/// A cached block's first word: the block under it in its class's stack.
 #[repr(C)]
 struct Free {
     next: *mut Free,
-    marker: usize,
 }
 
 /// One thread's cached blocks.
@@ -154,7 +157,6 @@ impl Cache {
             // owned by this cache alone.
             unsafe {
                 self.top[class].set((*block).next);
-                (*block).marker = 0;
             }
             self.count[class].set(self.count[class].get() - 1);
             self.bytes.set(self.bytes.get() - class_size(class));
@@ -171,19 +173,14 @@ impl Cache {
             return false;
         }
         let block = block.cast::<Free>();
-        // SAFETY: the block is the caller's to give up, and at least two words long (the
-        // smallest class); it is read only as the words this cache itself writes.
-        unsafe {
-            if (*block).marker == CACHED && self.holds(class, block) {
-                // Freed twice: handing it out twice would let two owners write the same
-                // memory.
-                std::process::abort();
-            }
-            block.write(Free {
-                next: self.top[class].get(),
-                marker: CACHED,
-            });
+        let top = self.top[class].get();
+        if block == top || (cfg!(debug_assertions) && self.holds(class, block)) {
+            // Freed twice: handing it out twice would let two owners write the same memory.
+            std::process::abort();
         }
+        // SAFETY: the block is the caller's to give up, and at least 16 bytes long (the
+        // smallest class).
+        unsafe { block.write(Free { next: top }) };
         self.top[class].set(block);
         self.count[class].set(count + 1);
         self.bytes.set(self.bytes.get() + size);
@@ -234,8 +231,12 @@ thread_local! {
 /// Tells the allocator the header cap hyper's parsers use, so their arrays are reused.
 /// Called once, before the runtime starts: blocks of the old scratch size are never cached
 /// under the new one's class.
+///
+/// Only the first call counts: blocks held under the scratch class have its size, so the
+/// size may not change once set.
 pub fn header_cap(cap: usize) {
-    SCRATCH_SIZE.store(cap.saturating_mul(BYTES_PER_HEADER), Ordering::Relaxed);
+    let size = cap.saturating_mul(BYTES_PER_HEADER);
+    let _ = SCRATCH_SIZE.compare_exchange(0, size, Ordering::Relaxed, Ordering::Relaxed);
 }
 
 /// `System` behind the per-thread cache of freed blocks by size class.
@@ -264,17 +265,17 @@ unsafe impl GlobalAlloc for ReuseBlocks {
 
     #[inline]
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
-        if let Some(class) = class_of(layout) {
-            if CACHE
-                .try_with(|cache| cache.push(class, block))
-                .unwrap_or(false)
-            {
-                return;
-            }
+        let Some(class) = class_of(layout) else {
+            // SAFETY: the block came from `System` with this layout.
+            return unsafe { System.dealloc(block, layout) };
+        };
+        if !CACHE
+            .try_with(|cache| cache.push(class, block))
+            .unwrap_or(false)
+        {
+            // SAFETY: a block of a cached class came from `System` with its class's layout.
+            unsafe { System.dealloc(block, class_layout(class)) }
         }
-        // SAFETY: the block came from `System` with this layout or its class's, which
-        // `free` treats the same.
-        unsafe { System.dealloc(block, layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
@@ -292,9 +293,10 @@ unsafe impl GlobalAlloc for ReuseBlocks {
             return block;
         }
         let size = new_class.map_or(new_size, class_size);
-        // SAFETY: the block is `malloc` memory of at least `layout`'s size, and `size` is
-        // the new block's class size or the caller's.
-        unsafe { System.realloc(block, layout, size) }
+        let old = old_class.map_or(layout, class_layout);
+        // SAFETY: the block came from `System` with `old` (its class's layout, or the
+        // caller's), and `size` is the new block's class size or the caller's.
+        unsafe { System.realloc(block, old, size) }
     }
 }
 
@@ -432,6 +434,46 @@ mod tests {
                 assert_eq!(held(class_of(large).unwrap()), 1);
             }
         });
+    }
+
+    #[test]
+    fn the_header_cap_is_set_once() {
+        header_cap(1024);
+        header_cap(2048);
+        assert_eq!(
+            SCRATCH_SIZE.load(Ordering::Relaxed),
+            1024 * BYTES_PER_HEADER
+        );
+    }
+
+    /// Run by `a_block_freed_twice_in_a_row_aborts` in a process of its own.
+    #[test]
+    #[ignore = "aborts the process: run by a_block_freed_twice_in_a_row_aborts"]
+    fn free_a_block_twice() {
+        let layout = Layout::from_size_align(40, 8).unwrap();
+        // SAFETY: none: the second free is the point, and must abort before any harm.
+        // Without the check, the block would be handed out twice; `_exit` then ends the
+        // process at once, before its thread's cache is given back (glibc would abort
+        // on that itself).
+        unsafe {
+            let block = ReuseBlocks.alloc(layout);
+            ReuseBlocks.dealloc(block, layout);
+            ReuseBlocks.dealloc(block, layout);
+            let twice = ReuseBlocks.alloc(layout) == ReuseBlocks.alloc(layout);
+            libc::_exit(if twice { 3 } else { 4 });
+        }
+    }
+
+    #[test]
+    fn a_block_freed_twice_in_a_row_aborts() {
+        use std::os::unix::process::ExitStatusExt;
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "alloc::tests::free_a_block_twice", "--ignored"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.signal(), Some(6), "{status:?}");
     }
 
     #[test]
