@@ -86,8 +86,22 @@ def ratio(a, b):
 
 on, off, ng, hp = "outrigger-on", "outrigger-off", "nginx", "haproxy"
 s = "get-small"
+
+
+def per_round(target, other, field="cpu_us_per_req"):
+    """The target's figure over the other's, round by round (the same round's runs)."""
+    by_round = {}
+    for r in rows:
+        if r["scenario"] == "get-small" and r["conns"] == conns and r["target"] in (target, other):
+            by_round.setdefault(r["round"], {})[r["target"]] = num(r[field])
+    pairs = [v for _, v in sorted(by_round.items()) if v.get(target) and v.get(other)]
+    return [p[target] / p[other] for p in pairs]
+
+
 w(f"| CPU/req outrigger-on / nginx | {fmt(ratio(med(s, on, 'cpu_us_per_req'), med(s, ng, 'cpu_us_per_req')), 2)} | at most 1.0 (stretch 0.8) |")
 w(f"| CPU/req outrigger-on / floor | {fmt(ratio(med(s, on, 'cpu_us_per_req'), med(s, 'floor', 'cpu_us_per_req')), 2)} | at most 1.05 |")
+floor_rounds = per_round(on, "floor")
+w(f"| CPU/req outrigger-on / floor, median of the rounds' ratios | {fmt(statistics.median(floor_rounds) if floor_rounds else None, 2)} | at most 1.05 |")
 w(f"| CPU/req outrigger-on / haproxy | {fmt(ratio(med(s, on, 'cpu_us_per_req'), med(s, hp, 'cpu_us_per_req')), 2)} | |")
 w(f"| CPU/req outrigger-on+log / nginx | {fmt(ratio(med(s, on + '+log', 'cpu_us_per_req'), med(s, ng, 'cpu_us_per_req')), 2)} | |")
 w(f"| throughput outrigger-on / nginx | {fmt(ratio(med(s, on, 'req_per_s'), med(s, ng, 'req_per_s')), 2)} | at least 1.0 |")
@@ -152,22 +166,26 @@ w(f"- In this run outrigger with every resilience feature on spent {fmt(cpu_rati
 w(f"  request and served {fmt(ratio(med(s, on, 'req_per_s'), med(s, ng, 'req_per_s')), 2)}x its throughput at one worker. Run-to-run variation on this")
 w("  machine is large (short runs of the same build have ranged from 0.8x to 1.6x nginx's CPU per request),")
 w("  so read ratios from one run only, and prefer several full runs before concluding. Against")
+rounds_vs_floor = ", ".join(f"{x:.2f}x" for x in per_round(on, "floor"))
 w("  the floor too: full runs have put outrigger-on's CPU per request from 0.99x (65f79c8) to")
-w("  1.31x (6e16a34) the floor's, for builds whose counted instructions differ by about 1%, and")
-w("  1.27x (c98092d, counted 1.09x; its three rounds 1.19x, 1.47x, 1.23x) and 1.25x (1c5c7c5,")
-w("  counted 1.08x; its rounds 1.28x, 1.16x, 1.27x); the counted ratio in the")
-w("  headline table is the one to compare builds by. System calls per request are the same for")
-w("  both (`strace -c -f` under wrk at 64 connections on c98092d: 2.0 `writev`, 2.0 `recvfrom`,")
-w("  0.07-0.08 `epoll_wait`), so the timed gap is user-space work and the machine's noise.")
+w("  1.31x (6e16a34) the floor's, for builds whose counted instructions differ by about 1%")
+w("  (1.25x on 1c5c7c5, counted 1.08x, its rounds 1.28x, 1.16x, 1.27x). This run's rounds,")
+w(f"  outrigger-on over the floor: {rounds_vs_floor or 'n/a'}; read the median of these, not")
+w("  the ratio of medians in the headline table, when the two differ. The counted ratios are")
+w("  the ones to compare builds by. System calls per request are the same for both (`strace -c")
+w("  -f` under wrk at 64 connections on c98092d: 2.0 `writev`, 2.0 `recvfrom`, 0.07-0.08")
+w("  `epoll_wait`), so the timed gap is user-space work and the machine's noise. Much of it was")
+w("  glibc's allocator under load, which one request at a time does not show: see the")
+w("  under-load block below (`bench/per_request_loaded.sh`).")
 w("- Where the time goes: the instructions of each request are counted in the per-request")
 w("  block below (callgrind; they repeat from run to run, unlike these timed figures). A timed")
 w("  profile (`perf record -e cpu-clock` on the proxy at 64 connections) puts about half of the")
 w("  proxy's CPU in the kernel's TCP path, for outrigger and the floor alike (49% and 56% of")
 w("  samples); in user space `memmove` (futures and headers moved: 4.9% against the floor's 3.3%)")
 w("  and `clock_gettime` (2.0% against 0.75%) are where outrigger's extra time shows most.")
-w("- Resilience configured but not triggered: counted, it is about 1,100 instructions per")
-w("  request (2.83-2.89% of the proxy's user-space work over four runs on 807ad4d, less of its")
-w("  CPU, which is half kernel); timed,")
+w("- Resilience configured but not triggered: counted, it is about 1,000 instructions per")
+w("  request (2.39-2.64% of the proxy's user-space work over four runs from 18ba3eb on, 2.5-2.6%")
+w("  with the allocator's size classes; less of its CPU, which is half kernel); timed,")
 w("  it is below what this machine resolves (see the resilience-cost block: single runs of one")
 w("  build differ by 20% and more).")
 w("- A fallback served with the circuit open costs no upstream round trip and no upstream")
