@@ -19,7 +19,8 @@
 //! idle connections took 298 MiB with a cap of 1,024 against 191 MiB with 100. Their own
 //! class keeps them for the next parse on the thread.
 //!
-//! Size classes: 16-byte steps up to 1 KiB (64 classes), four per doubling up to 16 KiB
+//! Size classes: 16-byte steps up to 1,032 bytes (64 classes, 24, 40, 56, ...: what a glibc
+//! chunk holds), four per doubling up to 16 KiB
 //! (16 classes: 1,280, 1,536, 1,792, 2,048, 2,560, ...), and the header scratch array's
 //! exact size when it is larger. A block of a class is always allocated with the class's
 //! full size, so any block of the class serves any request of it; `realloc` keeps that
@@ -57,9 +58,11 @@ const BYTES_PER_HEADER: usize = 4 * std::mem::size_of::<usize>();
 /// are not cached. It is also the smallest class.
 const MALLOC_ALIGN: usize = 2 * std::mem::size_of::<usize>();
 
-/// The largest block of the 16-byte classes.
-const SMALL_MAX: usize = 1024;
-const SMALL_CLASSES: usize = SMALL_MAX / MALLOC_ALIGN;
+/// The 16-byte classes: 24, 40, 56, ... 1,032 bytes, the sizes glibc's chunks hold (a
+/// chunk is a multiple of 16 bytes, less its 8-byte header), so that a class's block
+/// fills its chunk. A class of 32 bytes would take a 48-byte chunk.
+const SMALL_CLASSES: usize = 64;
+const SMALL_MAX: usize = SMALL_CLASSES * MALLOC_ALIGN + 8;
 
 /// The largest block of the four-per-doubling classes (hyper's 8 KiB buffers fit).
 const MID_MAX: usize = 16 * 1024;
@@ -83,8 +86,8 @@ fn class_of(layout: Layout) -> Option<usize> {
         return None;
     }
     if size <= SMALL_MAX {
-        // Sizes 1..=16 are class 0, 17..=32 class 1, ...
-        return Some(size.saturating_sub(1) / MALLOC_ALIGN);
+        // Sizes 1..=24 are class 0, 25..=40 class 1, ...
+        return Some(size.saturating_sub(9) / MALLOC_ALIGN);
     }
     if size <= MID_MAX {
         // In the doubling [2^k, 2^(k+1)) that holds size - 1, the quarter it falls in.
@@ -101,7 +104,7 @@ const CLASS_SIZES: [usize; SCRATCH_CLASS] = {
     let mut class = 0;
     while class < SCRATCH_CLASS {
         sizes[class] = if class < SMALL_CLASSES {
-            (class + 1) * MALLOC_ALIGN
+            (class + 1) * MALLOC_ALIGN + 8
         } else {
             let k = 10 + (class - SMALL_CLASSES) / 4;
             let quarter = (class - SMALL_CLASSES) % 4;
@@ -329,6 +332,7 @@ mod tests {
             }
         }
         assert_eq!(last, SCRATCH_CLASS - 1);
+        assert_eq!((class_size(0), class_size(SMALL_CLASSES - 1)), (24, 1032));
         assert_eq!(class_size(SMALL_CLASSES), 1280);
         assert_eq!(class_size(SCRATCH_CLASS - 1), MID_MAX);
         let aligned = Layout::from_size_align(64, 64).unwrap();
@@ -422,9 +426,9 @@ mod tests {
             unsafe {
                 let block = ReuseBlocks.alloc(layout);
                 block.write_bytes(7, 20);
-                // 20 and 30 bytes are both of the 32-byte class.
-                assert_eq!(ReuseBlocks.realloc(block, layout, 30), block);
-                let wider = Layout::from_size_align(30, 8).unwrap();
+                // 20 and 24 bytes are both of the 24-byte class.
+                assert_eq!(ReuseBlocks.realloc(block, layout, 24), block);
+                let wider = Layout::from_size_align(24, 8).unwrap();
                 let moved = ReuseBlocks.realloc(block, wider, 3000);
                 assert_eq!(std::slice::from_raw_parts(moved, 20), &[7; 20]);
                 // The new block has its whole class to write, and goes to that class.
