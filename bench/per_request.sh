@@ -13,6 +13,15 @@
 #   TARGETS=outrigger-on bash bench/per_request.sh   # only these rows; docs left alone
 #   KEEP=/tmp/cg bash bench/per_request.sh   # also keeps each run's callgrind/DHAT output;
 #       python3 bench/callgrind_diff.py compares two of them per function
+#   LOAD=64 bash bench/per_request.sh   # instructions per request under load instead:
+#       wrk keeps LOAD keep-alive connections busy for D1 and then D2 seconds (15 and 45),
+#       per request = (instructions at D2 - at D1) / (requests at D2 - at D1); floor,
+#       outrigger-off and outrigger-on by default, about three minutes each; writes
+#       bench/results/per_request_loaded.tsv and leaves docs alone. One request at a time
+#       hides what many in flight cost (batched wake-ups, deep bursts of allocations),
+#       which is what bench/compare.sh's timed runs see. Under callgrind each connection
+#       carries a request about every 60 ms rather than every few ms, so a connection's
+#       timers (the watchdog's looks) count for more per request than natively.
 #
 # Prints a table, writes bench/results/per_request.tsv and rewrites its block of
 # docs/benchmarks.md (bench/report.py carries the block over when compare.sh regenerates). All traffic stays on 127.0.0.1;
@@ -21,19 +30,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N1=${N1:-500}
 N2=${N2:-2500}
+LOAD=${LOAD:-}
+D1=${D1:-15}
+D2=${D2:-45}
 OUT=bench/results
 mkdir -p "$OUT"
 
 need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
 need valgrind valgrind; need nginx nginx-light; need curl curl; need python3 python3
+if [ -n "$LOAD" ]; then need wrk wrk; fi
 # DHAT counts calls to malloc, and the binary's own cache of freed blocks (src/alloc.rs)
 # takes most of them before malloc sees them: allocations are counted on a build without
 # it (feature plain-malloc, its own target directory), instructions on the real one.
 if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet
   BIN=target/release/outrigger
-  cargo build --release --quiet --features plain-malloc --target-dir target/plain-malloc
-  COUNT_BIN=target/plain-malloc/release/outrigger
+  if [ -z "$LOAD" ]; then
+    cargo build --release --quiet --features plain-malloc --target-dir target/plain-malloc
+    COUNT_BIN=target/plain-malloc/release/outrigger
+  fi
 fi
 COUNT_BIN=${COUNT_BIN:-$BIN}
 cargo build --release --quiet --example floor
@@ -133,10 +148,9 @@ for _ in range(n - 1):
     assert r.status == 200 and body == b"ok", (r.status, body)
 PY
 
-# count TOOL TARGET N: prints the tool's total for one run of TARGET with N requests.
-count() {
-  local tool=$1 target=$2 n=$3 port cmd
-  case $target in
+# target_cmd TARGET: sets port and cmd, how TARGET listens and starts.
+target_cmd() {
+  case $1 in
     nginx) port=18381; cmd=(nginx -c "$WORK/nginx.conf") ;;
     floor) port=18382; cmd=("$FLOOR" 127.0.0.1:18382 "$ORIGIN") ;;
     outrigger-off) port=18382; cmd=("$BIN" --config "$WORK/off.yaml" --threads 1 --log-level warn) ;;
@@ -144,6 +158,12 @@ count() {
     outrigger-all) port=18382; cmd=("$BIN" --config "$WORK/all.yaml" --threads 1 --log-level warn) ;;
     outrigger-shared) port=18382; cmd=("$BIN" --config "$WORK/shared.yaml" --threads 1 --log-level warn) ;;
   esac
+}
+
+# count TOOL TARGET N: prints the tool's total for one run of TARGET with N requests.
+count() {
+  local tool=$1 target=$2 n=$3 port cmd
+  target_cmd "$target"
   local log="$WORK/$tool-$target-$n.log" out="$WORK/$tool-$target-$n.out"
   if [ "$tool" = dhat ] && [ "${cmd[0]}" = "$BIN" ]; then cmd[0]=$COUNT_BIN; fi
   case $tool in
@@ -160,6 +180,36 @@ count() {
     dhat) awk '/Total:/ {gsub(",", ""); print $(NF-1); exit}' "$log" ;;   # blocks allocated
   esac
 }
+
+# count_loaded TARGET D: prints "requests instructions" for one run of D seconds under wrk.
+count_loaded() {
+  local target=$1 d=$2 port cmd
+  target_cmd "$target"
+  local out="$WORK/callgrind-$target-load$d.out" report="$WORK/wrk-$target-$d.txt"
+  valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" 2>"$WORK/$target-load$d.log" >/dev/null &
+  local pid=$!
+  for _ in $(seq 600); do curl -sf -o /dev/null "http://127.0.0.1:$port/small" && break; sleep 0.1; done
+  wrk -t1 -c"$LOAD" -d"${d}s" --timeout 30s "http://127.0.0.1:$port/small" > "$report"
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  if grep -q 'Non-2xx\|Socket errors' "$report"; then cat "$report" >&2; echo "$target: errors under load" >&2; exit 1; fi
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$out" "$KEEP/"; fi
+  echo "$(awk '/requests in/ {print $1}' "$report") $(awk '/^totals:/ {print $2}' "$out")"
+}
+
+if [ -n "$LOAD" ]; then
+  TSV="$OUT/per_request_loaded.tsv"
+  printf 'target\tconnections\tinstructions_per_req\n' > "$TSV"
+  printf '%-15s %12s %22s\n' target connections instructions/request
+  for target in ${TARGETS:-floor outrigger-off outrigger-on}; do
+    first=$(count_loaded "$target" "$D1"); second=$(count_loaded "$target" "$D2")
+    read -r r1 i1 <<< "$first"; read -r r2 i2 <<< "$second"
+    ipr=$(awk -v a="$i1" -v b="$i2" -v r1="$r1" -v r2="$r2" 'BEGIN {printf "%.0f", (b - a) / (r2 - r1)}')
+    printf '%s\t%s\t%s\n' "$target" "$LOAD" "$ipr" >> "$TSV"
+    printf '%-15s %12s %22s\n' "$target" "$LOAD" "$ipr"
+  done
+  echo "wrote $TSV"
+  exit 0
+fi
 
 TSV="$OUT/per_request.tsv"
 printf 'target\tinstructions_per_req\tallocations_per_req\n' > "$TSV"

@@ -176,7 +176,7 @@ w("  the ones to compare builds by. System calls per request are the same for bo
 w("  -f` under wrk at 64 connections on c98092d: 2.0 `writev`, 2.0 `recvfrom`, 0.07-0.08")
 w("  `epoll_wait`), so the timed gap is user-space work and the machine's noise. Much of it was")
 w("  glibc's allocator under load, which one request at a time does not show: see the")
-w("  under-load block below (`bench/per_request_loaded.sh`).")
+w("  under-load block below (`LOAD=64 bash bench/per_request.sh`).")
 w("- Where the time goes: the instructions of each request are counted in the per-request")
 w("  block below (callgrind; they repeat from run to run, unlike these timed figures). A timed")
 w("  profile (`perf record -e cpu-clock` on the proxy at 64 connections) puts about half of the")
