@@ -88,11 +88,11 @@ on, off, ng, hp = "outrigger-on", "outrigger-off", "nginx", "haproxy"
 s = "get-small"
 
 
-def per_round(target, other, field="cpu_us_per_req"):
+def per_round(scenario, target, other, field="cpu_us_per_req"):
     """The target's figure over the other's, round by round (the same round's runs)."""
     by_round = {}
     for r in rows:
-        if r["scenario"] == "get-small" and r["conns"] == conns and r["target"] in (target, other):
+        if r["scenario"] == scenario and r["conns"] == conns and r["target"] in (target, other):
             by_round.setdefault(r["round"], {})[r["target"]] = num(r[field])
     pairs = [v for _, v in sorted(by_round.items()) if v.get(target) and v.get(other)]
     return [p[target] / p[other] for p in pairs]
@@ -100,7 +100,7 @@ def per_round(target, other, field="cpu_us_per_req"):
 
 w(f"| CPU/req outrigger-on / nginx | {fmt(ratio(med(s, on, 'cpu_us_per_req'), med(s, ng, 'cpu_us_per_req')), 2)} | at most 1.0 (stretch 0.8) |")
 w(f"| CPU/req outrigger-on / floor | {fmt(ratio(med(s, on, 'cpu_us_per_req'), med(s, 'floor', 'cpu_us_per_req')), 2)} | at most 1.05 |")
-floor_rounds = per_round(on, "floor")
+floor_rounds = per_round(s, on, "floor")
 w(f"| CPU/req outrigger-on / floor, median of the rounds' ratios | {fmt(statistics.median(floor_rounds) if floor_rounds else None, 2)} | at most 1.05 |")
 w(f"| CPU/req outrigger-on / haproxy | {fmt(ratio(med(s, on, 'cpu_us_per_req'), med(s, hp, 'cpu_us_per_req')), 2)} | |")
 w(f"| CPU/req outrigger-on+log / nginx | {fmt(ratio(med(s, on + '+log', 'cpu_us_per_req'), med(s, ng, 'cpu_us_per_req')), 2)} | |")
@@ -166,7 +166,7 @@ w(f"- In this run outrigger with every resilience feature on spent {fmt(cpu_rati
 w(f"  request and served {fmt(ratio(med(s, on, 'req_per_s'), med(s, ng, 'req_per_s')), 2)}x its throughput at one worker. Run-to-run variation on this")
 w("  machine is large (short runs of the same build have ranged from 0.8x to 1.6x nginx's CPU per request),")
 w("  so read ratios from one run only, and prefer several full runs before concluding. Against")
-rounds_vs_floor = ", ".join(f"{x:.2f}x" for x in per_round(on, "floor"))
+rounds_vs_floor = ", ".join(f"{x:.2f}x" for x in floor_rounds)
 w("  the floor too: full runs have put outrigger-on's CPU per request from 0.99x (65f79c8) to")
 w("  1.31x (6e16a34) the floor's, for builds whose counted instructions differ by about 1%")
 w("  (1.25x on 1c5c7c5, counted 1.08x, its rounds 1.28x, 1.16x, 1.27x). This run's rounds,")

@@ -1,6 +1,6 @@
 //! The binary's global allocator: glibc's `malloc`, behind a per-thread cache of freed
 //! blocks sorted by size class, each class a stack of blocks linked through their own
-//! first word. An allocation takes the top block of its class if there is one (about 20
+//! first word. An allocation takes the top block of its class if there is one (about 25
 //! instructions), and a freed block goes on top of its class unless the class or the
 //! thread's cache is full.
 //!
@@ -55,7 +55,7 @@ static SCRATCH_SIZE: AtomicUsize = AtomicUsize::new(0);
 const BYTES_PER_HEADER: usize = 4 * std::mem::size_of::<usize>();
 
 /// The alignment glibc's `malloc` gives every block (two words): blocks aligned to more
-/// are not cached. It is also the smallest class.
+/// are not cached. Also the step between the small classes.
 const MALLOC_ALIGN: usize = 2 * std::mem::size_of::<usize>();
 
 /// The 16-byte classes: 24, 40, 56, ... 1,032 bytes, the sizes glibc's chunks hold (a
@@ -232,9 +232,6 @@ thread_local! {
 }
 
 /// Tells the allocator the header cap hyper's parsers use, so their arrays are reused.
-/// Called once, before the runtime starts: blocks of the old scratch size are never cached
-/// under the new one's class.
-///
 /// Only the first call counts: blocks held under the scratch class have its size, so the
 /// size may not change once set.
 pub fn header_cap(cap: usize) {
@@ -246,9 +243,9 @@ pub fn header_cap(cap: usize) {
 pub struct ReuseBlocks;
 
 // SAFETY: every block of a cached class comes from `System` with its class's layout, whose
-// size is at least the caller's and whose alignment `malloc` gives (so freeing it with the
-// caller's layout or the class's is the same `free`); a cached block is handed out once
-// and only by the thread whose cache holds it.
+// size is at least the caller's and whose alignment `malloc` gives, and goes back to
+// `System` with that layout; a cached block is handed out once and only by the thread
+// whose cache holds it.
 unsafe impl GlobalAlloc for ReuseBlocks {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
