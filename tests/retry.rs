@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use support::backend::Received;
 use support::*;
 
 /// Fast, deterministic backoff for tests.
@@ -187,6 +188,51 @@ async fn post_with_idempotency_key_is_retried_with_the_same_body() {
     assert!(seen
         .iter()
         .all(|r| r.body == b"charge 77" && r.header("idempotency-key") == Some("order-77")));
+}
+
+/// The first attempt sends the head's own header map; later ones send a map rebuilt from a
+/// copy (`proxy::header_copy`). Upstreams must not be able to tell them apart: every field,
+/// repeated names and their order included, except the attempt's number.
+#[tokio::test]
+async fn every_attempt_sends_the_same_header_fields_in_the_same_order() {
+    let backend = Backend::start().await;
+    backend.script([Action::Status(503), Action::Status(502)]);
+    let sidecar = Sidecar::in_front_of(&backend, QUICK).await;
+    let req = get_with(
+        &sidecar.url("/same"),
+        &[
+            ("accept", "text/html"),
+            ("x-tenant", "blue"),
+            ("accept", "application/json;q=0.9"),
+            ("authorization", "Bearer abc"),
+            ("x-empty", ""),
+            ("x-tenant", "green"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+        ],
+    );
+    let (status, headers, _) = send(req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-outrigger-attempts"], "3");
+    let seen = backend.received();
+    assert_eq!(seen.len(), 3);
+    let fields = |r: &Received| -> Vec<(String, String)> {
+        r.headers
+            .iter()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case("x-outrigger-attempt"))
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+            .collect()
+    };
+    let first = fields(&seen[0]);
+    assert_eq!(
+        seen[0].headers_named("x-tenant"),
+        ["blue", "green"],
+        "{first:?}"
+    );
+    assert_eq!(seen[0].headers_named("accept").len(), 2, "{first:?}");
+    for r in &seen[1..] {
+        assert_eq!(fields(r), first);
+    }
 }
 
 #[tokio::test]

@@ -179,6 +179,7 @@ impl Proxy {
         if let Some(protocol) = protocol {
             head.headers.insert(UPGRADE, protocol);
         }
+        let outbound = head.outbound();
         let attempts = Attempts {
             client: &ctx.rt.client,
             route: ctx.route,
@@ -188,7 +189,7 @@ impl Proxy {
             slots: ctx.state.concurrency.as_deref(),
             metrics: &self.metrics,
             series: &ctx.state.series,
-            head: &head,
+            head: &outbound,
             body,
             may_resend: false,
             deadline: ctx.deadline,
