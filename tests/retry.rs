@@ -206,6 +206,8 @@ async fn every_attempt_sends_the_same_header_fields_in_the_same_order() {
             ("accept", "application/json;q=0.9"),
             ("authorization", "Bearer abc"),
             ("x-empty", ""),
+            // A tab inside a value, and bytes from 0x80 (obs-text, RFC 9110 §5.5).
+            ("x-odd", "caf\u{e9}\tau lait"),
             ("x-tenant", "green"),
             ("cookie", "a=1"),
             ("cookie", "b=2"),
@@ -230,6 +232,7 @@ async fn every_attempt_sends_the_same_header_fields_in_the_same_order() {
         "{first:?}"
     );
     assert_eq!(seen[0].headers_named("accept").len(), 2, "{first:?}");
+    assert_eq!(seen[0].headers_named("x-odd"), ["caf\u{e9}\tau lait"]);
     for r in &seen[1..] {
         assert_eq!(fields(r), first);
     }

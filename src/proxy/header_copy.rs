@@ -2,17 +2,19 @@
 //!
 //! Every attempt sends its own `HeaderMap` (the client takes the request by value). The
 //! first attempt sends the head's own map; what a later attempt (a retry, a hedge) or a
-//! reader after the first attempt needs is rebuilt from this copy. Writing the copy is one
-//! allocation and a few byte copies; cloning the map was an allocation for each of its
-//! tables and, for each value, a reference count (or a new shared block) to take and,
-//! when the copy went, to give back: about three times the instructions per request, for
-//! a map only a failed attempt ever reads again (`docs/benchmarks.md`).
+//! reader after the first attempt (a store write keeping the request's `Vary` values, a
+//! stale lookup) needs is rebuilt from this copy. Writing the copy is one allocation and a
+//! few byte copies per field, a little less than cloning the map, and no second map is
+//! dropped after the attempt (`docs/benchmarks.md`). A rebuild costs more than a clone did:
+//! one allocation for its values, one per name outside the standard list, and a hash per
+//! field. Most requests never rebuild.
 //!
 //! Each field is its name's length and its value's length (4 bytes each, little-endian;
 //! the value's top bit is HPACK's never-indexed flag, [`HeaderValue::is_sensitive`]), then
 //! the name and the value. Fields keep the map's order, so a rebuilt map iterates as the
 //! original did, repeated names included.
 
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 
@@ -22,8 +24,9 @@ const SENSITIVE: u32 = 1 << 31;
 #[derive(Debug, Default)]
 pub struct HeaderCopy {
     bytes: Vec<u8>,
-    /// Fields, for the rebuilt map's capacity.
-    fields: usize,
+    /// Distinct names, for the rebuilt map's capacity (not fields: a map may hold more
+    /// values of one name than any map can be sized for).
+    names: usize,
 }
 
 impl HeaderCopy {
@@ -45,13 +48,15 @@ impl HeaderCopy {
         }
         HeaderCopy {
             bytes,
-            fields: map.len(),
+            names: map.keys_len(),
         }
     }
 
     /// The map again, field for field.
     pub fn rebuild(&self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.fields);
+        let mut map = HeaderMap::try_with_capacity(self.names).unwrap_or_default();
+        // The values are slices of one shared buffer: one allocation, not one per value.
+        let shared = Bytes::copy_from_slice(&self.bytes);
         let mut rest = self.bytes.as_slice();
         while let Some((lens, tail)) = rest.split_first_chunk::<8>() {
             let lens = u64::from_le_bytes(*lens);
@@ -66,11 +71,16 @@ impl HeaderCopy {
                 debug_assert!(false, "a header copy ends inside a field");
                 break;
             };
+            let value_at = self.bytes.len() - tail.len() + name_len;
+            let value = shared.slice(value_at..value_at + value.len());
             rest = &tail[name_len + value_len..];
-            // Both were a valid name and value when written, so both parse again: the
-            // checks are `HeaderName`'s and `HeaderValue`'s own, the same hyper's parser
-            // and h2's decoder applied (visible ASCII, tab, bytes from 0x80).
-            match (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            // Both were a valid name and value when written, so both parse again. Values
+            // pass `HeaderValue`'s check (tab, space to `~`, bytes from 0x80): h2's decoder
+            // applies it, and hyper's parser allows exactly the same bytes.
+            match (
+                HeaderName::from_bytes(name),
+                HeaderValue::from_maybe_shared(value),
+            ) {
                 (Ok(name), Ok(mut value)) => {
                     value.set_sensitive(sensitive);
                     map.append(name, value);
@@ -123,12 +133,16 @@ mod tests {
     }
 
     #[test]
-    fn each_rebuild_is_a_map_of_its_own() {
+    fn more_values_of_one_name_than_a_map_can_be_sized_for_rebuild() {
+        // HTTP/2 takes any number of fields up to the header list size, and `HeaderMap`
+        // refuses a capacity above 24,576.
         let mut map = HeaderMap::new();
-        map.insert("x-attempt", HeaderValue::from_static("1"));
-        let copy = HeaderCopy::of(&map);
-        let mut first = copy.rebuild();
-        first.insert("x-attempt", HeaderValue::from_static("2"));
-        assert_eq!(copy.rebuild()["x-attempt"], "1");
+        for i in 0..30_000u32 {
+            map.append("x-a", HeaderValue::from(i));
+        }
+        map.append("x-b", HeaderValue::from_static("last"));
+        let rebuilt = HeaderCopy::of(&map).rebuild();
+        assert_eq!(rebuilt.len(), 30_001);
+        assert_eq!(fields(&rebuilt), fields(&map));
     }
 }

@@ -319,8 +319,8 @@ impl Head {
         headers::set_forwarded(&mut headers, peer.ip(), client_host.as_ref(), present);
         headers::add_via(&mut headers, parts.version);
         headers.insert(&headers::REQUEST_ID, request_id.clone());
-        // Attempt 1's number is in the head already: each attempt's copy of the head then
-        // holds the header's room, and a later attempt only changes its value.
+        // Attempt 1's number is in the head already: a later attempt's map, rebuilt from
+        // the head's copy, has the field, and only its value changes.
         headers.insert(&ATTEMPT, headers::count(1));
         // HTTP/2 carries the host as `:authority`, which is the upstream's (never the
         // client's: that would let a client choose where we connect). A differing `Host`
@@ -370,8 +370,8 @@ impl Head {
 }
 
 /// A head as the attempts send it: the first attempt takes the head's own map, a retry
-/// or a hedge rebuilds one from the copy (`header_copy`: cheaper to write than a clone of
-/// the map, which only a failed attempt would have read again).
+/// or a hedge rebuilds one from the copy (`header_copy`: a little cheaper to write than a
+/// clone of the map, and most requests never read it).
 #[derive(Debug)]
 pub struct Outbound<'h> {
     pub method: &'h Method,
