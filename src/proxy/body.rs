@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 
 use super::upload::Upload;
 use crate::resilience::coalesce::Flight;
-use crate::resilience::store::{Key, ResponseStore, MAX_STORED_BODY};
+use crate::resilience::store::{Key, ResponseStore, Vary, MAX_STORED_BODY};
 use crate::server::watchdog::{Active, Reading};
 
 /// Any error a body can produce.
@@ -243,8 +243,8 @@ pub type TrailerHook = Box<dyn FnMut(&HeaderMap) + Send + Sync>;
 pub struct Tee {
     store: Arc<ResponseStore>,
     key: Key,
-    /// The request headers (for `Vary`) and the response headers to store.
-    request: HeaderMap,
+    /// The request's values of what the response varies on, and the headers to store.
+    vary: Vary,
     response: HeaderMap,
     copy: BytesMut,
     /// Bytes reserved in the store for `copy`; returned on drop.
@@ -258,14 +258,14 @@ impl Tee {
     pub fn new(
         store: Arc<ResponseStore>,
         key: Key,
-        request: HeaderMap,
+        vary: Vary,
         response: HeaderMap,
         flight: Option<Flight>,
     ) -> Tee {
         Tee {
             store,
             key,
-            request,
+            vary,
             response,
             copy: BytesMut::new(),
             reserved: 0,
@@ -286,11 +286,11 @@ impl Tee {
 
     fn finish(mut self) {
         let key = std::mem::take(&mut self.key);
-        let request = std::mem::take(&mut self.request);
+        let vary = std::mem::take(&mut self.vary);
         let response = std::mem::take(&mut self.response);
         let body = std::mem::take(&mut self.copy).freeze();
         // The reservation is returned (on drop) after the entry is in: never both uncounted.
-        self.store.insert(key, &request, response, body);
+        self.store.insert_varied(key, vary, response, body);
         // Followers wake only now, with the entry in place.
         if let Some(flight) = self.flight.take() {
             flight.stored();

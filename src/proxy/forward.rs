@@ -33,7 +33,7 @@ use crate::resilience::circuit::State;
 use crate::resilience::coalesce::Flight;
 use crate::resilience::fault::{self, Faults};
 use crate::resilience::retry;
-use crate::resilience::store::{self, Key, ResponseStore};
+use crate::resilience::store::{self, Key, ResponseStore, Vary};
 use crate::server::watchdog::Reading;
 use crate::shared;
 
@@ -431,13 +431,9 @@ fn tee(
     }
     let mut response = resp.headers().clone();
     headers::strip_hop_by_hop(&mut response);
-    Some(Tee::new(
-        Arc::clone(store),
-        key,
-        request.headers(),
-        response,
-        flight,
-    ))
+    // Only what the response varies on is kept of the request, read from the head's copy.
+    let vary = Vary::of(&response, |name| request.values(name));
+    Some(Tee::new(Arc::clone(store), key, vary, response, flight))
 }
 
 /// Tells the followers of a coalescing flight, if any, why the leader failed.

@@ -57,38 +57,86 @@ impl HeaderCopy {
         let mut map = HeaderMap::try_with_capacity(self.names).unwrap_or_default();
         // The values are slices of one shared buffer: one allocation, not one per value.
         let shared = Bytes::copy_from_slice(&self.bytes);
-        let mut rest = self.bytes.as_slice();
-        while let Some((lens, tail)) = rest.split_first_chunk::<8>() {
-            let lens = u64::from_le_bytes(*lens);
-            let name_len = (lens & u64::from(u32::MAX)) as usize;
-            let value_len = (lens >> 32) as u32;
-            let sensitive = value_len & SENSITIVE != 0;
-            let value_len = (value_len & !SENSITIVE) as usize;
-            let (Some(name), Some(value)) = (
-                tail.get(..name_len),
-                tail.get(name_len..name_len + value_len),
-            ) else {
-                debug_assert!(false, "a header copy ends inside a field");
-                break;
-            };
-            let value_at = self.bytes.len() - tail.len() + name_len;
-            let value = shared.slice(value_at..value_at + value.len());
-            rest = &tail[name_len + value_len..];
+        for field in self.fields() {
+            let value = shared.slice(field.value_at..field.value_at + field.value.len());
             // Both were a valid name and value when written, so both parse again. Values
             // pass `HeaderValue`'s check (tab, space to `~`, bytes from 0x80): h2's decoder
             // applies it, and hyper's parser allows exactly the same bytes.
             match (
-                HeaderName::from_bytes(name),
+                HeaderName::from_bytes(field.name),
                 HeaderValue::from_maybe_shared(value),
             ) {
                 (Ok(name), Ok(mut value)) => {
-                    value.set_sensitive(sensitive);
+                    value.set_sensitive(field.sensitive);
                     map.append(name, value);
                 }
                 _ => debug_assert!(false, "a header copy holds an invalid field"),
             }
         }
         map
+    }
+
+    /// Every value of `name`, in order, without rebuilding the map: what a stored copy's
+    /// `Vary` keeps of the request.
+    pub fn values(&self, name: &HeaderName) -> Vec<HeaderValue> {
+        let name = name.as_str().as_bytes();
+        let found = self.fields().filter(|field| field.name == name);
+        found
+            .filter_map(|field| {
+                let mut value = HeaderValue::from_bytes(field.value).ok()?;
+                value.set_sensitive(field.sensitive);
+                Some(value)
+            })
+            .collect()
+    }
+
+    fn fields(&self) -> Fields<'_> {
+        Fields {
+            whole: &self.bytes,
+            rest: &self.bytes,
+        }
+    }
+}
+
+/// One field of a copy, borrowed from its buffer.
+struct Field<'c> {
+    name: &'c [u8],
+    value: &'c [u8],
+    /// Where `value` starts in the buffer.
+    value_at: usize,
+    sensitive: bool,
+}
+
+struct Fields<'c> {
+    whole: &'c [u8],
+    rest: &'c [u8],
+}
+
+impl<'c> Iterator for Fields<'c> {
+    type Item = Field<'c>;
+
+    fn next(&mut self) -> Option<Field<'c>> {
+        let (lens, tail) = self.rest.split_first_chunk::<8>()?;
+        let lens = u64::from_le_bytes(*lens);
+        let name_len = (lens & u64::from(u32::MAX)) as usize;
+        let value_len = (lens >> 32) as u32;
+        let sensitive = value_len & SENSITIVE != 0;
+        let value_len = (value_len & !SENSITIVE) as usize;
+        let (Some(name), Some(value)) = (
+            tail.get(..name_len),
+            tail.get(name_len..name_len + value_len),
+        ) else {
+            debug_assert!(false, "a header copy ends inside a field");
+            return None;
+        };
+        let value_at = self.whole.len() - tail.len() + name_len;
+        self.rest = &tail[name_len + value_len..];
+        Some(Field {
+            name,
+            value,
+            value_at,
+            sensitive,
+        })
     }
 }
 
@@ -125,6 +173,22 @@ mod tests {
         assert_eq!(rebuilt.keys_len(), map.keys_len());
         assert!(rebuilt.get("authorization").unwrap().is_sensitive());
         assert!(!rebuilt.get("host").unwrap().is_sensitive());
+    }
+
+    #[test]
+    fn values_of_a_name_come_in_order_with_their_flags() {
+        let mut map = HeaderMap::new();
+        map.append("accept", HeaderValue::from_static("a"));
+        map.append("x-tenant", HeaderValue::from_static("blue"));
+        let mut secret = HeaderValue::from_static("green");
+        secret.set_sensitive(true);
+        map.append("x-tenant", secret);
+        let copy = HeaderCopy::of(&map);
+        let tenant = copy.values(&HeaderName::from_static("x-tenant"));
+        assert_eq!(tenant, ["blue", "green"]);
+        assert!(!tenant[0].is_sensitive() && tenant[1].is_sensitive());
+        assert!(copy.values(&HeaderName::from_static("x-tenan")).is_empty());
+        assert!(copy.values(&http::header::COOKIE).is_empty());
     }
 
     #[test]

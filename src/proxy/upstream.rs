@@ -406,6 +406,11 @@ impl Outbound<'_> {
     pub fn headers(&self) -> HeaderMap {
         self.copy.rebuild()
     }
+
+    /// Every value of one of those headers, without rebuilding them.
+    pub fn values(&self, name: &http::HeaderName) -> Vec<HeaderValue> {
+        self.copy.values(name)
+    }
 }
 
 /// The host the client asked for, checked. The request target's authority wins where

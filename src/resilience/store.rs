@@ -86,6 +86,32 @@ pub struct Stored {
     vary: Vec<(HeaderName, Varied)>,
 }
 
+/// The request headers a response varies on, with the request's values of each: what a
+/// later request must match to be served its copy. Taken when the response head arrives,
+/// so that a copy in the making holds these values rather than the request's whole head.
+#[derive(Debug, Default)]
+pub struct Vary(Vec<(HeaderName, Varied)>);
+
+impl Vary {
+    /// The names `response`'s `Vary` lists, each with the request's values (`values`).
+    pub fn of(response: &HeaderMap, values: impl Fn(&HeaderName) -> Vec<HeaderValue>) -> Vary {
+        let names = response
+            .get_all(header::VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok());
+        Vary(
+            names
+                .map(|name| {
+                    let varied = Varied::Values(values(&name));
+                    (name, varied)
+                })
+                .collect(),
+        )
+    }
+}
+
 /// What a copy remembers of one request header its response varies on.
 #[derive(Debug)]
 enum Varied {
@@ -323,22 +349,20 @@ impl ResponseStore {
         })
     }
 
-    /// Stores a complete response for `key`.
+    /// Stores a complete response for `key`, sent for a request with these headers.
     pub fn insert(&self, key: Key, request: &HeaderMap, headers: HeaderMap, body: Bytes) {
+        let vary = Vary::of(&headers, |name| {
+            request.get_all(name).iter().cloned().collect()
+        });
+        self.insert_varied(key, vary, headers, body);
+    }
+
+    /// Stores a complete response for `key`, with the request values it varies on.
+    pub fn insert_varied(&self, key: Key, vary: Vary, headers: HeaderMap, body: Bytes) {
         if body.len() > MAX_STORED_BODY {
             return;
         }
-        let vary = headers
-            .get_all(header::VARY)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .map(|name| {
-                let values = request.get_all(&name).iter().cloned().collect();
-                (name, Varied::Values(values))
-            })
-            .collect();
+        let vary = vary.0;
         let fresh_for = self
             .policy
             .ttl
