@@ -13,6 +13,10 @@
 #   TARGETS=outrigger-on bash bench/per_request.sh   # only these rows; docs left alone
 #   KEEP=/tmp/cg bash bench/per_request.sh   # also keeps each run's callgrind/DHAT output;
 #       python3 bench/callgrind_diff.py compares two of them per function
+#   DISTINCT=1 TARGETS=outrigger-on bash bench/per_request.sh   # every GET for a new
+#       query (/small?n=1, 2, ...), so each response with a store behind it is a store
+#       write (outrigger-on keeps stale copies), which a hot key does at most once a second;
+#       writes bench/results/per_request_distinct.tsv and leaves docs alone
 #   LOAD=64 bash bench/per_request.sh   # instructions per request under load instead:
 #       wrk keeps LOAD keep-alive connections busy for D1 and then D2 seconds (15 and 45),
 #       per request = (instructions at D2 - at D1) / (requests at D2 - at D1); floor,
@@ -31,6 +35,7 @@ cd "$(dirname "$0")/.."
 N1=${N1:-500}
 N2=${N2:-2500}
 LOAD=${LOAD:-}
+DISTINCT=${DISTINCT:-}
 D1=${D1:-15}
 D2=${D2:-45}
 OUT=bench/results
@@ -130,8 +135,9 @@ case " ${TARGETS:-floor outrigger-off outrigger-on outrigger-all outrigger-share
 esac
 
 cat > "$WORK/drive.py" <<'PY'
-import http.client, sys, time
+import http.client, os, sys, time
 port, n = int(sys.argv[1]), int(sys.argv[2])
+distinct = bool(os.environ.get("DISTINCT"))
 for _ in range(600):  # wait (up to 60 s under valgrind) for the proxy to listen
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -141,8 +147,8 @@ for _ in range(600):  # wait (up to 60 s under valgrind) for the proxy to listen
         time.sleep(0.1)
 else:
     sys.exit(f"nothing answers on {port}")
-for _ in range(n - 1):
-    conn.request("GET", "/small")
+for i in range(n - 1):
+    conn.request("GET", f"/small?n={i}" if distinct else "/small")
     r = conn.getresponse()
     body = r.read()
     assert r.status == 200 and body == b"ok", (r.status, body)
@@ -212,6 +218,7 @@ if [ -n "$LOAD" ]; then
 fi
 
 TSV="$OUT/per_request.tsv"
+[ -n "$DISTINCT" ] && TSV="$OUT/per_request_distinct.tsv"
 printf 'target\tinstructions_per_req\tallocations_per_req\n' > "$TSV"
 printf '%-15s %22s %22s\n' target instructions/request allocations/request
 for target in ${TARGETS:-floor outrigger-off outrigger-on outrigger-all outrigger-shared nginx}; do
@@ -223,8 +230,8 @@ for target in ${TARGETS:-floor outrigger-off outrigger-on outrigger-all outrigge
   printf '%s\t%s\t%s\n' "$target" "$ipr" "$apr" >> "$TSV"
   printf '%-15s %22s %22s\n' "$target" "$ipr" "$apr"
 done
-# A partial run (TARGETS) leaves docs/benchmarks.md alone.
-[ -n "${TARGETS:-}" ] && exit 0
+# A partial run (TARGETS) or a DISTINCT one leaves docs/benchmarks.md alone.
+[ -n "${TARGETS:-}" ] || [ -n "$DISTINCT" ] && exit 0
 python3 - "$TSV" docs/benchmarks.md "$N1" "$N2" "$(git describe --always --dirty --abbrev=7)" <<'PY'
 import csv, sys
 tsv, md, n1, n2, rev = sys.argv[1:6]
