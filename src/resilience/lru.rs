@@ -50,13 +50,14 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         self.entries.get(key).map(|(value, _)| value)
     }
 
-    /// Inserts or replaces; returns the replaced value.
+    /// Inserts or replaces; returns the replaced value. One lookup of the key (each hashes
+    /// it), not a removal and then an insert.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        let old = self.remove(&key);
         self.tick += 1;
         self.order.insert(self.tick, key.clone());
-        self.entries.insert(key, (value, self.tick));
-        old
+        let (old, old_tick) = self.entries.insert(key, (value, self.tick))?;
+        self.order.remove(&old_tick);
+        Some(old)
     }
 
     /// Removes a key.
