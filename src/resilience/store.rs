@@ -128,6 +128,10 @@ impl Stored {
     /// as a request head may be: counted flat, a flood of long URLs held many times
     /// `max_bytes` (an attack review: 3,000 keys of 60 KB, +374 MB under a 64 MiB bound).
     fn size(&self, key: &[u8]) -> u64 {
+        self.size_with_key_len(key.len())
+    }
+
+    fn size_with_key_len(&self, key_len: usize) -> u64 {
         let headers: usize = self
             .headers
             .iter()
@@ -144,7 +148,7 @@ impl Stored {
                 name.as_str().len() + 32 + values
             })
             .sum();
-        (self.body.len() + headers + varied + 2 * key.len() + 128) as u64
+        (self.body.len() + headers + varied + 2 * key_len + 128) as u64
     }
 
     /// How long it may be served without asking the upstream.
@@ -425,8 +429,12 @@ impl ResponseStore {
         let Ok(mut entries) = self.inner.lock() else {
             return;
         };
-        entries.remove(&key);
-        entries.lru.insert(key, stored);
+        // One lookup: a copy already under this key is replaced, and its bytes given back
+        // (it was stored under the same key, so its size counts the same key length).
+        let key_len = key.len();
+        if let Some(replaced) = entries.lru.insert(key, stored) {
+            entries.bytes -= replaced.size_with_key_len(key_len);
+        }
         entries.bytes += size;
         while entries.lru.len() > self.policy.max_entries || entries.bytes > self.policy.max_bytes {
             let Some((key, oldest)) = entries.lru.pop_oldest() else {
@@ -650,6 +658,20 @@ mod tests {
                 "{h:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_copy_stored_again_under_its_key_is_counted_once() {
+        let none = HeaderMap::new();
+        let body = || Bytes::from(vec![b'x'; 100]);
+        // Each copy counts 100 + 2 * 1 + 128 = 230 bytes: two fit in 500, three do not.
+        let s = store(10, 500, vec![]);
+        for _ in 0..5 {
+            s.insert("a".into(), &none, HeaderMap::new(), body());
+        }
+        s.insert("b".into(), &none, HeaderMap::new(), body());
+        assert!(s.stale(b"a", &none).is_some(), "a was pushed out by its own copies");
+        assert!(s.stale(b"b", &none).is_some());
     }
 
     #[tokio::test(start_paused = true)]
