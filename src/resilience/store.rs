@@ -670,7 +670,10 @@ mod tests {
             s.insert("a".into(), &none, HeaderMap::new(), body());
         }
         s.insert("b".into(), &none, HeaderMap::new(), body());
-        assert!(s.stale(b"a", &none).is_some(), "a was pushed out by its own copies");
+        assert!(
+            s.stale(b"a", &none).is_some(),
+            "a was pushed out by its own copies"
+        );
         assert!(s.stale(b"b", &none).is_some());
     }
 
