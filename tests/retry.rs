@@ -190,9 +190,9 @@ async fn post_with_idempotency_key_is_retried_with_the_same_body() {
         .all(|r| r.body == b"charge 77" && r.header("idempotency-key") == Some("order-77")));
 }
 
-/// The first attempt sends the head's own header map; later ones send a map rebuilt from a
-/// copy (`proxy::header_copy`). Upstreams must not be able to tell them apart: every field,
-/// repeated names and their order included, except the attempt's number.
+/// Every attempt sends its own copy of the rewritten head. Upstreams must not be able to
+/// tell attempts apart: every field, repeated names and their order included, except the
+/// attempt's number.
 #[tokio::test]
 async fn every_attempt_sends_the_same_header_fields_in_the_same_order() {
     let backend = Backend::start().await;

@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 
 use super::body::Prepared;
 use super::failure::{Failure, Reason};
-use super::upstream::{HttpClient, Outbound, UpstreamResponse};
+use super::upstream::{Head, HttpClient, UpstreamResponse};
 use crate::config::Route;
 use crate::metrics::{status_class, Metrics};
 use crate::resilience::budget::RetryBudget;
@@ -68,7 +68,7 @@ pub struct Attempts<'a> {
     pub metrics: &'a Metrics,
     /// The route's resolved metric series.
     pub series: &'a super::route_metrics::RouteMetrics,
-    pub head: &'a Outbound<'a>,
+    pub head: &'a Head,
     pub body: Prepared,
     /// Whether the method or an idempotency key allows sending the request again.
     pub may_resend: bool,

@@ -26,7 +26,7 @@ use super::coalesced::Joined;
 use super::degrade::{self, Failed};
 use super::failure::{Failure, Reason};
 use super::runtime::{RouteState, Runtime};
-use super::upstream::{Head, Outbound};
+use super::upstream::Head;
 use super::{headers, respond, Outcome, Proxy};
 use crate::config::{RateKey, Route};
 use crate::resilience::circuit::State;
@@ -113,13 +113,13 @@ impl Proxy {
         let reading = parts.extensions.remove::<Reading>();
         // The head is rewritten first: the store key, `Vary` and the idempotency key are
         // all read from exactly what the upstream will receive.
-        let mut head = ctx.head(&mut parts);
+        let head = ctx.head(&mut parts);
         drop(parts);
         let has_body = !body.is_end_stream();
         async move {
             // Borrowed, not moved out of the `Option`: a move would keep the head twice in
             // this future (as captured and as the local), and copy it.
-            let Some(head) = &mut head else {
+            let Some(head) = &head else {
                 return Answer::bad_head();
             };
             // A request with a body (not known to be empty) has no store key: the key is
@@ -173,12 +173,11 @@ impl Proxy {
     }
 
     /// Everything after the cache: body, fault, probe gate, rate limit, attempts. The head
-    /// is borrowed: an `async fn` keeps a by-value argument twice in its future. Its
-    /// headers go to the attempts (`Head::outbound`): the head's map is empty afterwards.
+    /// is borrowed: an `async fn` keeps a by-value argument twice in its future.
     async fn forward_upstream(
         &self,
         ctx: &Ctx<'_>,
-        head: &mut Head,
+        head: &Head,
         (body, reading): (Incoming, Option<Reading>),
         key: Option<Key>,
         flight: Option<Flight>,
@@ -207,14 +206,22 @@ impl Proxy {
                 )
             }
         };
+        // The attempts borrow the head: what follows reads the same method and headers.
+        let request_headers = &head.headers;
+        let method = &head.method;
+        let failed = |reason| Failed {
+            method,
+            stale_key: key.as_deref(),
+            headers: request_headers,
+            reason,
+        };
 
         if let Some(status) = faults.abort {
             // An injected outage: treated as if the upstream had answered this status, so
             // stale copies and fallbacks are rehearsed too.
             let reason = Reason::Status(status);
             tell(&flight, reason);
-            let failed = failed(head, key.as_deref(), reason);
-            return match degrade::answer(ctx.route, ctx.state, &self.metrics, &failed) {
+            return match degrade::answer(ctx.route, ctx.state, &self.metrics, &failed(reason)) {
                 Some((resp, outcome)) => Answer::new(resp, outcome, 0),
                 None => Answer::new(
                     respond::refused(status, "injected fault"),
@@ -231,17 +238,16 @@ impl Proxy {
             // a connect timeout. Without either, still try: a wrong probe must not take
             // down a route that works.
             let reason = Reason::Failure(Failure::CircuitOpen);
-            shared::fill_stale(store, key.as_deref(), &head.headers).await;
-            let failed = failed(head, key.as_deref(), reason);
+            shared::fill_stale(store, key.as_deref(), request_headers).await;
             if let Some((resp, outcome)) =
-                degrade::answer(ctx.route, ctx.state, &self.metrics, &failed)
+                degrade::answer(ctx.route, ctx.state, &self.metrics, &failed(reason))
             {
                 tell(&flight, reason);
                 return Answer::new(resp, outcome, 0);
             }
         }
         let limiter = ctx.state.limiter.as_deref();
-        let limiter_key = match self.take_token(ctx, &head.headers).await {
+        let limiter_key = match self.take_token(ctx, request_headers).await {
             Ok(key) => key,
             Err(wait) => {
                 let reason = Reason::Failure(Failure::RateLimited);
@@ -254,18 +260,13 @@ impl Proxy {
                 } else {
                     drop(flight);
                 }
-                let failed = failed(head, key.as_deref(), reason);
-                return match degrade::answer(ctx.route, ctx.state, &self.metrics, &failed) {
+                return match degrade::answer(ctx.route, ctx.state, &self.metrics, &failed(reason)) {
                     Some((resp, outcome)) => Answer::new(resp, outcome, 0),
                     None => Answer::new(rate_limited(wait), Outcome::Error, 0),
                 };
             }
         };
 
-        // From here the head's headers are the attempts': what reads them after the first
-        // attempt rebuilds them from `outbound`'s copy.
-        let outbound = head.outbound();
-        let method = outbound.method;
         let attempts = Attempts {
             client: &ctx.rt.client,
             route: ctx.route,
@@ -275,7 +276,7 @@ impl Proxy {
             slots: ctx.state.concurrency.as_deref(),
             metrics: &self.metrics,
             series: &ctx.state.series,
-            head: &outbound,
+            head,
             body,
             may_resend,
             deadline: ctx.deadline,
@@ -285,7 +286,7 @@ impl Proxy {
         let n = finished.attempts;
         let reason = match finished.ended {
             Ended::Answered(resp) if !is_error(resp.status()) => {
-                let tee = tee(store, key, &outbound, &resp, flight);
+                let tee = tee(store, key, method, request_headers, &resp, flight);
                 let resp = resp.map(|b| match tee {
                     Some(tee) => ResponseBody::upstream_tee(b, tee),
                     None => ResponseBody::upstream(b),
@@ -299,15 +300,9 @@ impl Proxy {
             Ended::Failed(f) => Reason::Failure(f),
         };
         tell(&flight, reason);
-        let request_headers = outbound.headers();
-        shared::fill_stale(store, key.as_deref(), &request_headers).await;
-        let failed = Failed {
-            method,
-            stale_key: key.as_deref(),
-            headers: &request_headers,
-            reason,
-        };
-        if let Some((resp, outcome)) = degrade::answer(ctx.route, ctx.state, &self.metrics, &failed)
+        shared::fill_stale(store, key.as_deref(), request_headers).await;
+        if let Some((resp, outcome)) =
+            degrade::answer(ctx.route, ctx.state, &self.metrics, &failed(reason))
         {
             return Answer::new(resp, outcome, n);
         }
@@ -378,16 +373,6 @@ impl Proxy {
     }
 }
 
-/// What `degrade` needs of a request that failed before its attempts took its headers.
-fn failed<'a>(head: &'a Head, stale_key: Option<&'a [u8]>, reason: Reason) -> Failed<'a> {
-    Failed {
-        method: &head.method,
-        stale_key,
-        headers: &head.headers,
-        reason,
-    }
-}
-
 /// The store key for a request head, when the route has a store and privacy allows.
 pub(super) fn store_key(state: &RouteState, head: &Head) -> Option<Key> {
     let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -402,12 +387,12 @@ pub(super) fn store_key(state: &RouteState, head: &Head) -> Option<Key> {
 fn tee(
     store: Option<&Arc<ResponseStore>>,
     key: Option<Key>,
-    request: &Outbound<'_>,
+    method: &Method,
+    request: &HeaderMap,
     resp: &Response<Incoming>,
     flight: Option<Flight>,
 ) -> Option<Tee> {
-    let storable =
-        request.method == Method::GET && ResponseStore::storable(resp.status(), resp.headers());
+    let storable = method == Method::GET && ResponseStore::storable(resp.status(), resp.headers());
     let (store, key) = match (store, key) {
         (Some(store), Some(key)) if storable => (store, key),
         (_, key) => {
@@ -431,8 +416,8 @@ fn tee(
     }
     let mut response = resp.headers().clone();
     headers::strip_hop_by_hop(&mut response);
-    // Only what the response varies on is kept of the request, read from the head's copy.
-    let vary = Vary::of(&response, |name| request.values(name));
+    // Only what the response varies on is kept of the request, not its whole head.
+    let vary = Vary::of(&response, request);
     Some(Tee::new(Arc::clone(store), key, vary, response, flight))
 }
 

@@ -26,7 +26,6 @@ pub mod grpc;
 pub mod h1pool;
 pub mod h2pool;
 pub mod h2settings;
-pub mod header_copy;
 pub mod headers;
 pub mod hedge;
 pub mod probe;

@@ -179,7 +179,6 @@ impl Proxy {
         if let Some(protocol) = protocol {
             head.headers.insert(UPGRADE, protocol);
         }
-        let outbound = head.outbound();
         let attempts = Attempts {
             client: &ctx.rt.client,
             route: ctx.route,
@@ -189,7 +188,7 @@ impl Proxy {
             slots: ctx.state.concurrency.as_deref(),
             metrics: &self.metrics,
             series: &ctx.state.series,
-            head: &outbound,
+            head: &head,
             body,
             may_resend: false,
             deadline: ctx.deadline,

@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use http::header::{HeaderValue, HOST, TE};
 use http::request::Parts;
@@ -23,7 +23,6 @@ use super::body::UpstreamBody;
 use super::connect::{BoxError, Connector};
 use super::h1pool::H1Pool;
 use super::h2pool::H2Pool;
-use super::header_copy::HeaderCopy;
 use super::headers::{self, ATTEMPT};
 use crate::config::{HostHeader, Limits, Tls, Upstream};
 
@@ -319,8 +318,8 @@ impl Head {
         headers::set_forwarded(&mut headers, peer.ip(), client_host.as_ref(), present);
         headers::add_via(&mut headers, parts.version);
         headers.insert(&headers::REQUEST_ID, request_id.clone());
-        // Attempt 1's number is in the head already: a later attempt's map, rebuilt from
-        // the head's copy, has the field, and only its value changes.
+        // Attempt 1's number is in the head already: each attempt's copy of the head then
+        // holds the header's room, and a later attempt only changes its value.
         headers.insert(&ATTEMPT, headers::count(1));
         // HTTP/2 carries the host as `:authority`, which is the upstream's (never the
         // client's: that would let a client choose where we connect). A differing `Host`
@@ -354,44 +353,12 @@ impl Head {
         })
     }
 
-    /// Hands the head to the attempts. The headers move into the [`Outbound`], which sends
-    /// them with the first attempt and keeps a [`HeaderCopy`] for everything after: the
-    /// head is borrowed while it lives and its map is empty afterwards, so what reads the
-    /// request's headers from then on reads [`Outbound::headers`].
-    pub fn outbound(&mut self) -> Outbound<'_> {
-        let headers = std::mem::take(&mut self.headers);
-        Outbound {
-            method: &self.method,
-            uri: &self.uri,
-            copy: HeaderCopy::of(&headers),
-            first: Mutex::new(Some(headers)),
-        }
-    }
-}
-
-/// A head as the attempts send it: the first attempt takes the head's own map, a retry
-/// or a hedge rebuilds one from the copy (`header_copy`: a little cheaper to write than a
-/// clone of the map, and most requests never read it).
-#[derive(Debug)]
-pub struct Outbound<'h> {
-    pub method: &'h Method,
-    pub uri: &'h Uri,
-    /// The head's map until an attempt takes it. A lock, not a cell: the attempts of a
-    /// hedged request run at once, and the request's future moves between threads.
-    first: Mutex<Option<HeaderMap>>,
-    copy: HeaderCopy,
-}
-
-impl Outbound<'_> {
     /// The request for attempt `n` (1-based).
     pub fn request(&self, n: u32, body: UpstreamBody) -> Request<UpstreamBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
-        // Poisoned only by a panic while it was held, which `take` cannot raise; the copy
-        // serves then too.
-        let first = self.first.lock().ok().and_then(|mut first| first.take());
-        let mut headers = first.unwrap_or_else(|| self.copy.rebuild());
+        let mut headers = self.headers.clone();
         if n != 1 {
             if let Some(value) = headers.get_mut(&ATTEMPT) {
                 *value = headers::count(n);
@@ -399,17 +366,6 @@ impl Outbound<'_> {
         }
         *req.headers_mut() = headers;
         req
-    }
-
-    /// The request's headers as every attempt sends them (before its attempt number and
-    /// trace context), rebuilt: for what reads them once an attempt may have taken them.
-    pub fn headers(&self) -> HeaderMap {
-        self.copy.rebuild()
-    }
-
-    /// Every value of one of those headers, without rebuilding them.
-    pub fn values(&self, name: &http::HeaderName) -> Vec<HeaderValue> {
-        self.copy.values(name)
     }
 }
 
