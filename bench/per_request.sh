@@ -17,6 +17,13 @@
 #       query (/small?n=1, 2, ...), so each response with a store behind it is a store
 #       write (outrigger-on keeps stale copies), which a hot key does at most once a second;
 #       writes bench/results/per_request_distinct.tsv and leaves docs alone
+#   FAIL=1 bash bench/per_request.sh   # the failure path: the origin answers 503, so each
+#       GET is three attempts (1 ms apart) and then the fallback body (outrigger-fail:
+#       outrigger-on's retries with a fixed 1 ms backoff, budget and breaker set so that
+#       every request makes all three, fallback on), the only target this mode counts (the floor and nginx would
+#       pass the 503 through once: nothing to compare); writes
+#       bench/results/per_request_fail.tsv and leaves docs alone.
+#       An outage is when the proxy must stay cheap, and nothing else counts this path.
 #   LOAD=64 bash bench/per_request.sh   # instructions per request under load instead:
 #       wrk keeps LOAD keep-alive connections busy for D1 and then D2 seconds (15 and 45),
 #       per request = (instructions at D2 - at D1) / (requests at D2 - at D1); floor,
@@ -36,6 +43,7 @@ N1=${N1:-500}
 N2=${N2:-2500}
 LOAD=${LOAD:-}
 DISTINCT=${DISTINCT:-}
+FAIL=${FAIL:-}
 D1=${D1:-15}
 D2=${D2:-45}
 OUT=bench/results
@@ -73,7 +81,11 @@ events { worker_connections 1024; }
 http {
   access_log off;
   keepalive_requests 10000000;
-  server { listen $ORIGIN; location = /small { return 200 "ok"; } }
+  server {
+    listen $ORIGIN;
+    location = /small { return 200 "ok"; }
+    location = /fail { return 503 "down"; }
+  }
 }
 NGINX
 nginx -c "$WORK/origin.conf" -g 'daemon off;' & PIDS+=($!)
@@ -124,6 +136,17 @@ ALL="defaults:
   hedge: { delay: 1s, max_ratio: 0.05 }
 "
 outrigger_yaml "$WORK/all.yaml" "$ALL"
+# The failure path (FAIL=1): outrigger-on's three attempts with a short fixed backoff (the
+# default's waits would only stretch the run), a static budget with room for every retry
+# (the adaptive one learns that retries fail and stops granting them, so attempts per
+# request would drift with the run's length), no breaker (an open one would stop the
+# attempts too), a fallback body to answer with: the dearest a failing GET can be.
+outrigger_yaml "$WORK/fail.yaml" "defaults:
+  retry: { attempts: 3, backoff: { base: 1ms, max: 1ms, jitter: none }, budget: { adaptive: false, ratio: 10.0, min_per_second: 100000 } }
+  stale_if_error: { max_age: 5m }
+  circuit_breaker: { enabled: false }
+  fallback: { status: 200, body: fallback }
+"
 REDIS_PORT=18383
 outrigger_yaml "$WORK/shared.yaml" "$(printf '%s' "$ALL" | sed 's/burst: 1000000 }/burst: 1000000, scope: shared }/; s/max_age: 5m }/max_age: 5m, scope: shared }/')
 shared: { redis: \"redis://127.0.0.1:$REDIS_PORT/0\" }
@@ -138,6 +161,7 @@ cat > "$WORK/drive.py" <<'PY'
 import http.client, os, sys, time
 port, n = int(sys.argv[1]), int(sys.argv[2])
 distinct = bool(os.environ.get("DISTINCT"))
+path, want = ("/fail", b"fallback") if os.environ.get("FAIL") else ("/small", b"ok")
 for _ in range(600):  # wait (up to 60 s under valgrind) for the proxy to listen
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -148,10 +172,10 @@ for _ in range(600):  # wait (up to 60 s under valgrind) for the proxy to listen
 else:
     sys.exit(f"nothing answers on {port}")
 for i in range(n - 1):
-    conn.request("GET", f"/small?n={i}" if distinct else "/small")
+    conn.request("GET", f"{path}?n={i}" if distinct else path)
     r = conn.getresponse()
     body = r.read()
-    assert r.status == 200 and body == b"ok", (r.status, body)
+    assert r.status == 200 and body == want, (r.status, body)
 PY
 
 # target_cmd TARGET: sets port and cmd, how TARGET listens and starts.
@@ -163,6 +187,7 @@ target_cmd() {
     outrigger-on) port=18382; cmd=("$BIN" --config "$WORK/on.yaml" --threads 1 --log-level warn) ;;
     outrigger-all) port=18382; cmd=("$BIN" --config "$WORK/all.yaml" --threads 1 --log-level warn) ;;
     outrigger-shared) port=18382; cmd=("$BIN" --config "$WORK/shared.yaml" --threads 1 --log-level warn) ;;
+    outrigger-fail) port=18382; cmd=("$BIN" --config "$WORK/fail.yaml" --threads 1 --log-level warn) ;;
   esac
 }
 
@@ -219,6 +244,8 @@ fi
 
 TSV="$OUT/per_request.tsv"
 [ -n "$DISTINCT" ] && TSV="$OUT/per_request_distinct.tsv"
+[ -n "$FAIL" ] && TSV="$OUT/per_request_fail.tsv"
+[ -n "$FAIL" ] && TARGETS=outrigger-fail
 printf 'target\tinstructions_per_req\tallocations_per_req\n' > "$TSV"
 printf '%-15s %22s %22s\n' target instructions/request allocations/request
 for target in ${TARGETS:-floor outrigger-off outrigger-on outrigger-all outrigger-shared nginx}; do
@@ -230,8 +257,8 @@ for target in ${TARGETS:-floor outrigger-off outrigger-on outrigger-all outrigge
   printf '%s\t%s\t%s\n' "$target" "$ipr" "$apr" >> "$TSV"
   printf '%-15s %22s %22s\n' "$target" "$ipr" "$apr"
 done
-# A partial run (TARGETS) or a DISTINCT one leaves docs/benchmarks.md alone.
-[ -n "${TARGETS:-}" ] || [ -n "$DISTINCT" ] && exit 0
+# A partial run (TARGETS), a DISTINCT or a FAIL one leaves docs/benchmarks.md alone.
+[ -n "${TARGETS:-}" ] || [ -n "$DISTINCT" ] || [ -n "$FAIL" ] && exit 0
 python3 - "$TSV" docs/benchmarks.md "$N1" "$N2" "$(git describe --always --dirty --abbrev=7)" <<'PY'
 import csv, sys
 tsv, md, n1, n2, rev = sys.argv[1:6]
