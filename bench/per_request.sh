@@ -11,6 +11,7 @@
 #       (allocations counted on BIN itself, or on COUNT_BIN: a plain-malloc build of it)
 #       (run once per binary for a before/after; bench/tracing_cost.sh adds traced rows)
 #   TARGETS=outrigger-on bash bench/per_request.sh   # only these rows; docs left alone
+#       (outrigger-on+log, outrigger-on with its access log, is counted only when named)
 #   KEEP=/tmp/cg bash bench/per_request.sh   # also keeps each run's callgrind/DHAT output;
 #       python3 bench/callgrind_diff.py compares two of them per function
 #   DISTINCT=1 TARGETS=outrigger-on bash bench/per_request.sh   # every GET for a new
@@ -185,6 +186,7 @@ target_cmd() {
     floor) port=18382; cmd=("$FLOOR" 127.0.0.1:18382 "$ORIGIN") ;;
     outrigger-off) port=18382; cmd=("$BIN" --config "$WORK/off.yaml" --threads 1 --log-level warn) ;;
     outrigger-on) port=18382; cmd=("$BIN" --config "$WORK/on.yaml" --threads 1 --log-level warn) ;;
+    outrigger-on+log) port=18382; cmd=("$BIN" --config "$WORK/on.yaml" --threads 1 --log-level info) ;;
     outrigger-all) port=18382; cmd=("$BIN" --config "$WORK/all.yaml" --threads 1 --log-level warn) ;;
     outrigger-shared) port=18382; cmd=("$BIN" --config "$WORK/shared.yaml" --threads 1 --log-level warn) ;;
     outrigger-fail) port=18382; cmd=("$BIN" --config "$WORK/fail.yaml" --threads 1 --log-level warn) ;;

@@ -14,9 +14,10 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::vocab::json::escape_into;
+use crate::vocab::time::write_log_timestamp;
 
 /// How log lines are written: JSON objects, or text for people.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -45,8 +46,8 @@ pub struct Entry<'a> {
 }
 
 thread_local! {
-    /// (second the prefix is for, "YYYY-MM-DDTHH:MM:SS", line buffer)
-    static BUF: RefCell<(u64, String, String)> = RefCell::new((u64::MAX, String::new(), String::with_capacity(512)));
+    /// The line being written, its capacity kept from one request to the next.
+    static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
 }
 
 /// Whether the access log is on (a request need not keep what only the line uses).
@@ -57,20 +58,12 @@ pub fn enabled() -> bool {
 /// Writes the line for one request, if the access log is on.
 pub fn record(entry: &Entry<'_>) {
     let Some(format) = SINK.get() else { return };
-    BUF.with(|cell| {
-        let (second, prefix, line) = &mut *cell.borrow_mut();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        if now.as_secs() != *second {
-            *second = now.as_secs();
-            *prefix = crate::vocab::time::rfc3339(SystemTime::now());
-            prefix.pop(); // the 'Z'; sub-second digits follow
-        }
+    LINE.with(|cell| {
+        let line = &mut *cell.borrow_mut();
         line.clear();
         match format {
-            LogFormat::Json => json(line, prefix, now.subsec_micros(), entry),
-            LogFormat::Text => text(line, prefix, now.subsec_micros(), entry),
+            LogFormat::Json => json(line, entry),
+            LogFormat::Text => text(line, entry),
         }
         if let Some((trace_id, span_id)) = crate::otel::ids() {
             trace_ids(line, format, &trace_id, &span_id);
@@ -81,11 +74,10 @@ pub fn record(entry: &Entry<'_>) {
     });
 }
 
-fn json(line: &mut String, prefix: &str, micros: u32, e: &Entry<'_>) {
-    let _ = write!(
-        line,
-        r#"{{"timestamp":"{prefix}.{micros:06}Z","level":"INFO","message":"request","request_id":""#
-    );
+fn json(line: &mut String, e: &Entry<'_>) {
+    line.push_str(r#"{"timestamp":""#);
+    let _ = write_log_timestamp(line);
+    line.push_str(r#"","level":"INFO","message":"request","request_id":""#);
     escape_into(line, e.request_id);
     line.push_str(r#"","method":""#);
     escape_into(line, e.method);
@@ -115,10 +107,11 @@ fn trace_ids(line: &mut String, format: &LogFormat, trace_id: &str, span_id: &st
     }
 }
 
-fn text(line: &mut String, prefix: &str, micros: u32, e: &Entry<'_>) {
+fn text(line: &mut String, e: &Entry<'_>) {
+    let _ = write_log_timestamp(line);
     let _ = write!(
         line,
-        "{prefix}.{micros:06}Z  INFO access: request request_id={} method={} path={} route={} status={} outcome={} attempts={} duration_ms={:.3}",
+        "  INFO access: request request_id={} method={} path={} route={} status={} outcome={} attempts={} duration_ms={:.3}",
         e.request_id,
         e.method,
         e.path,
@@ -150,11 +143,18 @@ mod tests {
     #[test]
     fn json_lines_are_valid_objects_with_every_field() {
         let mut line = String::new();
-        json(&mut line, "2026-11-28T04:00:00", 42, &entry());
-        assert_eq!(
-            line,
-            r#"{"timestamp":"2026-11-28T04:00:00.000042Z","level":"INFO","message":"request","request_id":"abc","method":"GET","path":"/a\"b","route":"default","status":200,"outcome":"upstream","attempts":1,"duration_ms":1.500,"target":"access"}"#
+        json(&mut line, &entry());
+        let (stamp, rest) = line.split_at(r#"{"timestamp":"2026-11-28T04:00:00.000042Z""#.len());
+        assert!(
+            stamp.starts_with(r#"{"timestamp":"20"#) && stamp.ends_with(r#"Z""#),
+            "{line}"
         );
+        assert_eq!(
+            rest,
+            r#","level":"INFO","message":"request","request_id":"abc","method":"GET","path":"/a\"b","route":"default","status":200,"outcome":"upstream","attempts":1,"duration_ms":1.500,"target":"access"}"#
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed["path"], "/a\"b");
     }
 
     #[test]

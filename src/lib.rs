@@ -22,7 +22,7 @@
 //!
 //! Layers, top to bottom (a module imports only from its own layer or below):
 //! `main` → `app` → `edge`, `admin` → `proxy` → `resilience`, `server`, `otel`,
-//! `access_log` → `config`, `metrics`, `vocab`. Services sit only at the edge: the accept
+//! `access_log`, `event_json` → `config`, `metrics`, `vocab`. Services sit only at the edge: the accept
 //! loop takes any `hyper::service::Service` and hands it to hyper; the policy inside stays
 //! plain async functions.
 //!
@@ -37,7 +37,8 @@
 //! - [`otel`]: OpenTelemetry spans and their export.
 //! - [`server`]: accept loop (serves whatever service it is given), lifecycle, signals.
 //! - [`shared`]: rate limits and stored copies shared by replicas through Redis (`scope: shared`).
-//! - [`logging`]: JSON or text logs; [`access_log`]: the per-request line, written by hand.
+//! - [`logging`]: JSON or text logs; [`access_log`]: the per-request line, and
+//!   [`event_json`]: every other event's JSON line, both written by hand.
 //! - [`vocab`]: the words every layer shares (REASON, JSON escaping, RFC 3339 time).
 
 #![forbid(unsafe_code)]
@@ -48,6 +49,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod edge;
+pub mod event_json;
 pub mod hex;
 pub mod logging;
 pub mod metrics;

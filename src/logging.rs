@@ -2,10 +2,13 @@
 //!
 //! The access log is one `info` line with target `access` per request, written by
 //! `access_log` (on when the filter lets `access` at `info` through); failed attempts are
-//! `warn` events. Neither ever carries a body, a query string,
-//! `Authorization` or `Cookie`: the proxy logs the path only.
+//! `warn` events, written as JSON by `event_json` (as text by `tracing-subscriber`). Neither
+//! ever carries a body, a query string, `Authorization` or `Cookie`: the proxy logs the
+//! path only.
 
 use tracing_subscriber::EnvFilter;
+
+use crate::event_json::JsonLine;
 
 // Defined beside the access log, which writes both formats by hand: `access_log` then
 // needs nothing from here, and this module (which switches it on) depends on it alone.
@@ -44,12 +47,7 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
         .with_env_filter(filter)
         .with_writer(std::io::stdout);
     let result = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .try_init(),
+        LogFormat::Json => builder.event_format(JsonLine).try_init(),
         LogFormat::Text => builder.try_init(),
     };
     result.map_err(|e| e.to_string())?;

@@ -156,3 +156,54 @@ async fn zero_config_mode_runs_with_only_an_upstream() {
     p.signal(libc::SIGINT);
     assert!(p.wait().await.success(), "Ctrl-C exits cleanly");
 }
+
+#[tokio::test]
+async fn json_logs_have_a_warn_line_per_failed_attempt_and_an_access_line() {
+    let backend = Backend::start().await;
+    backend.script([Action::Status(503), Action::Status(502)]);
+    let (listen, admin) = (free_port(), free_port());
+    let config = temp_file(
+        "logs.yaml",
+        &format!(
+            "listen: 127.0.0.1:{listen}\nadmin_listen: 127.0.0.1:{admin}\nupstream: {{ url: \"{}\" }}\n\
+             defaults:\n  retry: {{ attempts: 3, backoff: {{ base: 5ms, max: 5ms, jitter: none }} }}\n",
+            backend.url()
+        ),
+    );
+    let log = config.with_file_name("stdout.log");
+    let mut p = Process::spawn_logging(&["--config", config.to_str().unwrap()], &log);
+    wait_ready(format!("127.0.0.1:{admin}").parse().unwrap()).await;
+    let (status, headers, _) = get(&format!("http://127.0.0.1:{listen}/orders?token=hidden")).await;
+    assert_eq!(
+        (status, &headers["x-outrigger-attempts"]),
+        (StatusCode::OK, &"3".parse().unwrap())
+    );
+    p.signal(libc::SIGTERM);
+    assert!(p.wait().await.success());
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object: {e}: {l}"))
+        })
+        .collect();
+    let warns: Vec<&serde_json::Value> = lines.iter().filter(|l| l["level"] == "WARN").collect();
+    assert_eq!(warns.len(), 2, "one per failed attempt: {text}");
+    for (w, (attempt, reason)) in warns.iter().zip([(1, "status-503"), (2, "status-502")]) {
+        assert_eq!(w["attempt"], attempt, "{w}");
+        assert_eq!(w["reason"], reason, "{w}");
+        assert_eq!(w["backoff_ms"], 5, "the backoff chosen: {w}");
+        assert_eq!(w["route"], "default", "{w}");
+        assert!(w["timestamp"].as_str().unwrap().ends_with('Z'), "{w}");
+    }
+    let access: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["target"] == "access").collect();
+    assert_eq!(access.len(), 1, "{text}");
+    assert_eq!(access[0]["path"], "/orders");
+    assert_eq!(access[0]["attempts"], 3);
+    assert!(
+        !text.contains("hidden"),
+        "a query's values never reach the log: {text}"
+    );
+}

@@ -348,3 +348,63 @@ fn tracing_config_errors_name_the_path_and_line() {
         .tracing
         .is_none());
 }
+
+/// The real binary's log lines for a traced request (SPEC §7.5): the warn line of its failed
+/// attempt and its access line both carry the trace id and the server span's id.
+#[tokio::test]
+async fn a_traced_request_s_log_lines_carry_its_trace_and_span_ids() {
+    use support::process::{free_port, wait_ready, Process};
+    let collector = Collector::start().await;
+    let backend = Backend::start().await;
+    backend.script([Action::Status(503)]);
+    let (listen, admin) = (free_port(), free_port());
+    let config = temp_file(
+        "traced-logs.yaml",
+        &format!(
+            "listen: 127.0.0.1:{listen}\nadmin_listen: 127.0.0.1:{admin}\nupstream: {{ url: \"{}\" }}\n\
+             defaults:\n  retry: {{ backoff: {{ base: 5ms, max: 5ms, jitter: none }} }}\n{}",
+            backend.url(),
+            tracing_yaml(&collector.endpoint(), 0.0)
+        ),
+    );
+    let log = config.with_file_name("stdout.log");
+    let mut p = Process::spawn_logging(&["--config", config.to_str().unwrap()], &log);
+    wait_ready(format!("127.0.0.1:{admin}").parse().unwrap()).await;
+    let parent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    let req = get_with(
+        &format!("http://127.0.0.1:{listen}/items"),
+        &[("traceparent", &parent)],
+    );
+    let (status, headers, _) = send(req).await;
+    assert_eq!(
+        (status, &headers["x-outrigger-attempts"]),
+        (http::StatusCode::OK, &"2".parse().unwrap())
+    );
+    let spans = spans_of(&collector, CLIENT_TRACE, 3).await;
+    let server = spans.iter().find(|s| s.kind == 2).expect("a server span");
+    p.signal(libc::SIGTERM);
+    assert!(p.wait().await.success());
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let warn = lines
+        .iter()
+        .find(|l| l["level"] == "WARN")
+        .expect("the failed attempt's line");
+    let access = lines
+        .iter()
+        .find(|l| l["target"] == "access")
+        .expect("the access line");
+    for line in [warn, access] {
+        assert_eq!(line["trace_id"], CLIENT_TRACE, "{line}");
+        assert_eq!(line["span_id"], server.span_id.as_str(), "{line}");
+    }
+    let untraced: Vec<_> = lines
+        .iter()
+        .filter(|l| l.get("trace_id").is_none())
+        .collect();
+    assert!(untraced.iter().all(|l| l["level"] != "WARN"), "{text}");
+}

@@ -10,19 +10,53 @@ pub fn escape(text: &str) -> String {
 
 /// Appends `text` escaped for a JSON string literal (as is when nothing needs escaping).
 pub fn escape_into(out: &mut String, text: &str) {
-    use std::fmt::Write as _;
-    if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
-        out.push_str(text);
-        return;
+    let _ = escape_to(out, text);
+}
+
+/// Writes `text` escaped for a JSON string literal to any `fmt::Write`, in runs: the text
+/// between two characters that need escaping is written in one piece.
+pub fn escape_to(out: &mut impl std::fmt::Write, text: &str) -> std::fmt::Result {
+    if !text.bytes().any(needs_escape) {
+        return out.write_str(text);
     }
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    let mut start = 0;
+    for (i, b) in text.bytes().enumerate() {
+        if !needs_escape(b) {
+            continue;
         }
+        out.write_str(&text[start..i])?;
+        match b {
+            b'"' => out.write_str("\\\"")?,
+            b'\\' => out.write_str("\\\\")?,
+            _ => write!(out, "\\u{:04x}", b)?,
+        }
+        start = i + 1;
+    }
+    out.write_str(&text[start..])
+}
+
+/// The bytes JSON does not allow as they are in a string: controls, `"` and `\`. None of
+/// them occurs inside a multi-byte UTF-8 character, so splitting at them keeps characters
+/// whole.
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_only_what_json_forbids_and_keeps_the_rest_whole() {
+        assert_eq!(escape("plain /path"), "plain /path");
+        assert_eq!(
+            escape("é\"ü\\\n\u{1}ß tail"),
+            "é\\\"ü\\\\\\u000a\\u0001ß tail"
+        );
+        assert_eq!(escape("\"\""), "\\\"\\\"");
+        // Whatever it is given, the result parses back to the same text.
+        let text = "a\"b\\c\td\u{7f}é\u{1f}";
+        let parsed: String = serde_json::from_str(&format!("\"{}\"", escape(text))).unwrap();
+        assert_eq!(parsed, text);
     }
 }

@@ -1,5 +1,7 @@
-//! RFC 3339 timestamps for `/health`, without a date-time dependency.
+//! RFC 3339 timestamps for `/health` and log lines, without a date-time dependency.
 
+use std::cell::RefCell;
+use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Formats a time as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
@@ -13,6 +15,29 @@ pub fn rfc3339(time: SystemTime) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+thread_local! {
+    /// (the second it is for, `YYYY-MM-DDTHH:MM:SS` of that second)
+    static PREFIX: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// Writes the time now as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds): the timestamp
+/// of every log line. The part down to the second is formatted once a second per thread;
+/// a line pays for one clock read and six digits.
+pub fn write_log_timestamp(out: &mut impl fmt::Write) -> fmt::Result {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    PREFIX.with(|cell| {
+        let (second, prefix) = &mut *cell.borrow_mut();
+        if now.as_secs() != *second {
+            *second = now.as_secs();
+            *prefix = rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs()));
+            prefix.pop(); // the 'Z'; sub-second digits follow
+        }
+        write!(out, "{prefix}.{:06}Z", now.subsec_micros())
+    })
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -41,5 +66,25 @@ mod tests {
         assert_eq!(rfc3339(t), "2024-02-29T12:34:56Z");
         let t = UNIX_EPOCH + Duration::from_secs(1_798_761_599);
         assert_eq!(rfc3339(t), "2026-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn log_timestamps_have_microseconds_and_follow_the_clock() {
+        let mut first = String::new();
+        write_log_timestamp(&mut first).unwrap();
+        let before = rfc3339(SystemTime::now());
+        std::thread::sleep(Duration::from_millis(1100));
+        let mut second = String::new();
+        write_log_timestamp(&mut second).unwrap();
+        for t in [&first, &second] {
+            assert_eq!(t.len(), "2026-11-28T04:00:00.000042Z".len(), "{t}");
+            assert!(t.ends_with('Z') && t.as_bytes()[19] == b'.', "{t}");
+            assert!(t[20..26].bytes().all(|b| b.is_ascii_digit()), "{t}");
+        }
+        // The cached second is not reused once the clock has moved past it.
+        assert!(
+            first[..19] <= before[..19] && first[..19] < second[..19],
+            "{first} {second}"
+        );
     }
 }

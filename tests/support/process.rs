@@ -38,8 +38,23 @@ impl Process {
         Process::spawn_binary(env!("CARGO_BIN_EXE_outrigger"), args, envs)
     }
 
+    /// Starts the binary with its standard output going to `stdout` (its log lines).
+    pub fn spawn_logging(args: &[&str], stdout: &std::path::Path) -> Process {
+        let file = std::fs::File::create(stdout).expect("create the log file");
+        Process::start(
+            env!("CARGO_BIN_EXE_outrigger"),
+            args,
+            &[],
+            Stdio::from(file),
+        )
+    }
+
     /// Starts this build of the binary (a release build, for measurements).
     pub fn spawn_binary(binary: &str, args: &[&str], envs: &[(&str, &str)]) -> Process {
+        Process::start(binary, args, envs, Stdio::null())
+    }
+
+    fn start(binary: &str, args: &[&str], envs: &[(&str, &str)], stdout: Stdio) -> Process {
         let mut cmd = Command::new(binary);
         cmd.args(args)
             .env_remove("OUTRIGGER_CONFIG")
@@ -51,7 +66,7 @@ impl Process {
         }
         let child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn outrigger");
