@@ -8,6 +8,8 @@
 #   BASELINE=/path/to/old/outrigger ONLY=get bash bench/compare.sh
 #       # before/after: an older binary with the same config joins the plain GET rounds as
 #       # `outrigger-before`; ONLY=get runs those rounds alone and leaves docs/ untouched
+#   BIN=target/pgo/x86_64-unknown-linux-gnu/release/outrigger BASELINE=target/release/outrigger \
+#       ONLY=get bash bench/compare.sh   # another build as outrigger-* (bench/pgo.sh's)
 #
 # The machine has 2 cores shared by wrk, the origin and the proxy under test; every proxy
 # gets one worker thread. All traffic stays on 127.0.0.1; every process started here is
@@ -24,9 +26,8 @@ mkdir -p "$OUT"
 
 need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
 need wrk wrk; need nginx nginx-light; need haproxy haproxy; need curl curl; need python3 python3
-cargo build --release --quiet
+if [ -z "${BIN:-}" ]; then cargo build --release --quiet; BIN=target/release/outrigger; fi
 cargo build --release --quiet --example floor   # bench/peers/floor.rs, the minimal hyper proxy
-BIN=target/release/outrigger
 ulimit -n "$(ulimit -Hn)"   # the hard limit here is 20000 descriptors
 
 WORK=$(mktemp -d)
