@@ -13,13 +13,19 @@
 //! line carries them).
 //!
 //! Field values keep the types `tracing` records: integers, floats and booleans as JSON
-//! numbers and booleans (a float that is not finite as `null`), everything else as a
-//! string (`%value` by `Display`, `?value` by `Debug`), escaped. Spans are not logged.
+//! numbers and booleans (a float keeps its point or exponent, `1.0` and `1e300`; one that
+//! is not finite is `null`), everything else as a string (`%value` by `Display`, `?value`
+//! by `Debug`), escaped. A value whose `Display` or `Debug` fails ends its string where it
+//! failed: the line stays one JSON object, where tracing-subscriber would have put a line of
+//! plain text on stdout. An event bridged from the `log` crate has the record's own target
+//! and level. Spans are not logged. A test formats the same events with tracing-subscriber's
+//! JSON formatter and compares.
 
 use std::fmt::{self, Write as _};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
@@ -52,7 +58,8 @@ fn write_line(
     event: &Event<'_>,
     ids: Option<(String, String)>,
 ) -> fmt::Result {
-    let meta = event.metadata();
+    let normalized = event.normalized_metadata();
+    let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
     out.write_str(r#"{"timestamp":""#)?;
     write_log_timestamp(out)?;
     out.write_str(r#"","level":""#)?;
@@ -103,11 +110,12 @@ impl<W: fmt::Write> Fields<'_, W> {
         }
     }
 
-    /// A value written as a JSON string.
+    /// A value written as a JSON string. An error from the value's own formatting ends the
+    /// string there: the line must stay one JSON object.
     fn string(&mut self, field: &Field, write: impl FnOnce(&mut Escaping<'_, W>) -> fmt::Result) {
         self.entry(field, |out| {
             out.write_char('"')?;
-            write(&mut Escaping(out))?;
+            let _ = write(&mut Escaping(out));
             out.write_char('"')
         });
     }
@@ -142,7 +150,8 @@ impl<W: fmt::Write> Visit for Fields<'_, W> {
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         if value.is_finite() {
-            self.entry(field, |out| write!(out, "{value}"));
+            // `Debug` keeps a point or an exponent (`1.0`, `1e300`): still a JSON number.
+            self.entry(field, |out| write!(out, "{value:?}"));
         } else {
             self.entry(field, |out| out.write_str("null"));
         }
@@ -233,36 +242,141 @@ mod tests {
         assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
     }
 
+    /// Events of every kind of field value, bridged `log` records and a failing value.
+    fn events() {
+        let err = std::io::Error::other("broken \"pipe\"\n");
+        tracing::error!(
+            negative = -3i64,
+            yes = true,
+            whole = 1.0f64,
+            huge = 1e300f64,
+            tiny = -2.5e-8f64,
+            nan = f64::NAN,
+            inf = f64::INFINITY,
+            big = u128::MAX,
+            text = "tab\there \\ \u{1} \r\n{\"forged\":1} é",
+            debug = ?Some("quoted \"x\""),
+            error = &err as &(dyn std::error::Error + 'static),
+            "line one\nline \"two\""
+        );
+        tracing::info!(only = 7u64);
+        tracing::debug!(target: "some::other", "no fields");
+        tracing_log::format_trace(
+            &tracing_log::log::Record::builder()
+                .args(format_args!("from the log crate"))
+                .level(tracing_log::log::Level::Warn)
+                .target("legacy::module")
+                .build(),
+        )
+        .unwrap();
+    }
+
     #[test]
     fn every_kind_of_value_stays_valid_json() {
-        let err = std::io::Error::other("broken \"pipe\"\n");
-        let text = text_of(|| {
-            tracing::error!(
-                negative = -3i64,
-                yes = true,
-                ratio = 0.25f64,
-                nan = f64::NAN,
-                text = "tab\there \\ \u{1} é",
-                debug = ?Some("quoted \"x\""),
-                error = &err as &(dyn std::error::Error + 'static),
-                "line one\nline \"two\""
-            );
-        });
+        let text = text_of(events);
         assert_eq!(
             text.lines().count(),
-            1,
+            4,
             "a newline in a value is escaped: {text}"
         );
-        let l = parse(text.trim_end());
+        let l = parse(text.lines().next().unwrap());
         assert_eq!(l["level"], "ERROR");
         assert_eq!(l["message"], "line one\nline \"two\"");
         assert_eq!(l["negative"], -3);
         assert_eq!(l["yes"], true);
-        assert_eq!(l["ratio"], 0.25);
-        assert!(l["nan"].is_null());
-        assert_eq!(l["text"], "tab\there \\ \u{1} é");
+        assert!(
+            l["whole"].is_f64() && l["whole"] == 1.0,
+            "a float stays a float: {l}"
+        );
+        assert_eq!(l["huge"], 1e300);
+        assert!(l["nan"].is_null() && l["inf"].is_null());
+        assert_eq!(l["big"], u128::MAX.to_string());
+        assert_eq!(l["text"], "tab\there \\ \u{1} \r\n{\"forged\":1} é");
         assert_eq!(l["debug"], "Some(\"quoted \\\"x\\\"\")");
         assert_eq!(l["error"], "broken \"pipe\"\n");
+        let bridged = parse(text.lines().nth(3).unwrap());
+        assert_eq!(
+            (&bridged["target"], &bridged["level"]),
+            (&"legacy::module".into(), &"WARN".into())
+        );
+    }
+
+    /// The keys of a JSON object, in the order written.
+    struct Keys(Vec<String>);
+
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Keys, D::Error> {
+            struct Visitor;
+            impl<'de> serde::de::Visitor<'de> for Visitor {
+                type Value = Keys;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some((k, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                        keys.push(k);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            d.deserialize_map(Visitor)
+        }
+    }
+
+    /// The same events through tracing-subscriber's own JSON formatter, as outrigger had it
+    /// configured, give the same objects with the same keys in the same order (timestamps
+    /// aside).
+    #[test]
+    fn lines_match_tracing_subscriber_s_json_formatter() {
+        let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = buf.clone();
+        let theirs = tracing_subscriber::fmt()
+            .with_max_level(Level::TRACE)
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(theirs, events);
+        let theirs = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        let ours = text_of(events);
+        assert_eq!(
+            ours.lines().count(),
+            theirs.lines().count(),
+            "{ours}\n{theirs}"
+        );
+        for (o, t) in ours.lines().zip(theirs.lines()) {
+            let (mut ov, mut tv) = (parse(o), parse(t));
+            ov.as_object_mut().unwrap().remove("timestamp");
+            tv.as_object_mut().unwrap().remove("timestamp");
+            assert_eq!(ov, tv, "\nours:   {o}\ntheirs: {t}");
+            let order = |line: &str| serde_json::from_str::<Keys>(line).unwrap().0;
+            assert_eq!(order(o), order(t), "\nours:   {o}\ntheirs: {t}");
+        }
+    }
+
+    #[test]
+    fn a_value_whose_formatting_fails_still_leaves_one_json_line() {
+        struct Bad;
+        impl fmt::Debug for Bad {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("half \"")?;
+                Err(fmt::Error)
+            }
+        }
+        let text = text_of(|| tracing::info!(d = ?Bad, after = 1u64, "m"));
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let l = parse(text.trim_end());
+        assert_eq!(
+            (&l["d"], &l["after"]),
+            (&"half \"".into(), &1.into()),
+            "{l}"
+        );
     }
 
     /// Writes each event's line with fixed ids, as for a traced request.

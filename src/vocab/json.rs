@@ -28,6 +28,9 @@ pub fn escape_to(out: &mut impl std::fmt::Write, text: &str) -> std::fmt::Result
         match b {
             b'"' => out.write_str("\\\"")?,
             b'\\' => out.write_str("\\\\")?,
+            b'\n' => out.write_str("\\n")?,
+            b'\r' => out.write_str("\\r")?,
+            b'\t' => out.write_str("\\t")?,
             _ => write!(out, "\\u{:04x}", b)?,
         }
         start = i + 1;
@@ -49,10 +52,7 @@ mod tests {
     #[test]
     fn escapes_only_what_json_forbids_and_keeps_the_rest_whole() {
         assert_eq!(escape("plain /path"), "plain /path");
-        assert_eq!(
-            escape("é\"ü\\\n\u{1}ß tail"),
-            "é\\\"ü\\\\\\u000a\\u0001ß tail"
-        );
+        assert_eq!(escape("é\"ü\\\n\u{1}ß tail"), "é\\\"ü\\\\\\n\\u0001ß tail");
         assert_eq!(escape("\"\""), "\\\"\\\"");
         // Whatever it is given, the result parses back to the same text.
         let text = "a\"b\\c\td\u{7f}é\u{1f}";

@@ -24,20 +24,35 @@ thread_local! {
 
 /// Writes the time now as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds): the timestamp
 /// of every log line. The part down to the second is formatted once a second per thread;
-/// a line pays for one clock read and six digits.
+/// a line pays for one clock read and six digits. (On a thread whose cache is gone, during
+/// its exit, the whole timestamp is formatted anew.)
 pub fn write_log_timestamp(out: &mut impl fmt::Write) -> fmt::Result {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    PREFIX.with(|cell| {
-        let (second, prefix) = &mut *cell.borrow_mut();
-        if now.as_secs() != *second {
-            *second = now.as_secs();
-            *prefix = rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs()));
-            prefix.pop(); // the 'Z'; sub-second digits follow
-        }
+    let second = now.as_secs();
+    let write_prefix = |out: &mut dyn fmt::Write, prefix: &str| {
         write!(out, "{prefix}.{:06}Z", now.subsec_micros())
-    })
+    };
+    let cached = PREFIX.try_with(|cell| {
+        let (cached_second, prefix) = &mut *cell.borrow_mut();
+        if second != *cached_second {
+            *cached_second = second;
+            *prefix = seconds_prefix(second);
+        }
+        write_prefix(out, prefix)
+    });
+    match cached {
+        Ok(written) => written,
+        Err(_) => write_prefix(out, &seconds_prefix(second)),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a second since the epoch.
+fn seconds_prefix(second: u64) -> String {
+    let mut prefix = rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(second));
+    prefix.pop(); // the 'Z'; sub-second digits follow
+    prefix
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -70,21 +85,27 @@ mod tests {
 
     #[test]
     fn log_timestamps_have_microseconds_and_follow_the_clock() {
-        let mut first = String::new();
-        write_log_timestamp(&mut first).unwrap();
-        let before = rfc3339(SystemTime::now());
-        std::thread::sleep(Duration::from_millis(1100));
-        let mut second = String::new();
-        write_log_timestamp(&mut second).unwrap();
-        for t in [&first, &second] {
+        // (the clock's second before, the timestamp's, the clock's second after)
+        let stamp = || {
+            let before = rfc3339(SystemTime::now());
+            let mut t = String::new();
+            write_log_timestamp(&mut t).unwrap();
+            let after = rfc3339(SystemTime::now());
             assert_eq!(t.len(), "2026-11-28T04:00:00.000042Z".len(), "{t}");
             assert!(t.ends_with('Z') && t.as_bytes()[19] == b'.', "{t}");
             assert!(t[20..26].bytes().all(|b| b.is_ascii_digit()), "{t}");
-        }
-        // The cached second is not reused once the clock has moved past it.
+            assert!(
+                before[..19] <= t[..19] && t[..19] <= after[..19],
+                "{before} {t} {after}"
+            );
+            t
+        };
+        let (first, again) = (stamp(), stamp()); // the second's prefix from the cache
+        std::thread::sleep(Duration::from_millis(1100));
+        let later = stamp(); // a new second: the cache is not reused past it
         assert!(
-            first[..19] <= before[..19] && first[..19] < second[..19],
-            "{first} {second}"
+            first[..19] <= again[..19] && again[..19] < later[..19],
+            "{first} {again} {later}"
         );
     }
 }
