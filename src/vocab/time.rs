@@ -30,21 +30,18 @@ pub fn write_log_timestamp(out: &mut impl fmt::Write) -> fmt::Result {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let second = now.as_secs();
-    let write_prefix = |out: &mut dyn fmt::Write, prefix: &str| {
-        write!(out, "{prefix}.{:06}Z", now.subsec_micros())
-    };
+    let (second, micros) = (now.as_secs(), now.subsec_micros());
     let cached = PREFIX.try_with(|cell| {
         let (cached_second, prefix) = &mut *cell.borrow_mut();
         if second != *cached_second {
             *cached_second = second;
             *prefix = seconds_prefix(second);
         }
-        write_prefix(out, prefix)
+        write!(out, "{prefix}.{micros:06}Z")
     });
     match cached {
         Ok(written) => written,
-        Err(_) => write_prefix(out, &seconds_prefix(second)),
+        Err(_) => write!(out, "{}.{micros:06}Z", seconds_prefix(second)),
     }
 }
 
