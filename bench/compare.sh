@@ -27,6 +27,10 @@ mkdir -p "$OUT"
 need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
 need wrk wrk; need nginx nginx-light; need haproxy haproxy; need curl curl; need python3 python3
 if [ -z "${BIN:-}" ]; then cargo build --release --quiet; BIN=target/release/outrigger; fi
+# Another build's figures must not land in docs/ under the outrigger-* names.
+if [ "$BIN" != target/release/outrigger ] && [ "$ONLY" != get ]; then
+  echo "BIN= is for before/after runs: give ONLY=get (docs/ are then left alone)" >&2; exit 2
+fi
 cargo build --release --quiet --example floor   # bench/peers/floor.rs, the minimal hyper proxy
 ulimit -n "$(ulimit -Hn)"   # the hard limit here is 20000 descriptors
 

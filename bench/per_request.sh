@@ -24,7 +24,7 @@
 #       every request makes all three, fallback on), the only target this mode counts (the floor and nginx would
 #       pass the 503 through once: nothing to compare); writes
 #       bench/results/per_request_fail.tsv and leaves docs alone.
-#       An outage is when the proxy must stay cheap, and nothing else counts this path.
+#       An outage is when the proxy must stay cheap, and no other script counts this path.
 #   LOAD=64 bash bench/per_request.sh   # instructions per request under load instead:
 #       wrk keeps LOAD keep-alive connections busy for D1 and then D2 seconds (15 and 45),
 #       per request = (instructions at D2 - at D1) / (requests at D2 - at D1); floor,
@@ -45,6 +45,10 @@ N2=${N2:-2500}
 LOAD=${LOAD:-}
 DISTINCT=${DISTINCT:-}
 FAIL=${FAIL:-}
+if [ -n "$FAIL" ]; then
+  [ -z "${LOAD:-}" ] || { echo "FAIL=1 counts one request at a time; it does not combine with LOAD" >&2; exit 2; }
+  TARGETS=outrigger-fail   # the only target the mode counts (any TARGETS given is replaced)
+fi
 D1=${D1:-15}
 D2=${D2:-45}
 OUT=bench/results
@@ -247,7 +251,6 @@ fi
 TSV="$OUT/per_request.tsv"
 [ -n "$DISTINCT" ] && TSV="$OUT/per_request_distinct.tsv"
 [ -n "$FAIL" ] && TSV="$OUT/per_request_fail.tsv"
-[ -n "$FAIL" ] && TARGETS=outrigger-fail
 printf 'target\tinstructions_per_req\tallocations_per_req\n' > "$TSV"
 printf '%-15s %22s %22s\n' target instructions/request allocations/request
 for target in ${TARGETS:-floor outrigger-off outrigger-on outrigger-all outrigger-shared nginx}; do

@@ -33,7 +33,8 @@ rm -rf "$PROF"; mkdir -p "$PROF/raw"
 # 2. Training.
 WORK=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+TRAINEE=""   # the proxy being trained, while it runs
+cleanup() { for p in "${PIDS[@]}" $TRAINEE; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 ORIGIN=127.0.0.1:18580
 head -c 4096 /dev/zero | tr "\\0" x > "$WORK/4k"; chmod 755 "$WORK"; chmod 644 "$WORK/4k"
@@ -68,8 +69,9 @@ train() {
   printf 'listen: 127.0.0.1:18582\nadmin_listen: 127.0.0.1:18583\nlimits: { max_concurrent_requests: 40000 }\nupstream: { url: "http://%s", pool_max_idle: 128 }\n%s' \
     "$ORIGIN" "$3" > "$WORK/$1.yaml"
   LLVM_PROFILE_FILE="$PROF/raw/$1-%m_%p.profraw" "$GEN" --config "$WORK/$1.yaml" --threads 1 --log-level "$2" > /dev/null &
-  local pid=$!; PIDS+=("$pid")
+  local pid=$!; TRAINEE=$pid
   for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:18582/small && break; sleep 0.1; done
+  curl -sf -o /dev/null http://127.0.0.1:18582/small || { echo "$1: the proxy does not answer" >&2; exit 1; }
   local p=http://127.0.0.1:18582
   wrk -t1 -c64 -d8s "$p/small" > /dev/null
   wrk -t1 -c64 -d3s "$p/4k" > /dev/null
@@ -81,7 +83,8 @@ train() {
   # connection for a second URL, against nginx as well.
   for u in small 4k flaky "small?q=1" small small; do curl -s -o /dev/null --http2-prior-knowledge "$p/$u"; done
   for _ in $(seq 20); do curl -s -o /dev/null http://127.0.0.1:18583/metrics -o /dev/null http://127.0.0.1:18583/health; done
-  kill -TERM "$pid"; wait "$pid" || true
+  kill -TERM "$pid"; wait "$pid" || true   # a clean exit writes the profile
+  TRAINEE=""
 }
 train on warn "defaults:
   retry: { attempts: 3 }
@@ -100,6 +103,7 @@ train all info "defaults:
 "
 train fallback warn "defaults:
   retry: { attempts: 3, backoff: { base: 1ms, max: 1ms, jitter: none }, budget: { adaptive: false, ratio: 10.0, min_per_second: 100000 } }
+  stale_if_error: { max_age: 5m }
   circuit_breaker: { enabled: false }
   fallback: { status: 200, body: fallback }
 "

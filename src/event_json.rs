@@ -3,14 +3,14 @@
 //!
 //! Why not `tracing-subscriber`'s own JSON formatter? It serialises through serde into an
 //! adaptor that checks every piece for UTF-8 again, and formats its timestamp from scratch:
-//! about 30,000 instructions a line (callgrind, `FAIL=1 bash bench/per_request.sh`). That
-//! is paid where the proxy can least afford it: SPEC §6 asks for a `warn` event per failed
-//! attempt, so in an outage every request writes three of them, and they were two thirds
-//! of a failing request's work. [`JsonLine`] writes the same object straight into the
-//! subscriber's line buffer: the timestamp shared with the access log (the second cached
-//! per thread), then the level, the event's fields in the order it recorded them, the
-//! target, and the trace and span ids when the request is traced (SPEC §7.5, as the access
-//! line carries them).
+//! about 15,000 instructions a line (callgrind: `FAIL=1 bash bench/per_request.sh` with and
+//! without `warn` lines). That is paid where the proxy can least afford it: SPEC §6 asks
+//! for a `warn` event per failed attempt, so in an outage every request writes three of
+//! them, a third of a failing request's work. [`JsonLine`] writes the same object straight
+//! into the subscriber's line buffer, at about 5,000 a line: the timestamp shared with the
+//! access log (the second cached per thread), then the level, the event's fields in the
+//! order it recorded them, the target, and the trace and span ids when the request is
+//! traced (SPEC §7.5, as the access line carries them).
 //!
 //! Field values keep the types `tracing` records: integers, floats and booleans as JSON
 //! numbers and booleans (a float keeps its point or exponent, `1.0` and `1e300`; one that
