@@ -137,10 +137,8 @@ impl<'a> Attempts<'a> {
                     crate::otel::attempt_end(&result, Some(&reason), Some(wait));
                     let backoff_ms = wait.as_millis() as u64;
                     warn!(route = %self.route.name, attempt = n, reason = %reason, backoff_ms, "upstream attempt failed; retrying");
-                    let reason = reason.to_string();
-                    self.metrics
-                        .retries
-                        .with_label_values(&[&self.route.name, &reason])
+                    self.series
+                        .retry(self.metrics, &self.route.name, reason)
                         .inc();
                     drop(result);
                     tokio::time::sleep(wait).await;

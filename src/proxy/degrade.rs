@@ -61,9 +61,9 @@ pub fn answer(
         failed.reason,
         failed.headers,
     )?;
-    metrics
-        .fallbacks
-        .with_label_values(&[&route.name, &failed.reason.to_string()])
+    state
+        .series
+        .fallback(metrics, &route.name, failed.reason)
         .inc();
     Some((resp, Outcome::Fallback))
 }
