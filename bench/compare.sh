@@ -40,26 +40,8 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 ORIGIN=127.0.0.1:18080
-head -c 4096 /dev/zero | tr "\\0" x > "$WORK/4k"; chmod 755 "$WORK"; chmod 644 "$WORK/4k"
-
-cat > "$WORK/origin.conf" <<NGINX
-worker_processes 1;
-pid $WORK/origin.pid;
-error_log $WORK/origin-error.log;
-events { worker_connections 20000; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  split_clients "\${request_id}" \$fail { 20% 1; * 0; }
-  server {
-    listen $ORIGIN;
-    location = /small { return 200 "ok"; }
-    location = /4k { root $WORK; try_files /4k =404; }
-    location = /flaky { if (\$fail) { return 503 "down"; } return 200 "ok"; }
-  }
-}
-NGINX
-nginx -c "$WORK/origin.conf" -g 'daemon off;' & PIDS+=($!)
+source bench/origin.sh
+start_origin "$ORIGIN" 20000
 
 # nginx as a reverse proxy: one worker, upstream keep-alive.
 cat > "$WORK/nginx.conf" <<NGINX

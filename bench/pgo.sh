@@ -37,27 +37,8 @@ TRAINEE=""   # the proxy being trained, while it runs
 cleanup() { for p in "${PIDS[@]}" $TRAINEE; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 ORIGIN=127.0.0.1:18580
-head -c 4096 /dev/zero | tr "\\0" x > "$WORK/4k"; chmod 755 "$WORK"; chmod 644 "$WORK/4k"
-cat > "$WORK/origin.conf" <<NGINX
-worker_processes 1;
-pid $WORK/origin.pid;
-error_log $WORK/origin-error.log;
-events { worker_connections 2048; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  split_clients "\${request_id}" \$fail { 20% 1; * 0; }
-  server {
-    listen $ORIGIN;
-    location = /small { return 200 "ok"; }
-    location = /4k { root $WORK; try_files /4k =404; }
-    location = /flaky { if (\$fail) { return 503 "down"; } return 200 "ok"; }
-    location = /fail { return 503 "down"; }
-    location = /post { return 200 "taken"; }
-  }
-}
-NGINX
-nginx -c "$WORK/origin.conf" -g 'daemon off;' & PIDS+=($!)
+source bench/origin.sh
+start_origin "$ORIGIN" 2048
 cat > "$WORK/distinct.lua" <<'LUA'
 local n = 0
 request = function() n = n + 1; return wrk.format("GET", "/small?n=" .. n) end

@@ -24,7 +24,7 @@
 use std::fmt::{self, Write as _};
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::{Event, Subscriber};
 use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::FmtContext;
@@ -63,7 +63,7 @@ fn write_line(
     out.write_str(r#"{"timestamp":""#)?;
     write_log_timestamp(out)?;
     out.write_str(r#"","level":""#)?;
-    out.write_str(level(*meta.level()))?;
+    out.write_str(meta.level().as_str())?;
     out.write_char('"')?;
     let mut fields = Fields {
         out,
@@ -79,16 +79,6 @@ fn write_line(
         write!(out, r#","trace_id":"{trace_id}","span_id":"{span_id}""#)?;
     }
     out.write_str("}\n")
-}
-
-fn level(level: Level) -> &'static str {
-    match level {
-        Level::ERROR => "ERROR",
-        Level::WARN => "WARN",
-        Level::INFO => "INFO",
-        Level::DEBUG => "DEBUG",
-        Level::TRACE => "TRACE",
-    }
 }
 
 /// Writes each field as `,"name":value`; the first error stops the rest.
@@ -171,6 +161,7 @@ impl<W: fmt::Write> fmt::Write for Escaping<'_, W> {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+    use tracing::Level;
     use tracing_subscriber::layer::{Context, SubscriberExt};
     use tracing_subscriber::Layer;
 
