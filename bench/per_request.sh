@@ -34,6 +34,10 @@
 #       which is what bench/compare.sh's timed runs see. Under callgrind each connection
 #       carries a request about every 60 ms rather than every few ms, so a connection's
 #       timers (the watchdog's looks) count for more per request than natively.
+#   CACHE=1 LOAD=64 bash bench/per_request.sh   # the same under cachegrind's simulated
+#       caches (--cache-sim=yes, the host's L1 sizes): instructions, L1 instruction misses
+#       and L1 data misses (reads and writes) per request; writes
+#       bench/results/per_request_cache.tsv and leaves docs alone.
 #
 # Prints a table, writes bench/results/per_request.tsv and rewrites its block of
 # docs/benchmarks.md (bench/report.py carries the block over when compare.sh regenerates). All traffic stays on 127.0.0.1;
@@ -43,6 +47,8 @@ cd "$(dirname "$0")/.."
 N1=${N1:-500}
 N2=${N2:-2500}
 LOAD=${LOAD:-}
+CACHE=${CACHE:-}
+[ -z "$CACHE" ] || [ -n "$LOAD" ] || { echo "CACHE=1 counts under load: give LOAD too" >&2; exit 2; }
 DISTINCT=${DISTINCT:-}
 FAIL=${FAIL:-}
 if [ -n "$FAIL" ]; then
@@ -218,20 +224,50 @@ count() {
   esac
 }
 
-# count_loaded TARGET D: prints "requests instructions" for one run of D seconds under wrk.
+# count_loaded TARGET D: prints "requests instructions" for one run of D seconds under wrk
+# (with CACHE: "requests instructions l1i-misses l1d-misses").
 count_loaded() {
   local target=$1 d=$2 port cmd
   target_cmd "$target"
   local out="$WORK/callgrind-$target-load$d.out" report="$WORK/wrk-$target-$d.txt"
-  valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" 2>"$WORK/$target-load$d.log" >/dev/null &
+  local tool=(--tool=callgrind --callgrind-out-file="$out")
+  if [ -n "$CACHE" ]; then
+    out="$WORK/cachegrind-$target-load$d.out"
+    tool=(--tool=cachegrind --cache-sim=yes --cachegrind-out-file="$out")
+  fi
+  valgrind "${tool[@]}" "${cmd[@]}" 2>"$WORK/$target-load$d.log" >/dev/null &
   local pid=$!
   for _ in $(seq 600); do curl -sf -o /dev/null "http://127.0.0.1:$port/small" && break; sleep 0.1; done
   wrk -t1 -c"$LOAD" -d"${d}s" --timeout 30s "http://127.0.0.1:$port/small" > "$report"
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   if grep -q 'Non-2xx\|Socket errors' "$report"; then cat "$report" >&2; echo "$target: errors under load" >&2; exit 1; fi
   if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$out" "$KEEP/"; fi
-  echo "$(awk '/requests in/ {print $1}' "$report") $(awk '/^totals:/ {print $2}' "$out")"
+  local requests
+  requests=$(awk '/requests in/ {print $1}' "$report")
+  if [ -n "$CACHE" ]; then
+    # cachegrind names its events on one line and totals them on another.
+    echo "$requests $(awk '/^events:/ { for (i = 2; i <= NF; i++) at[$i] = i }
+      /^summary:/ { print $at["Ir"], $at["I1mr"], $at["D1mr"] + $at["D1mw"] }' "$out")"
+  else
+    echo "$requests $(awk '/^totals:/ {print $2}' "$out")"
+  fi
 }
+
+if [ -n "$CACHE" ]; then
+  TSV="$OUT/per_request_cache.tsv"
+  printf 'target\tconnections\tinstructions_per_req\tl1i_misses_per_req\tl1d_misses_per_req\n' > "$TSV"
+  printf '%-15s %12s %14s %18s %18s\n' target connections instructions l1i-misses l1d-misses
+  for target in ${TARGETS:-floor outrigger-off outrigger-on}; do
+    first=$(count_loaded "$target" "$D1"); second=$(count_loaded "$target" "$D2")
+    read -r r1 i1 m1 d1 <<< "$first"; read -r r2 i2 m2 d2 <<< "$second"
+    row=$(awk -v r="$((r2 - r1))" -v i="$((i2 - i1))" -v m="$((m2 - m1))" -v d="$((d2 - d1))" \
+      'BEGIN { printf "%.0f\t%.0f\t%.0f", i / r, m / r, d / r }')
+    printf '%s\t%s\t%s\n' "$target" "$LOAD" "$row" >> "$TSV"
+    echo "$row" | awk -F'\t' -v t="$target" -v c="$LOAD" '{ printf "%-15s %12s %14s %18s %18s\n", t, c, $1, $2, $3 }'
+  done
+  echo "wrote $TSV"
+  exit 0
+fi
 
 if [ -n "$LOAD" ]; then
   TSV="$OUT/per_request_loaded.tsv"
