@@ -44,22 +44,7 @@ source bench/origin.sh
 start_origin "$ORIGIN" 20000
 
 # nginx as a reverse proxy: one worker, upstream keep-alive.
-cat > "$WORK/nginx.conf" <<NGINX
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log;
-events { worker_connections 20000; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  upstream origin { server $ORIGIN; keepalive 128; }
-  server {
-    listen 127.0.0.1:18201;
-    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-NGINX
-nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!); NGINX_MASTER=$!
+start_nginx_proxy 127.0.0.1:18201 "$ORIGIN" 20000
 
 # haproxy: one thread, keep-alive both sides; retries 503 like outrigger does.
 cat > "$WORK/haproxy.cfg" <<HAP

@@ -37,22 +37,7 @@ trap cleanup EXIT
 ORIGIN=127.0.0.1:18660
 source bench/origin.sh
 start_origin "$ORIGIN" 1024
-cat > "$WORK/nginx.conf" <<NGINX
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  upstream origin { server $ORIGIN; keepalive 128; }
-  server {
-    listen 127.0.0.1:18661;
-    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-NGINX
-nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!); NGINX_MASTER=$!
+start_nginx_proxy 127.0.0.1:18661 "$ORIGIN" 1024
 target/release/examples/floor 127.0.0.1:18662 "$ORIGIN" & PIDS+=($!); FLOOR_PID=$!
 printf 'listen: 127.0.0.1:18663\nadmin_listen: 127.0.0.1:18763\nlimits: { max_concurrent_requests: 40000 }\nupstream: { url: "http://%s", pool_max_idle: 128 }\ndefaults:\n  retry: { attempts: 3 }\n  stale_if_error: { max_age: 5m }\n' \
   "$ORIGIN" > "$WORK/on.yaml"
